@@ -1,0 +1,63 @@
+# kube-sft: every entry point a person or CI uses. `make demo` and `make test` are the Quickstart.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV := $(PYTHON) -m uv
+UV_VERSION := 0.13.9
+export UV_PYTHON_DOWNLOADS := never
+# Heavy, version-keyed builds (the Kubernetes control plane) live outside the repository.
+export KUBE_SFT_CACHE ?= $(HOME)/.cache/kube-sft
+
+.PHONY: help env demo test lint typecheck unit crds cluster-bins bench-data bench-train bench-operator gpu-test clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
+	@[ -x $(BIN)/python ] || $(UV) venv -q --python $(PYTHON) $(VENV)
+	VIRTUAL_ENV=$(VENV) $(UV) pip install -q -e '.[operator,trainer,dev]'
+	@touch $@
+
+env: $(VENV)/.installed  ## create .venv with the `sft` command and every dependency
+
+demo: env  ## train the demo model locally on CPU and print held-out accuracy before/after
+	$(BIN)/sft train --config examples/local/demo.yaml
+
+lint: env
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: env
+	$(BIN)/mypy
+
+cluster-bins: env  ## build/cache kube-apiserver, etcd, controller-manager, scheduler, kubectl, helm
+	@if [ -x hack/controlplane/build.sh ]; then hack/controlplane/build.sh; fi
+
+test: env lint typecheck cluster-bins  ## ruff, mypy and the whole pytest suite (no GPU tests)
+	$(BIN)/pytest -m "not gpu" tests
+
+unit: env  ## the fast tests only
+	$(BIN)/pytest -m "not gpu and not integration and not e2e" tests
+
+crds: env  ## regenerate crds/ and the chart's CRD from the API models
+	$(BIN)/python -m sft_operator.api.crd --write
+
+bench-data: env  ## data pipeline vs TRL's preparation on T0 -> bench/results/data.json
+	$(BIN)/python -m bench.bench_data
+
+bench-train:  ## training throughput vs TRL (run on the GPU device)
+	python3 -m bench.bench_train
+
+bench-operator: env cluster-bins  ## operator at scale on KWOK -> bench/results/operator.json
+	$(BIN)/python -m bench.bench_operator
+
+gpu-test:  ## the GPU tests (run on the device, after `source .gpu-rig/setup.sh`)
+	python3 -m pytest -m gpu tests/gpu
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,79 @@
+"""The `data` block of the training schema: where examples come from and how they become tokens.
+
+Semantics follow NeMo-Aligner's SFT datasets (`model.data.train_ds.*` in `gpt_sft.yaml`), flattened
+to one block because train and validation share everything but the file.
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ChatPromptTokens(_Strict):
+    """Special strings of the NeMo chat format (NeMo-Aligner's `chat_prompt_tokens`)."""
+
+    system_turn_start: str = "\x00"
+    turn_start: str = "\x11"
+    label_start: str = "\x12"
+    end_of_turn: str = "\n"
+    end_of_name: str = "\n"
+
+
+class SyntheticTaskConfig(_Strict):
+    """A task the project generates itself (the demo): no files, no downloads."""
+
+    task: Literal["arithmetic"] = "arithmetic"
+    train_examples: int = Field(default=4000, ge=1)
+    validation_examples: int = Field(default=200, ge=1)
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    """Training and validation data."""
+
+    format: Literal["prompt_response", "nemo_chat", "hf_chat"] = Field(
+        default="prompt_response",
+        description="prompt_response: JSONL rows rendered by prompt_template; nemo_chat: NeMo "
+        "conversations; hf_chat: `messages` rendered by a Jinja chat template.",
+    )
+    train_file: str | None = Field(default=None, description="JSONL (optionally .gz) of training rows.")
+    validation_file: str | None = Field(default=None, description="JSONL (optionally .gz) for validation.")
+    synthetic: SyntheticTaskConfig | None = Field(
+        default=None, description="Generate a synthetic task instead of reading files (the demo)."
+    )
+    max_seq_length: int = Field(default=2048, ge=8, le=1_048_576)
+    prompt_template: str = Field(
+        default="{input} {output}",
+        description="Python format string over row fields; the label placeholder must come last.",
+    )
+    label_key: str = Field(default="output", description="Field holding the response (the trained part).")
+    truncation_field: str = Field(default="input", description="Comma-separated fields that may be cut when too long.")
+    truncation_method: Literal["left", "right"] = "right"
+    add_bos: bool = False
+    add_eos: bool = True
+    add_sep: bool = False
+    answer_only_loss: bool = True
+    chat_prompt_tokens: ChatPromptTokens = Field(default_factory=ChatPromptTokens)
+    chat_template: str | None = Field(
+        default=None, description="hf_chat: path to a Jinja chat template (default: the tokenizer's)."
+    )
+    packing: bool = Field(default=False, description="Pack examples into max_seq_length bins.")
+    packing_algorithm: Literal["first_fit_decreasing", "first_fit_shuffle"] = "first_fit_decreasing"
+    shuffle: bool = True
+    seed: int = 1234
+    skip_bad_rows: bool = Field(default=False, description="Skip and count malformed rows instead of failing.")
+    cache_dir: str | None = Field(
+        default=None, description="Where the tokenized cache lives (default: <output_dir>/data_cache)."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataConfig":
+        if self.synthetic is None and self.train_file is None:
+            raise ValueError("set data.train_file (or data.synthetic for a generated task)")
+        if self.synthetic is not None and self.train_file is not None:
+            raise ValueError("data.train_file and data.synthetic are exclusive: set one")
+        return self
