@@ -142,6 +142,10 @@ class ModelConfig(Strict):
 LoraTarget = Literal["qkv", "out", "up", "gate", "down", "all"]
 
 
+def _all_targets() -> list[LoraTarget]:
+    return ["all"]
+
+
 class LoraConfig(Strict):
     """Low-rank adapters (training.method=lora)."""
 
