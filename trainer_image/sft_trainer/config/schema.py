@@ -152,7 +152,7 @@ class LoraConfig(Strict):
     rank: int = Field(default=16, ge=1)
     alpha: float = Field(default=32.0, gt=0.0)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    target_modules: list[Literal["qkv", "out", "up", "gate", "down", "all"]] = Field(default_factory=lambda: ["all"])
+    target_modules: list[LoraTarget] = Field(default_factory=_all_targets)
 
 
 class TrainingConfig(Strict):
