@@ -20,7 +20,7 @@ help:  ## list the targets
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
 	@[ -x $(BIN)/python ] || $(UV) venv -q --python $(PYTHON) $(VENV)
-	VIRTUAL_ENV=$(VENV) $(UV) pip install -q -e '.[operator,trainer,dev]'
+	$(UV) pip install -q --python $(BIN)/python -e '.[operator,trainer,dev]'
 	@touch $@
 
 env: $(VENV)/.installed  ## create .venv with the `sft` command and every dependency
