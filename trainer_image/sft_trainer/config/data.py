@@ -23,6 +23,13 @@ class ChatPromptTokens(_Strict):
     end_of_name: str = "\n"
 
 
+Operation = Literal["+", "-"]
+
+
+def _addition_only() -> list[Operation]:
+    return ["+"]
+
+
 class SyntheticTaskConfig(_Strict):
     """A task the project generates itself (the demo): no files, no downloads."""
 
@@ -30,6 +37,24 @@ class SyntheticTaskConfig(_Strict):
     train_examples: int = Field(default=4000, ge=1)
     validation_examples: int = Field(default=200, ge=1)
     seed: int = 0
+    min_operand: int = Field(default=10, ge=0, description="Smallest operand (10: two digits).")
+    max_operand: int = Field(default=99, ge=1, description="Largest operand (99: two digits, sums of 2-3 digits).")
+    operations: list[Operation] = Field(
+        default_factory=_addition_only, min_length=1, description="'-' keeps results >= 0 (a >= b)."
+    )
+
+    @model_validator(mode="after")
+    def _enough_problems(self) -> "SyntheticTaskConfig":
+        if self.max_operand < self.min_operand:
+            raise ValueError("synthetic.max_operand must be >= synthetic.min_operand")
+        span = self.max_operand - self.min_operand + 1
+        distinct = span * span * len(set(self.operations))
+        if self.train_examples + self.validation_examples > distinct:
+            raise ValueError(
+                f"synthetic: {self.train_examples} + {self.validation_examples} examples asked, "
+                f"but only {distinct} distinct problems exist; widen the operand range"
+            )
+        return self
 
 
 class DataConfig(_Strict):

@@ -1,0 +1,58 @@
+"""Small helpers shared by the formats: batch tokenization, special ids, truncation arithmetic."""
+
+from collections.abc import Sequence
+from typing import Literal
+
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from sft_trainer.data.errors import DataError
+
+
+def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text, without special tokens; batched through the Rust backend when fast."""
+    if not texts:
+        return []
+    if isinstance(tokenizer, PreTrainedTokenizerFast):
+        backend = tokenizer.backend_tokenizer
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        return [encoding.ids for encoding in encode(list(texts), add_special_tokens=False)]
+    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+def special_id(tokenizer: PreTrainedTokenizerBase, name: Literal["bos", "eos", "sep"], knob: str) -> int:
+    """The id of a special token the config asks to add; sep falls back to eos (most LLMs have none)."""
+    value = getattr(tokenizer, f"{name}_token_id")
+    if value is None and name == "sep":
+        value = tokenizer.eos_token_id
+    if value is None:
+        raise DataError(f"the tokenizer has no {name} token", field=knob)
+    return int(value)
+
+
+def plan_cuts(lengths: Sequence[int], excess: int) -> list[int]:
+    """Tokens to cut from each field so that `excess` tokens go, as evenly as possible.
+
+    Each field loses the same share (earlier fields take the remainder, as in NeMo); a field
+    shorter than its share gives all it has and the others make up the difference. Returns fewer
+    than `excess` in total only when every field is used up.
+    """
+    cuts = [0] * len(lengths)
+    remaining = excess
+    while remaining > 0:
+        open_fields = [i for i, n in enumerate(lengths) if n - cuts[i] > 0]
+        if not open_fields:
+            break
+        share, extra = divmod(remaining, len(open_fields))
+        for rank, i in enumerate(open_fields):
+            want = share + (1 if rank < extra else 0)
+            take = min(want, lengths[i] - cuts[i])
+            cuts[i] += take
+            remaining -= take
+    return cuts
+
+
+def cut(ids: list[int], amount: int, method: Literal["left", "right"]) -> list[int]:
+    """Drop `amount` tokens from the left (keep the end) or the right (keep the start)."""
+    if amount <= 0:
+        return ids
+    return ids[amount:] if method == "left" else ids[: max(0, len(ids) - amount)]
