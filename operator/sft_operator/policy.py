@@ -1,0 +1,174 @@
+"""Failure policy: exit-code classification, restart backoff, and what counts as a failure.
+
+Pure functions. Defaults follow the trainer's documented exit codes (`sft_trainer.exit_codes`):
+codes below 64 are permanent (config, data, model, NaN, OOM) except 1 (an unclassified exception,
+retried), 64-127 are transient, and 128+ are signals (eviction, OOM kill, preemption): retried.
+"""
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sft_operator.api import Failure, RunPolicy, SFTJobStatus
+from sft_trainer.exit_codes import ExitCode
+
+TRANSIENT_MIN = 64
+SIGNAL_MIN = 128
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the operator needs to know about one trainer pod."""
+
+    name: str
+    uid: str
+    rank: int
+    attempt: int
+    phase: str = "Pending"  # Pending, Running, Succeeded, Failed, Unknown
+    template_hash: str = ""
+    deleting: bool = False
+    created: datetime | None = None
+    exit_code: int | None = None
+    finished: datetime | None = None
+    reason: str | None = None  # pod or container termination reason (Evicted, OOMKilled, Error ...)
+    message: str | None = None  # termination message or pod status message
+    waiting_reason: str | None = None  # ImagePullBackOff, ContainerCreating ...
+    gated: bool = False  # held by scheduling gates (Kueue admission)
+    running: bool = False  # the trainer container has started
+
+
+def is_retryable(exit_code: int | None, policy: RunPolicy) -> bool:
+    """Whether a pod that ended with `exit_code` (None: killed without one) is worth a gang restart."""
+    if exit_code is None:
+        return True
+    if exit_code in policy.non_retryable_exit_codes:
+        return False
+    if exit_code in policy.retryable_exit_codes:
+        return True
+    return exit_code == ExitCode.UNEXPECTED or exit_code >= TRANSIENT_MIN
+
+
+def describe_exit_code(exit_code: int | None) -> str:
+    """`70 (DISTRIBUTED_TIMEOUT)`, `137 (signal 9)`, or `none`."""
+    if exit_code is None:
+        return "none"
+    if exit_code >= SIGNAL_MIN:
+        return f"{exit_code} (signal {exit_code - SIGNAL_MIN})"
+    try:
+        return f"{exit_code} ({ExitCode(exit_code).name})"
+    except ValueError:
+        return str(exit_code)
+
+
+def backoff_seconds(restarts: int, policy: RunPolicy) -> float:
+    """Wait before restart number `restarts` (1-based): backoffSeconds doubled per restart, capped."""
+    delay = policy.backoff_seconds * 2 ** max(restarts - 1, 0)
+    return float(min(delay, policy.max_backoff_seconds))
+
+
+def trainer_summary(message: str | None) -> dict[str, Any] | None:
+    """The trainer's JSON run summary from a termination message, if that is what it holds."""
+    if not message:
+        return None
+    try:
+        summary = json.loads(message)
+    except ValueError:
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def pod_failure(pod: PodView, policy: RunPolicy, now: datetime) -> Failure | None:
+    """A Failure if this pod failed, else None."""
+    if pod.phase != "Failed":
+        return None
+    summary = trainer_summary(pod.message)
+    detail = str(summary.get("message", "")) if summary else (pod.message or "")
+    reason = "Evicted" if pod.reason == "Evicted" else "PodFailed"
+    text = f"{pod.name} (rank {pod.rank}) failed: exit code {describe_exit_code(pod.exit_code)}"
+    if pod.reason:
+        text += f", reason {pod.reason}"
+    if detail:
+        text += f": {detail.strip()[:1000]}"
+    return Failure(
+        reason=reason,
+        message=text,
+        exit_code=pod.exit_code,
+        rank=pod.rank,
+        pod=pod.name,
+        retryable=is_retryable(pod.exit_code, policy),
+        time=now,
+    )
+
+
+def gang_failure(pods: list[PodView], policy: RunPolicy, now: datetime) -> Failure | None:
+    """The failure to act on: a permanent one if any rank has one, else the earliest."""
+    failures = [(pod, failure) for pod in pods if (failure := pod_failure(pod, policy, now)) is not None]
+    if not failures:
+        return None
+    failures.sort(key=lambda item: (item[1].retryable, item[0].finished or now, item[0].rank))
+    return failures[0][1]
+
+
+def pending_timeout(pods: list[PodView], status: SFTJobStatus, policy: RunPolicy, now: datetime) -> Failure | None:
+    """A pod that has waited too long to start (unschedulable, image pull) — Kueue-gated pods excepted."""
+    limit = policy.pending_timeout_seconds
+    started = status.attempt_start_time
+    if limit is None or started is None or now - started < timedelta(seconds=limit):
+        return None
+    for pod in pods:
+        if pod.phase == "Pending" and not pod.gated and not pod.deleting:
+            why = pod.waiting_reason or pod.reason or "not scheduled"
+            return Failure(
+                reason="PendingTimeout",
+                message=f"{pod.name} still Pending after {limit}s ({why})",
+                rank=pod.rank,
+                pod=pod.name,
+                retryable=True,
+                time=now,
+            )
+    return None
+
+
+def stalled(status: SFTJobStatus, policy: RunPolicy, now: datetime) -> Failure | None:
+    """The trainer sent no progress report for stallTimeoutSeconds (a hung collective, a dead rank)."""
+    limit = policy.stall_timeout_seconds
+    started = status.attempt_start_time
+    if limit is None or started is None:
+        return None
+    last = started
+    report = status.progress.last_report_time if status.progress else None
+    if report is not None and report > last:
+        last = report
+    if now - last < timedelta(seconds=limit):
+        return None
+    return Failure(
+        reason="Stalled",
+        message=f"no progress report from the trainer for {int((now - last).total_seconds())}s "
+        f"(stallTimeoutSeconds={limit})",
+        retryable=True,
+        time=now,
+    )
+
+
+def deadline_exceeded(status: SFTJobStatus, policy: RunPolicy, now: datetime) -> Failure | None:
+    """The job has been active longer than activeDeadlineSeconds."""
+    limit = policy.active_deadline_seconds
+    if limit is None or status.start_time is None or now - status.start_time < timedelta(seconds=limit):
+        return None
+    return Failure(
+        reason="DeadlineExceeded",
+        message=f"the job ran longer than activeDeadlineSeconds={limit}",
+        retryable=False,
+        time=now,
+    )
+
+
+def pods_to_clean(pods: list[PodView], clean_pod_policy: str) -> list[PodView]:
+    """Pods a finished job deletes: All of them, those still Running (or Pending), or None."""
+    alive = [pod for pod in pods if not pod.deleting]
+    if clean_pod_policy == "All":
+        return alive
+    if clean_pod_policy == "Running":
+        return [pod for pod in alive if pod.phase in ("Pending", "Running", "Unknown")]
+    return []

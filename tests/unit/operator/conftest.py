@@ -1,0 +1,12 @@
+"""Fixtures of the operator's unit tests."""
+
+import pytest
+
+from sft_operator.api import SFTJob
+from tests.unit.operator.builders import manifest
+
+
+@pytest.fixture
+def job() -> SFTJob:
+    """A valid two-node, two-GPU-per-node job."""
+    return SFTJob.model_validate(manifest())
