@@ -3,6 +3,8 @@
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
+import numpy.typing as npt
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from sft_trainer.data.errors import DataError
@@ -56,3 +58,22 @@ def cut(ids: list[int], amount: int, method: Literal["left", "right"]) -> list[i
     if amount <= 0:
         return ids
     return ids[amount:] if method == "left" else ids[: max(0, len(ids) - amount)]
+
+
+def encode_with_offsets(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+    """`(ids, start_char_of_each_token)` per text, without special tokens (needs a fast tokenizer)."""
+    if not texts:
+        return []
+    if not isinstance(tokenizer, PreTrainedTokenizerFast):
+        raise DataError(f"chat formats need a fast tokenizer (offsets); got {type(tokenizer).__name__}")
+    encodings = tokenizer.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False)
+    return [(encoding.ids, [start for start, _ in encoding.offsets]) for encoding in encodings]
+
+
+def targets_from_spans(starts: Sequence[int], spans: Sequence[tuple[int, int]]) -> npt.NDArray[np.bool_]:
+    """True for each token whose first character lies in one of the trained character spans."""
+    first = np.asarray(starts, dtype=np.int64)
+    targets = np.zeros(len(first), dtype=bool)
+    for begin, end in spans:
+        targets |= (first >= begin) & (first < end)
+    return targets

@@ -1,0 +1,209 @@
+"""The NeMo chat format (NeMo-Aligner's `GPTSFTChatDataset`), with its masks reproduced exactly.
+
+A row: `{"system": str, "mask": "User", "type": "VALUE_TO_TEXT"|"TEXT_TO_VALUE"|null,
+"conversations": [{"from": "User"|"Assistant"|..., "value": str, "label": str|null}, ...]}`.
+
+Rendering (S = system_turn_start, T = turn_start, L = label_start, E = end_of_turn, N = end_of_name):
+
+    header   = S + "System" + N + system + E
+    turn     = T + name + N + value + E                       (type null)
+             = T + name + N + [L + label + N] + value + E     (VALUE_TO_TEXT; [..] only for a str label)
+             = T + name + N + value + E + [L + label + N]     (TEXT_TO_VALUE)
+    and one more T at the very end when the last speaker is not the masked role.
+
+Which tokens carry loss (turn i counts from 0; "masked role" is the row's `mask`):
+
+- the header never;
+- turn 0 never when type is VALUE_TO_TEXT or null (it is the context for the rest);
+- a masked-role turn: only its leading T, and only when i > 1, or i == 1 with TEXT_TO_VALUE;
+  otherwise (i <= 1) none of it;
+- any other turn: everything after the name part, except that VALUE_TO_TEXT also skips the label
+  part (L + label + N), and TEXT_TO_VALUE trains only what follows L (the label and its N);
+- the final T after an unmasked last turn always (the model learns to hand the turn back).
+
+We compute these spans on characters and map them to tokens by their start offsets, tokenizing the
+whole conversation once (as NeMo does). Unlike NeMo, a conversation whose mask ends up empty (for
+example a User-only thread, or one truncated to its context) is dropped and counted, never trained
+on with a zero denominator; `add_eos`/`add_sep` do not apply (the format ends turns itself), `add_bos`
+does. Too-long conversations are cut at `max_seq_length` from the end.
+"""
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from sft_trainer.config.data import ChatPromptTokens, DataConfig
+from sft_trainer.data.encoding import encode_with_offsets, special_id, targets_from_spans
+from sft_trainer.data.errors import BadRows, DataError
+from sft_trainer.data.jsonl import Row
+from sft_trainer.data.prompt_response import CHUNK_ROWS, EncodeCounts, Example
+
+SYSTEM_NAME = "System"
+TYPES = ("VALUE_TO_TEXT", "TEXT_TO_VALUE")
+Span = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One validated turn."""
+
+    speaker: str
+    value: str
+    label: str | None
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One validated NeMo chat row."""
+
+    system: str
+    mask_role: str
+    type: str | None
+    turns: tuple[Turn, ...]
+
+
+def parse_conversation(row: Row, file: str, line: int) -> Conversation:
+    """Validate a NeMo chat row; DataError names file:line and the field."""
+
+    def fail(message: str, field: str) -> DataError:
+        return DataError(message, file=file, line=line, field=field)
+
+    system = row.get("system", "")
+    if not isinstance(system, str):
+        raise fail(f"expected a string, got {type(system).__name__}", "system")
+    mask_role = row.get("mask", "User")
+    if not isinstance(mask_role, str):
+        raise fail(f"expected a string, got {type(mask_role).__name__}", "mask")
+    kind = row.get("type")
+    if kind is not None and kind not in TYPES:
+        raise fail(f"expected one of {', '.join(TYPES)} or null, got {kind!r}", "type")
+    if "conversations" not in row:
+        raise fail("missing field", "conversations")
+    raw_turns = row["conversations"]
+    if not isinstance(raw_turns, list) or not raw_turns:
+        raise fail("expected a non-empty list of turns", "conversations")
+    turns = []
+    for index, turn in enumerate(raw_turns):
+        where = f"conversations[{index}]"
+        if not isinstance(turn, dict):
+            raise fail(f"expected an object, got {type(turn).__name__}", where)
+        for key in ("from", "value"):
+            if key not in turn:
+                raise fail("missing field", f"{where}.{key}")
+            if not isinstance(turn[key], str):
+                raise fail(f"expected a string, got {type(turn[key]).__name__}", f"{where}.{key}")
+        label = turn.get("label")
+        if label is not None and not isinstance(label, str):
+            raise fail(f"expected a string or null, got {type(label).__name__}", f"{where}.label")
+        turns.append(Turn(turn["from"], turn["value"], label))
+    if mask_role not in {t.speaker for t in turns}:
+        raise fail(f"mask role {mask_role!r} speaks no turn", "mask")
+    return Conversation(system=system, mask_role=mask_role, type=kind, turns=tuple(turns))
+
+
+def render_header(conversation: Conversation, tokens: ChatPromptTokens) -> str:
+    """The system header."""
+    return f"{tokens.system_turn_start}{SYSTEM_NAME}{tokens.end_of_name}{conversation.system}{tokens.end_of_turn}"
+
+
+def render(conversation: Conversation, tokens: ChatPromptTokens) -> tuple[str, list[Span]]:
+    """The conversation text and the character spans that carry loss (see the module docstring)."""
+    text = render_header(conversation, tokens)
+    spans: list[Span] = []
+    kind = conversation.type
+    for i, turn in enumerate(conversation.turns):
+        start = len(text)
+        name = f"{tokens.turn_start}{turn.speaker}{tokens.end_of_name}"
+        label = f"{tokens.label_start}{turn.label}{tokens.end_of_name}" if turn.label is not None else ""
+        body = turn.value + tokens.end_of_turn
+        if kind == "VALUE_TO_TEXT":
+            piece = name + label + body
+        elif kind == "TEXT_TO_VALUE":
+            piece = name + body + label
+        else:
+            piece = name + body
+        text += piece
+        end = len(text)
+        if i == 0 and kind != "TEXT_TO_VALUE":
+            continue  # the first turn is context
+        if turn.speaker == conversation.mask_role:
+            if i > 1 or (i == 1 and kind == "TEXT_TO_VALUE"):
+                spans.append((start, start + len(tokens.turn_start)))  # the turn start ends the previous turn
+            continue
+        skip = len(name)
+        if label and kind == "VALUE_TO_TEXT":
+            skip += len(label)
+        elif label and kind == "TEXT_TO_VALUE":
+            skip += len(body) + len(tokens.label_start)
+        spans.append((start + skip, end))
+    if conversation.turns[-1].speaker != conversation.mask_role:
+        spans.append((len(text), len(text) + len(tokens.turn_start)))
+        text += tokens.turn_start
+    return text, spans
+
+
+def encode_nemo_chat(
+    rows: Iterable[tuple[int, Row]],
+    file: str,
+    config: DataConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    bad_rows: BadRows | None = None,
+    counts: EncodeCounts | None = None,
+) -> Iterator[Example]:
+    """Encode NeMo chat rows into `(input_ids, targets)` examples."""
+    counts = counts if counts is not None else EncodeCounts()
+    bos = [special_id(tokenizer, "bos", "data.add_bos")] if config.add_bos else []
+    iterator = iter(rows)
+    while chunk := list(islice(iterator, CHUNK_ROWS)):
+        rendered: list[tuple[str, list[Span]]] = []
+        for line, row in chunk:
+            try:
+                rendered.append(render(parse_conversation(row, file, line), config.chat_prompt_tokens))
+            except DataError as error:
+                if bad_rows is None:
+                    raise
+                bad_rows.add(error)
+        encoded = encode_with_offsets(tokenizer, [text for text, _ in rendered])
+        for (_, spans), (ids, starts) in zip(rendered, encoded, strict=True):
+            counts.rows += 1
+            example = finish(ids, starts, spans, bos, config, counts)
+            if example is None:
+                counts.dropped += 1
+            else:
+                yield example
+
+
+def finish(
+    ids: list[int], starts: list[int], spans: list[Span], bos: list[int], config: DataConfig, counts: EncodeCounts
+) -> Example | None:
+    """Targets from spans (all tokens without answer-only loss), BOS, truncation; None if no target is left."""
+    targets = targets_from_spans(starts, spans) if config.answer_only_loss else np.ones(len(ids), dtype=bool)
+    input_ids = np.array(bos + ids, dtype=np.int32)
+    targets = np.concatenate([np.zeros(len(bos), dtype=bool), targets])
+    if len(input_ids) > config.max_seq_length:
+        counts.truncated += 1
+        input_ids, targets = input_ids[: config.max_seq_length], targets[: config.max_seq_length]
+    if not targets[1:].any():
+        return None
+    return input_ids, targets
+
+
+def nemo_chat_prompt(
+    config: DataConfig, turns: list[dict[str, Any]], system: str = "", assistant: str = "Assistant"
+) -> str:
+    """The text to generate the next `assistant` turn after `turns` (type null, as at inference)."""
+    tokens = config.chat_prompt_tokens
+    conversation = Conversation(
+        system=system,
+        mask_role="User",
+        type=None,
+        turns=tuple(Turn(t["from"], t["value"], None) for t in turns),
+    )
+    text = render_header(conversation, tokens)
+    for turn in conversation.turns:
+        text += f"{tokens.turn_start}{turn.speaker}{tokens.end_of_name}{turn.value}{tokens.end_of_turn}"
+    return text + f"{tokens.turn_start}{assistant}{tokens.end_of_name}"
