@@ -78,7 +78,7 @@ class ControlPlane:
         owns = workdir is None
         workdir = Path(tempfile.mkdtemp(prefix="kube-sft-cluster-")) if workdir is None else workdir
         for sub in ("pki", "logs", "etcd"):
-            (workdir / sub).mkdir(parents=True, exist_ok=True)
+            (workdir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         pki = make_pki(workdir / "pki")
         port = free_port()
         server = f"https://127.0.0.1:{port}"

@@ -14,6 +14,7 @@ Missing binaries FAIL the tests (never skip): run `make cluster-bins`.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +30,13 @@ from tests.cluster.prometheus import PrometheusServer
 
 
 def _say(config: pytest.Config, line: str) -> None:
+    """Print one line on the terminal, past pytest's output capture."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        return
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        reporter.ensure_newline()
         reporter.write_line(line)
 
 
@@ -42,7 +48,7 @@ def kube_cluster(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
     except MissingBinariesError as exc:
         pytest.fail(str(exc), pytrace=False)
     cluster = ControlPlane.start(binaries=binaries)
-    _say(request.config, f"\n[kube_cluster] {cluster.server} ready in {cluster.started_in:.1f}s ({cluster.workdir})")
+    _say(request.config, f"[kube_cluster] {cluster.server} ready in {cluster.started_in:.1f}s ({cluster.workdir})")
     try:
         yield cluster
     finally:

@@ -1,0 +1,310 @@
+"""The real test control plane works: API server, RBAC, TokenRequest, GC, scheduler + node agent, tools, Prometheus."""
+
+from __future__ import annotations
+
+import base64
+import json
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+from kubernetes.client import ApiException
+
+from tests.cluster.binaries import pinned_versions
+from tests.cluster.controlplane import SA_ISSUER, ControlPlane
+from tests.cluster.node_agent import NodeAgent
+from tests.cluster.procs import free_port, wait_until
+from tests.cluster.prometheus import PrometheusServer
+
+pytestmark = pytest.mark.integration
+
+
+def core(cluster: ControlPlane) -> kubernetes.client.CoreV1Api:
+    return kubernetes.client.CoreV1Api(cluster.client)
+
+
+def jwt_claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return claims
+
+
+def make_pod(name: str, script: str, **container: Any) -> dict[str, Any]:
+    """A pod running `python -c script`, with POD_NAME/POD_IP from the downward API."""
+    env = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        *container.pop("env", []),
+    ]
+    spec: dict[str, Any] = {
+        "name": "main",
+        "image": "kube-sft/test:unused",
+        "command": ["python", "-c", textwrap.dedent(script)],
+        "env": env,
+        **container,
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"restartPolicy": "Never", "containers": [spec]},
+    }
+
+
+def wait_phase(cluster: ControlPlane, namespace: str, name: str, phases: set[str], timeout: float = 60) -> Any:
+    v1 = core(cluster)
+
+    def check() -> Any:
+        pod = v1.read_namespaced_pod(name, namespace)
+        return pod if pod.status.phase in phases else None
+
+    return wait_until(check, timeout, f"pod {namespace}/{name} to reach {sorted(phases)}", interval=0.2)
+
+
+def terminated(pod: Any) -> Any:
+    return pod.status.container_statuses[0].state.terminated
+
+
+# ----- API server, RBAC, tokens ---------------------------------------------------------------
+
+
+def test_apiserver_is_healthy_and_pinned(kube_cluster: ControlPlane) -> None:
+    assert kube_cluster.started_in < 60, f"cluster took {kube_cluster.started_in:.1f}s to start"
+    readyz = kube_cluster.kubectl("get", "--raw", "/readyz").stdout
+    assert readyz.strip() == "ok"
+    version = kubernetes.client.VersionApi(kube_cluster.client).get_code()
+    expected = pinned_versions()["K8S_VERSION"]
+    if not Path(kube_cluster.binaries.kube_apiserver).is_relative_to(Path(kube_cluster.binaries.kubectl).parent):
+        pytest.skip("kube-apiserver comes from KUBEBUILDER_ASSETS; its version is the user's")
+    assert version.git_version == expected
+    nodes_api = kube_cluster.kubectl("api-resources", "-o", "name").stdout.split()
+    assert "serviceaccounts" in nodes_api and "leases.coordination.k8s.io" in nodes_api
+
+
+def test_rbac_is_enforced_for_a_fresh_service_account(kube_cluster: ControlPlane, namespace: str) -> None:
+    v1 = core(kube_cluster)
+    v1.create_namespaced_service_account(namespace, {"metadata": {"name": "probe"}})
+    kubeconfig = kube_cluster.service_account_kubeconfig(namespace, "probe")
+    sa_v1 = kubernetes.client.CoreV1Api(kube_cluster.api_client(kubeconfig))
+
+    with pytest.raises(ApiException) as denied:
+        sa_v1.list_namespaced_secret(namespace)
+    assert denied.value.status == 403
+    can_i = kube_cluster.kubectl(
+        "auth", "can-i", "list", "secrets", "-n", namespace, kubeconfig=kubeconfig, check=False
+    )
+    assert (can_i.returncode, can_i.stdout.strip()) == (1, "no")
+
+    rbac = kubernetes.client.RbacAuthorizationV1Api(kube_cluster.client)
+    rule = {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": "list-pods"}, "rules": [rule]})
+    binding = {
+        "metadata": {"name": "probe-list-pods"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "list-pods"},
+        "subjects": [{"kind": "ServiceAccount", "name": "probe", "namespace": namespace}],
+    }
+    rbac.create_namespaced_role_binding(namespace, binding)
+
+    def allowed() -> bool:
+        result = kube_cluster.kubectl(
+            "auth", "can-i", "list", "pods", "-n", namespace, kubeconfig=kubeconfig, check=False
+        )
+        return result.stdout.strip() == "yes"
+
+    wait_until(allowed, 10, "the RoleBinding to take effect")
+    assert sa_v1.list_namespaced_pod(namespace).items == []
+    still_no = kube_cluster.kubectl(
+        "auth", "can-i", "list", "secrets", "-n", namespace, kubeconfig=kubeconfig, check=False
+    )
+    assert still_no.stdout.strip() == "no"
+
+
+def test_token_request_issues_verifiable_tokens(kube_cluster: ControlPlane, namespace: str) -> None:
+    token = kube_cluster.service_account_token(namespace, "default", expiration_seconds=600)
+    claims = jwt_claims(token)
+    assert claims["iss"] == SA_ISSUER
+    assert claims["sub"] == f"system:serviceaccount:{namespace}:default"
+    assert 0 < claims["exp"] - time.time() <= 610
+
+    review = kubernetes.client.AuthenticationV1Api(kube_cluster.client).create_token_review(
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
+    )
+    assert review.status.authenticated is True
+    assert review.status.user.username == f"system:serviceaccount:{namespace}:default"
+
+
+def test_garbage_collector_deletes_dependents(kube_cluster: ControlPlane, namespace: str) -> None:
+    v1 = core(kube_cluster)
+    owner = v1.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}, "data": {"a": "1"}})
+    reference = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}
+    v1.create_namespaced_config_map(namespace, {"metadata": {"name": "dependent", "ownerReferences": [reference]}})
+    v1.delete_namespaced_config_map("owner", namespace, propagation_policy="Background")
+
+    def collected() -> bool:
+        try:
+            v1.read_namespaced_config_map("dependent", namespace)
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+
+    wait_until(collected, 60, "the garbage collector to delete the dependent ConfigMap", interval=0.3)
+
+
+# ----- scheduler + node agent -----------------------------------------------------------------
+
+IDENTITY_SCRIPT = """
+    import json, os, sys
+    import kubernetes
+    from kubernetes.client import AuthenticationV1Api
+    sa = os.environ["KUBE_SFT_SERVICEACCOUNT_DIR"]
+    loader = kubernetes.config.incluster_config.InClusterConfigLoader(
+        token_filename=os.path.join(sa, "token"), cert_filename=os.path.join(sa, "ca.crt"))
+    loader.load_and_set()
+    review = AuthenticationV1Api().create_self_subject_review(
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+    message = {"user": review.status.user_info.username, "pod": os.environ["POD_NAME"],
+               "ip": os.environ["POD_IP"], "namespace": open(os.path.join(sa, "namespace")).read()}
+    with open(sys.argv[1], "w") as f:
+        json.dump(message, f)
+    print("trained", flush=True)
+"""
+
+
+def test_scheduler_binds_gpu_pod_and_agent_runs_it(
+    kube_cluster: ControlPlane, node_agent: NodeAgent, namespace: str
+) -> None:
+    pod = make_pod(
+        "gpu-pod",
+        IDENTITY_SCRIPT,
+        args=["/dev/termination-log"],
+        resources={"limits": {"nvidia.com/gpu": "1", "cpu": "1"}},
+    )
+    core(kube_cluster).create_namespaced_pod(namespace, pod)
+    done = wait_phase(kube_cluster, namespace, "gpu-pod", {"Succeeded", "Failed"})
+
+    assert done.spec.node_name == node_agent.node_name
+    assert done.status.phase == "Succeeded", node_agent.logs(namespace, "gpu-pod")
+    state = terminated(done)
+    assert state.exit_code == 0 and state.reason == "Completed"
+    message = json.loads(state.message)
+    assert message == {
+        "user": f"system:serviceaccount:{namespace}:default",
+        "pod": "gpu-pod",
+        "ip": done.status.pod_ip,
+        "namespace": namespace,
+    }
+    assert done.status.pod_ip.startswith("127.0.0.") and done.status.pod_ip != "127.0.0.1"
+    assert "trained" in node_agent.logs(namespace, "gpu-pod")
+
+
+def test_failing_command_ends_failed_with_exit_code(
+    kube_cluster: ControlPlane, node_agent: NodeAgent, namespace: str
+) -> None:
+    script = """
+        import sys
+        open("/tmp/kube-sft-reason", "w").write("bad data path")
+        sys.exit(3)
+    """
+    pod = make_pod("failing", script, terminationMessagePath="/tmp/kube-sft-reason")
+    core(kube_cluster).create_namespaced_pod(namespace, pod)
+    done = wait_phase(kube_cluster, namespace, "failing", {"Succeeded", "Failed"})
+    assert done.status.phase == "Failed"
+    state = terminated(done)
+    assert (state.exit_code, state.reason, state.message) == (3, "Error", "bad data path")
+
+
+def test_deleting_a_pod_kills_its_process(kube_cluster: ControlPlane, node_agent: NodeAgent, namespace: str) -> None:
+    v1 = core(kube_cluster)
+    v1.create_namespaced_pod(namespace, make_pod("sleeper", "import time; time.sleep(600)"))
+    wait_phase(kube_cluster, namespace, "sleeper", {"Running"})
+    run = node_agent.find_run(namespace, "sleeper")
+    assert run is not None and run.proc is not None and run.proc.poll() is None
+    v1.delete_namespaced_pod("sleeper", namespace, grace_period_seconds=5)
+
+    def gone() -> bool:
+        try:
+            v1.read_namespaced_pod("sleeper", namespace)
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+
+    wait_until(gone, 30, "the pod to be removed after its process was killed", interval=0.2)
+    assert run.proc.poll() is not None
+
+
+def test_master_addr_resolves_to_rank0_pod_ip(
+    kube_cluster: ControlPlane, node_agent: NodeAgent, namespace: str
+) -> None:
+    """Workers that point MASTER_ADDR at `<job>-node-0.<svc>` get rank 0's pod IP (there is no DNS)."""
+    v1 = core(kube_cluster)
+    script = 'import os, sys; open(sys.argv[1], "w").write(os.environ["MASTER_ADDR"])'
+    for rank in (1, 0):  # the worker first: it must get the address rank 0 will have
+        pod = make_pod(
+            f"job-node-{rank}",
+            script,
+            args=["/dev/termination-log"],
+            env=[{"name": "MASTER_ADDR", "value": f"job-node-0.job.{namespace}.svc"}],
+        )
+        pod["spec"].update({"hostname": f"job-node-{rank}", "subdomain": "job"})
+        v1.create_namespaced_pod(namespace, pod)
+    rank0 = wait_phase(kube_cluster, namespace, "job-node-0", {"Succeeded", "Failed"})
+    rank1 = wait_phase(kube_cluster, namespace, "job-node-1", {"Succeeded", "Failed"})
+    assert terminated(rank0).message == rank0.status.pod_ip
+    assert terminated(rank1).message == rank0.status.pod_ip
+    assert rank1.status.pod_ip != rank0.status.pod_ip
+
+
+# ----- tools and Prometheus -------------------------------------------------------------------
+
+
+def test_helm_and_kubectl_binaries_run(kube_cluster: ControlPlane) -> None:
+    helm = kube_cluster.helm("version", "--short").stdout
+    assert helm.startswith("v")
+    kubectl = json.loads(kube_cluster.kubectl("version", "--client", "-o", "json").stdout)
+    assert kubectl["clientVersion"]["gitVersion"].startswith("v1.")
+    assert kube_cluster.helm("list", "-A").returncode == 0
+
+
+EXPORTER_SCRIPT = """
+    import os, sys, time
+    from prometheus_client import Counter, start_http_server
+    steps = Counter("kube_sft_probe_steps", "probe steps")
+    start_http_server(int(sys.argv[1]), addr=os.environ["POD_IP"])
+    while True:
+        steps.inc()
+        time.sleep(0.2)
+"""
+
+RULES = """
+groups:
+  - name: probe
+    rules:
+      - alert: ProbeStalled
+        expr: rate(kube_sft_probe_steps_total[1m]) == 0
+        for: 5m
+        labels: {severity: warning}
+        annotations: {summary: the probe stopped counting}
+"""
+
+
+def test_prometheus_scrapes_a_pod_and_answers_queries(
+    kube_cluster: ControlPlane, node_agent: NodeAgent, prometheus: PrometheusServer, namespace: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    core(kube_cluster).create_namespaced_pod(namespace, make_pod("exporter", EXPORTER_SCRIPT, args=[str(port)]))
+    pod = wait_phase(kube_cluster, namespace, "exporter", {"Running"})
+    prometheus.set_targets("probe", [f"{pod.status.pod_ip}:{port}"])
+
+    result = prometheus.wait_for('kube_sft_probe_steps_total{job="probe"} > 0')
+    assert result[0]["metric"]["instance"] == f"{pod.status.pod_ip}:{port}"
+    assert prometheus.wait_for('up{job="probe"} == 1')
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    assert "SUCCESS" in PrometheusServer.check_rules(rules)
+    prometheus.set_rule_files([rules])
+    with pytest.raises(ValueError):
+        prometheus.query("rate(")
