@@ -299,31 +299,35 @@ def _chunk_keys(pp: int, vpp: int | None) -> tuple[tuple[int, int], tuple[int, i
     return (0, 0), (pp - 1, (vpp or 1) - 1)
 
 
+def shard_for_rank(
+    mg: Mapping[str, torch.Tensor], shape: ModelShape, key: ShardKey, tp: int = 1, pp: int = 1, vpp: int | None = None
+) -> StateDict:
+    """The local state dict of one rank `(pp_rank, vp_chunk, tp_rank)` from the full megatron state."""
+    rank, chunk, tp_rank = key
+    layers = layer_ranges(shape.num_layers, pp, vpp)[(rank, chunk)]
+    first, last = _chunk_keys(pp, vpp)
+    local: dict[str, torch.Tensor] = {}
+    for name, tensor in mg.items():
+        index = _layer_index(name)
+        if index is not None and index in layers:
+            local[_relabel_layer(name, index - layers.start)] = tensor
+    if (rank, chunk) == first:
+        local["embedding.word_embeddings.weight"] = mg["embedding.word_embeddings.weight"]
+    if (rank, chunk) == last:
+        local["decoder.final_layernorm.weight"] = mg["decoder.final_layernorm.weight"]
+        if not shape.tie_word_embeddings:
+            local["output_layer.weight"] = mg["output_layer.weight"]
+        elif first != last:
+            local["output_layer.weight"] = mg["embedding.word_embeddings.weight"]
+    return {name: tp_split(name, tensor, tp)[tp_rank] for name, tensor in local.items()}
+
+
 def shard(
     mg: Mapping[str, torch.Tensor], shape: ModelShape, tp: int = 1, pp: int = 1, vpp: int | None = None
 ) -> ShardedState:
     """Full megatron state -> per-rank local state dicts `{(pp_rank, vp_chunk, tp_rank): state}`."""
-    ranges = layer_ranges(shape.num_layers, pp, vpp)
-    first, last = _chunk_keys(pp, vpp)
-    out: ShardedState = {(r, c, t): {} for (r, c) in ranges for t in range(tp)}
-    for (rank, chunk), layers in ranges.items():
-        local: dict[str, torch.Tensor] = {}
-        for name, tensor in mg.items():
-            index = _layer_index(name)
-            if index is not None and index in layers:
-                local[_relabel_layer(name, index - layers.start)] = tensor
-        if (rank, chunk) == first:
-            local["embedding.word_embeddings.weight"] = mg["embedding.word_embeddings.weight"]
-        if (rank, chunk) == last:
-            local["decoder.final_layernorm.weight"] = mg["decoder.final_layernorm.weight"]
-            if not shape.tie_word_embeddings:
-                local["output_layer.weight"] = mg["output_layer.weight"]
-            elif first != last:
-                local["output_layer.weight"] = mg["embedding.word_embeddings.weight"]
-        for name, tensor in local.items():
-            for t, piece in enumerate(tp_split(name, tensor, tp)):
-                out[(rank, chunk, t)][name] = piece
-    return out
+    keys = [(r, c, t) for (r, c) in layer_ranges(shape.num_layers, pp, vpp) for t in range(tp)]
+    return {key: shard_for_rank(mg, shape, key, tp, pp, vpp) for key in keys}
 
 
 def unshard(shards: Mapping[ShardKey, Mapping[str, torch.Tensor]], shape: ModelShape) -> StateDict:

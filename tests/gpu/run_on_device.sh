@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# GPU checks of the megatron backend, in one device call. From the repository root on the device:
+#   source .gpu-rig/setup.sh && tests/gpu/run_on_device.sh single      # 1 GPU: logits, THD, parity, ckpt, failures
+#   source .gpu-rig/setup.sh && tests/gpu/run_on_device.sh layouts N   # N GPUs: TP/PP/VPP/DP/SP parity + resharded resume
+# Results (JSON + logs) go to $OUT (or ./gpu-out). Needs .gpudata/ (gsm8k_train.jsonl, encoder.json, vocab.bpe)
+# or KUBE_SFT_DATA pointing at ../shared/data.
+set -uo pipefail
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD/trainer_image:$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export NVTE_ALLOW_NONDETERMINISTIC_ALGO=0 CUDA_DEVICE_MAX_CONNECTIONS=1 TOKENIZERS_PARALLELISM=false
+export KUBE_SFT_DATA=${KUBE_SFT_DATA:-.gpudata}
+mode=${1:-single}
+if [ "$mode" = single ]; then
+  python3 -m tests.gpu.megatron_checks single "$OUT/single.json" ${2:+--only "$2"} 2>&1 | tee "$OUT/single.log"
+  exit "${PIPESTATUS[0]}"
+fi
+gpus=${2:-2}
+steps=${STEPS:-40}
+run() {  # name nproc args...
+  local name=$1 nproc=$2; shift 2
+  torchrun --standalone --nproc-per-node "$nproc" -m tests.gpu.megatron_checks layout "$OUT/$name.json" --steps "$steps" "$@" \
+    > "$OUT/$name.log" 2>&1 && tail -1 "$OUT/$name.log" || { echo "FAILED $name"; tail -40 "$OUT/$name.log"; }
+}
+ckpt=/tmp/layout-ckpt
+rm -rf "$ckpt"
+run tp1 1 --tp 1
+run tp2 2 --tp 2 --save-at 20 --save "$ckpt"
+run tp2sp 2 --tp 2 --sequence-parallel
+run pp2 2 --pp 2
+run pp2vpp2 2 --pp 2 --vpp 2
+run dp2 2 --tp 1
+run pp2_from_tp2 2 --pp 2 --save-at 20 --load "$ckpt"
+if [ "$gpus" -ge 4 ]; then
+  run tp2pp2 4 --tp 2 --pp 2
+  run dp4 4 --tp 1
+  run tp2dp2_fp8 4 --tp 2 --fp8 hybrid --recompute selective
+fi
+python3 - "$OUT" <<'PY'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+runs = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json")) if p.stem != "single" and p.stem != "layouts"}
+base = runs.get("tp1", {}).get("losses")
+table = {}
+for name, r in runs.items():
+    if not base:
+        break
+    ref = base[r["first_step"]:]
+    rel = [abs(a - b) / b for a, b in zip(r["losses"], ref)]
+    table[name] = {"max_step_rel_vs_tp1": max(rel), "mean_step_rel_vs_tp1": sum(rel) / len(rel), "seconds": r["seconds"], "device": r.get("device")}
+(out / "layouts.json").write_text(json.dumps(table, indent=1))
+print("| run | max rel vs TP=1 | mean rel | s |")
+for name, t in table.items():
+    print(f"| {name} | {t['max_step_rel_vs_tp1']:.4%} | {t['mean_step_rel_vs_tp1']:.4%} | {t['seconds']:.1f} |")
+PY
