@@ -4,7 +4,6 @@ import copy
 from datetime import UTC, datetime
 from typing import Any
 
-
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 MANIFEST: dict[str, Any] = {
@@ -37,4 +36,3 @@ def manifest(**spec_changes: Any) -> dict[str, Any]:
     result = copy.deepcopy(MANIFEST)
     result["spec"].update(spec_changes)
     return result
-

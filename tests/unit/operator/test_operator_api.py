@@ -67,7 +67,7 @@ def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
 def test_crd_schema_is_structural_and_bounded() -> None:
     schema = crd_module.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for path, node in _walk(schema):
-        assert "$ref" not in node and "$defs" not in node and "anyOf" not in node or node.get(
+        assert ("$ref" not in node and "$defs" not in node and "anyOf" not in node) or node.get(
             "x-kubernetes-int-or-string"
         ), path
         assert node.get("additionalProperties") is not False, path

@@ -1,0 +1,366 @@
+"""status.reconcile and policy: the state machine, restarts, exit codes, timeouts, suspend, TTL."""
+
+import json
+from datetime import datetime, timedelta
+
+import pytest
+
+from sft_operator import policy, render
+from sft_operator.api import Progress, RunPolicy, SFTJob
+from sft_operator.policy import PodView
+from sft_operator.status import Plan, pod_view, reconcile
+from tests.unit.operator.builders import NOW, manifest
+
+
+def make_job(run_policy: dict | None = None, **status: object) -> SFTJob:
+    body = manifest(runPolicy=run_policy or {})
+    body["status"] = status
+    return SFTJob.model_validate(body)
+
+
+def gang(job: SFTJob, phase: str = "Running", attempt: int | None = None, **changes: object) -> list[PodView]:
+    attempt = job.status.attempt if attempt is None else attempt
+    return [
+        PodView(
+            name=f"demo-node-{rank}",
+            uid=f"u{rank}",
+            rank=rank,
+            attempt=attempt,
+            phase=phase,
+            template_hash=render.template_hash(job),
+            running=phase != "Pending",
+            **changes,  # type: ignore[arg-type]
+        )
+        for rank in range(job.spec.resources.num_nodes)
+    ]
+
+
+def advance(job: SFTJob, plan: Plan) -> SFTJob:
+    return job.model_copy(update={"status": plan.status})
+
+
+STARTED = NOW - timedelta(minutes=5)
+
+
+def running_job(**changes: object) -> SFTJob:
+    status = {
+        "phase": "Running",
+        "attempt": 0,
+        "attemptStartTime": STARTED,
+        "startTime": STARTED,
+        "progress": {"step": 3, "totalSteps": 20, "lastReportTime": NOW - timedelta(seconds=5)},
+    }
+    status.update(changes)
+    return make_job(None, **status)
+
+
+# --- exit codes and backoff --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "retryable"),
+    [
+        (1, True),
+        (10, False),
+        (11, False),
+        (13, False),
+        (14, False),
+        (2, False),
+        (70, True),
+        (71, True),
+        (100, True),
+        (137, True),
+        (143, True),
+        (None, True),
+    ],
+)
+def test_default_exit_code_classes(code: int | None, retryable: bool) -> None:
+    assert policy.is_retryable(code, RunPolicy()) is retryable
+
+
+def test_configured_exit_codes_win() -> None:
+    custom = RunPolicy(retryable_exit_codes=[14], non_retryable_exit_codes=[70, 14])
+    assert policy.is_retryable(70, custom) is False
+    assert policy.is_retryable(14, custom) is False
+    assert policy.is_retryable(14, RunPolicy(retryable_exit_codes=[14])) is True
+
+
+def test_backoff_doubles_and_caps() -> None:
+    run_policy = RunPolicy(backoff_seconds=10, max_backoff_seconds=60)
+    assert [policy.backoff_seconds(n, run_policy) for n in (1, 2, 3, 4, 5)] == [10, 20, 40, 60, 60]
+
+
+def test_describe_exit_code() -> None:
+    assert policy.describe_exit_code(70) == "70 (DISTRIBUTED_TIMEOUT)"
+    assert policy.describe_exit_code(137) == "137 (signal 9)"
+
+
+# --- first reconcile --------------------------------------------------------------------------------
+
+
+def test_new_job_creates_its_gang() -> None:
+    job = make_job()
+    plan = reconcile(job, [], NOW)
+    assert plan.create_pods
+    assert plan.status.phase == "Pending"
+    assert plan.status.attempt == 0 and plan.status.start_time == NOW
+    assert plan.status.observed_generation == 1
+    assert plan.status.gpus == 4
+    assert {event.reason for event in plan.events} >= {"Accepted", "Started"}
+    created = next(c for c in plan.status.conditions if c.type == "Created")
+    assert created.status == "True"
+
+
+def test_crash_mid_creation_creates_the_missing_ranks_again() -> None:
+    job = make_job(phase="Pending", attemptStartTime=NOW, startTime=NOW)
+    plan = reconcile(job, gang(job, "Pending")[:1], NOW + timedelta(seconds=3))
+    assert plan.create_pods and plan.status.phase == "Pending"
+
+
+def test_reconcile_is_idempotent_on_a_steady_job() -> None:
+    job = running_job()
+    first = reconcile(job, gang(job), NOW)
+    second = reconcile(advance(job, first), gang(job), NOW + timedelta(seconds=5))
+    assert second.status == first.status.model_copy(update={"conditions": second.status.conditions})
+    assert [c.last_transition_time for c in second.status.conditions] == [
+        c.last_transition_time for c in first.status.conditions
+    ]
+    assert not second.create_pods and not second.delete_pods and not second.events
+
+
+# --- phases -------------------------------------------------------------------------------------------
+
+
+def test_pending_initializing_running() -> None:
+    job = make_job(phase="Pending", attemptStartTime=STARTED, startTime=STARTED)
+    pending = reconcile(job, gang(job, "Pending", waiting_reason="ContainerCreating"), NOW)
+    assert pending.status.phase == "Pending" and "ContainerCreating" in (pending.status.message or "")
+    initializing = reconcile(job, gang(job, "Running"), NOW)
+    assert initializing.status.phase == "Initializing"
+    assert any(event.reason == "Initializing" for event in initializing.events)
+    reported = advance(job, initializing)
+    reported.status.progress = Progress(step=1, total_steps=20, last_report_time=NOW)
+    running = reconcile(reported, gang(job, "Running"), NOW + timedelta(seconds=1))
+    assert running.status.phase == "Running"
+    assert next(c for c in running.status.conditions if c.type == "Running").status == "True"
+    assert running.status.replicas.running == 2
+
+
+def test_progress_from_an_earlier_attempt_does_not_count() -> None:
+    job = make_job(
+        phase="Pending",
+        attempt=1,
+        attemptStartTime=NOW,
+        startTime=STARTED,
+        progress={"step": 9, "lastReportTime": STARTED},
+    )
+    plan = reconcile(job, gang(job, "Running"), NOW + timedelta(seconds=1))
+    assert plan.status.phase == "Initializing"
+
+
+def test_success_when_rank_zero_exits_zero() -> None:
+    job = running_job()
+    summary = json.dumps({"outcome": "succeeded", "step": 20, "final_model": "/output/demo/final"})
+    pods = gang(job, "Succeeded", exit_code=0)
+    pods[0] = PodView(**{**pods[0].__dict__, "message": summary})
+    plan = reconcile(job, pods, NOW)
+    assert plan.status.phase == "Succeeded"
+    assert plan.status.completion_time == NOW
+    assert plan.status.final_model == "/output/demo/final"
+    assert plan.status.progress is not None and plan.status.progress.step == 20
+    assert plan.delete_pods == []  # cleanPodPolicy Running keeps finished pods for their logs
+    assert any(event.reason == "Succeeded" for event in plan.events)
+
+
+# --- failures -----------------------------------------------------------------------------------------
+
+
+def fail_rank(pods: list[PodView], rank: int, code: int | None, reason: str = "Error") -> list[PodView]:
+    pods = list(pods)
+    pods[rank] = PodView(
+        **{**pods[rank].__dict__, "phase": "Failed", "exit_code": code, "reason": reason, "finished": NOW}
+    )
+    return pods
+
+
+def test_retryable_failure_restarts_the_whole_gang_with_backoff() -> None:
+    job = running_job()
+    plan = reconcile(job, fail_rank(gang(job), 1, 70), NOW)
+    assert plan.status.phase == "Restarting"
+    assert plan.status.restarts == 1
+    assert {pod.name for pod in plan.delete_pods} == {"demo-node-0", "demo-node-1"}
+    assert plan.status.next_attempt_time == NOW + timedelta(seconds=10)
+    failure = plan.status.last_failure
+    assert failure is not None and failure.exit_code == 70 and failure.rank == 1 and failure.retryable
+    assert "DISTRIBUTED_TIMEOUT" in failure.message
+    assert [event.type for event in plan.events] == ["Warning", "Normal"]
+
+
+def test_restart_waits_for_old_pods_then_backoff_then_creates_next_attempt() -> None:
+    job = running_job()
+    restarting = advance(job, reconcile(job, fail_rank(gang(job), 1, 137), NOW))
+    terminating = [PodView(**{**pod.__dict__, "deleting": True}) for pod in gang(job)]
+    waiting = reconcile(restarting, terminating, NOW + timedelta(seconds=30))
+    assert not waiting.create_pods and waiting.delete_pods == []
+    early = reconcile(restarting, [], NOW + timedelta(seconds=5))
+    assert not early.create_pods and early.status.phase == "Restarting"
+    go = reconcile(restarting, [], NOW + timedelta(seconds=11))
+    assert go.create_pods and go.status.attempt == 1 and go.status.phase == "Pending"
+    assert go.status.attempt_start_time == NOW + timedelta(seconds=11)
+
+
+def test_permanent_exit_code_fails_without_retry() -> None:
+    job = running_job()
+    pods = fail_rank(gang(job), 0, 11)
+    pods[0] = PodView(**{**pods[0].__dict__, "message": json.dumps({"message": "data file missing: /data/x"})})
+    plan = reconcile(job, pods, NOW)
+    assert plan.status.phase == "Failed" and plan.status.restarts == 0
+    assert plan.status.last_failure is not None and plan.status.last_failure.exit_code == 11
+    assert "data file missing" in plan.status.last_failure.message
+    assert [pod.name for pod in plan.delete_pods] == ["demo-node-1"]  # the rank still running
+    assert next(c for c in plan.status.conditions if c.type == "Failed").status == "True"
+
+
+def test_permanent_failure_wins_over_a_transient_one() -> None:
+    job = running_job()
+    pods = fail_rank(fail_rank(gang(job), 0, 70), 1, 10)
+    assert reconcile(job, pods, NOW).status.phase == "Failed"
+
+
+def test_backoff_limit_fails_the_job() -> None:
+    job = running_job(restarts=3)
+    plan = reconcile(job, fail_rank(gang(job), 0, 1), NOW)
+    assert plan.status.phase == "Failed"
+    assert plan.status.last_failure is not None and plan.status.last_failure.reason == "BackoffLimitExceeded"
+
+
+def test_eviction_is_retried() -> None:
+    job = running_job()
+    plan = reconcile(job, fail_rank(gang(job), 1, None, reason="Evicted"), NOW)
+    assert plan.status.phase == "Restarting"
+    assert plan.status.last_failure is not None and plan.status.last_failure.reason == "Evicted"
+
+
+def test_a_pod_vanishing_from_a_running_gang_restarts_it() -> None:
+    job = running_job()
+    plan = reconcile(job, gang(job)[:1], NOW)
+    assert plan.status.phase == "Restarting"
+    assert plan.status.last_failure is not None and plan.status.last_failure.reason == "PodDeleted"
+
+
+def test_stall_restarts_the_gang() -> None:
+    job = running_job(
+        attemptStartTime=NOW - timedelta(hours=3), progress={"step": 3, "lastReportTime": NOW - timedelta(hours=2)}
+    )
+    plan = reconcile(job, gang(job), NOW)
+    assert plan.status.phase == "Restarting"
+    assert plan.status.last_failure is not None and plan.status.last_failure.reason == "Stalled"
+
+
+def test_stall_detection_can_be_disabled() -> None:
+    body = manifest(runPolicy={"stallTimeoutSeconds": None})
+    old = running_job(
+        attemptStartTime=NOW - timedelta(hours=3), progress={"step": 3, "lastReportTime": NOW - timedelta(hours=2)}
+    )
+    body["status"] = old.status.wire()
+    job = SFTJob.model_validate(body)
+    assert reconcile(job, gang(job), NOW).status.phase == "Running"
+
+
+def test_pending_timeout_restarts_but_not_for_gated_pods() -> None:
+    job = make_job(phase="Pending", attemptStartTime=NOW - timedelta(hours=1), startTime=STARTED)
+    pods = gang(job, "Pending", waiting_reason="ImagePullBackOff")
+    plan = reconcile(job, pods, NOW)
+    assert plan.status.last_failure is not None and plan.status.last_failure.reason == "PendingTimeout"
+    assert "ImagePullBackOff" in plan.status.last_failure.message
+    gated = gang(job, "Pending", gated=True)
+    assert reconcile(job, gated, NOW).status.phase == "Pending"
+
+
+def test_deadline_fails_the_job_and_deletes_the_pods() -> None:
+    job = make_job({"activeDeadlineSeconds": 60}, phase="Running", attemptStartTime=STARTED, startTime=STARTED)
+    plan = reconcile(job, gang(job), NOW)
+    assert plan.status.phase == "Failed" and plan.status.reason == "DeadlineExceeded"
+    assert len(plan.delete_pods) == 2
+
+
+# --- spec changes, suspend, TTL, clean-up ----------------------------------------------------------------
+
+
+def test_template_change_restarts_without_counting_a_failure() -> None:
+    job = running_job()
+    pods = [PodView(**{**pod.__dict__, "template_hash": "old"}) for pod in gang(job)]
+    plan = reconcile(job, pods, NOW)
+    assert plan.status.phase == "Restarting" and plan.status.reason == "SpecChanged"
+    assert plan.status.restarts == 0 and len(plan.delete_pods) == 2
+
+
+def test_suspend_deletes_pods_and_resume_starts_a_new_attempt() -> None:
+    body = manifest(runPolicy={"suspend": True})
+    body["status"] = running_job().status.wire()
+    suspended_job = SFTJob.model_validate(body)
+    suspended = reconcile(suspended_job, gang(suspended_job), NOW)
+    assert suspended.status.phase == "Suspended" and suspended.status.start_time is None
+    assert len(suspended.delete_pods) == 2
+    resumed_job = SFTJob.model_validate({**manifest(), "status": suspended.status.wire()})
+    waiting = reconcile(resumed_job, gang(resumed_job, deleting=True), NOW)
+    assert waiting.status.phase == "Restarting" and not waiting.create_pods
+    resumed = reconcile(advance(resumed_job, waiting), [], NOW + timedelta(seconds=1))
+    assert resumed.create_pods and resumed.status.attempt == 1 and resumed.status.restarts == 0
+
+
+def test_ttl_deletes_the_finished_job() -> None:
+    job = make_job({"ttlSecondsAfterFinished": 60}, phase="Succeeded", completionTime=NOW - timedelta(seconds=61))
+    assert reconcile(job, [], NOW).delete_job
+    young = make_job({"ttlSecondsAfterFinished": 60}, phase="Succeeded", completionTime=NOW - timedelta(seconds=5))
+    assert not reconcile(young, [], NOW).delete_job
+
+
+def test_finished_jobs_never_recreate_pods() -> None:
+    job = make_job(phase="Failed", completionTime=NOW, attemptStartTime=STARTED)
+    plan = reconcile(job, [], NOW + timedelta(hours=1))
+    assert not plan.create_pods and plan.status.phase == "Failed"
+
+
+@pytest.mark.parametrize(("policy_name", "deleted"), [("All", 2), ("Running", 1), ("None", 0)])
+def test_clean_pod_policy_on_success(policy_name: str, deleted: int) -> None:
+    job = make_job({"cleanPodPolicy": policy_name}, phase="Running", attemptStartTime=STARTED, startTime=STARTED)
+    pods = gang(job, "Running")
+    pods[0] = PodView(**{**pods[0].__dict__, "phase": "Succeeded", "exit_code": 0})
+    assert len(reconcile(job, pods, NOW).delete_pods) == deleted
+
+
+def test_stale_pods_of_an_older_attempt_are_deleted() -> None:
+    job = running_job(attempt=2)
+    pods = [*gang(job), PodView(name="demo-node-0", uid="old", rank=0, attempt=1, phase="Running")]
+    plan = reconcile(job, pods, NOW)
+    assert [pod.uid for pod in plan.delete_pods] == ["old"]
+
+
+# --- reading pods -------------------------------------------------------------------------------------
+
+
+def test_pod_view_reads_exit_code_and_termination_message(job: SFTJob) -> None:
+    pod = render.pod(job, 1)
+    pod["metadata"].update(uid="abc", creationTimestamp="2026-01-01T12:00:00Z")
+    pod["status"] = {
+        "phase": "Failed",
+        "containerStatuses": [
+            {
+                "name": "trainer",
+                "state": {
+                    "terminated": {
+                        "exitCode": 11,
+                        "reason": "Error",
+                        "message": '{"message": "bad rows"}',
+                        "finishedAt": "2026-01-01T12:01:00Z",
+                    }
+                },
+            }
+        ],
+    }
+    view = pod_view(pod)
+    assert (view.rank, view.attempt, view.phase, view.exit_code) == (1, 0, "Failed", 11)
+    assert view.template_hash == render.template_hash(job)
+    assert view.finished == datetime.fromisoformat("2026-01-01T12:01:00+00:00")
+    assert view.message == '{"message": "bad rows"}'
