@@ -1,5 +1,106 @@
-"""The `sft` command line."""
+"""The `sft` command line: `sft train`, `sft generate`, `sft data ...`, `sft report`.
+
+`sft train` is torchrun-aware: it reads RANK / WORLD_SIZE / LOCAL_RANK and re-checks the
+configuration against the real number of processes. Its exit code follows
+`sft_trainer.exit_codes` so the operator can tell permanent from transient failures.
+"""
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+from sft_trainer.exit_codes import ExitCode
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Supervised fine-tuning of LLMs (kube-sft).")
+
+if importlib.util.find_spec("sft_trainer.cli_data") is not None:
+    from sft_trainer.cli_data import data_app
+
+    app.add_typer(data_app, name="data", help="Prepare, convert and inspect SFT data.")
+
+
+def _fail(lines: list[str], code: ExitCode) -> typer.Exit:
+    for line in lines:
+        typer.echo(line, err=True)
+    return typer.Exit(int(code))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run YAML or an SFTJob manifest.")],
+) -> None:
+    """Fine-tune a model: `sft train --config run.yaml [dotted.key=value ...]`."""
+    from sft_trainer.config import ConfigError, ConfigProblem, consistency_problems, load_config
+    from sft_trainer.distributed import current_env
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run_config = load_config(config, list(ctx.args))
+    except ConfigError as error:
+        raise _fail(["invalid configuration:", *(f"  {p}" for p in error.problems)], ExitCode.CONFIG_ERROR) from None
+    env = current_env()
+    problems = consistency_problems(run_config, env.world_size) if env.is_distributed else []
+    if problems:
+        lines = [str(ConfigProblem("", f"{p} (with {env.world_size} processes from WORLD_SIZE)")) for p in problems]
+        raise _fail(["invalid configuration:", *(f"  {line}" for line in lines)], ExitCode.CONFIG_ERROR)
+
+    from sft_trainer.loop import run_training
+
+    summary = run_training(run_config, env)
+    if summary.exit_code != ExitCode.OK and env.is_rank_zero:
+        typer.echo(f"sft train: {summary.outcome}: {summary.message}", err=True)
+    raise typer.Exit(summary.exit_code)
+
+
+@app.command()
+def generate(
+    model: Annotated[Path, typer.Option("--model", "-m", help="A final model directory (or any HF directory).")],
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="User text; repeat for several.")],
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0: greedy.")] = 0.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop string; repeat for several.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    raw: Annotated[bool, typer.Option(help="Do not apply the stored prompt template.")] = False,
+) -> None:
+    """Answer prompts with a fine-tuned model, using the template stored in its sft.json."""
+    from sft_trainer.generate import GenerationSettings, load_for_generation, prompt_token_ids
+    from sft_trainer.generate import generate as run_generate
+    from sft_trainer.models import ModelError
+
+    try:
+        hf_model, tokenizer, data = load_for_generation(model)
+    except (ModelError, OSError) as error:
+        raise _fail([f"sft generate: {error}"], ExitCode.MODEL_ERROR) from None
+    settings = GenerationSettings(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop or ()), seed=seed
+    )
+    prompts = [prompt_token_ids(None if raw else data, tokenizer, p) for p in prompt]
+    for answer in run_generate(hf_model, tokenizer, prompts, settings):
+        typer.echo(answer)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run's output_dir (holding metrics.jsonl).")],
+    output: Annotated[Path | None, typer.Option(help="PNG to write (default: <run_dir>/report.png).")] = None,
+) -> None:
+    """Plot a run's metrics.jsonl and print a summary."""
+    from sft_trainer.run_report import report as make_report
+
+    path, text = make_report(run_dir, output)
+    typer.echo(text)
+    typer.echo(f"wrote {path}")
+
+
+def main() -> None:
+    """Entry point for `python -m sft_trainer.cli`."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

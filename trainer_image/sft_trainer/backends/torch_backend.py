@@ -1,0 +1,211 @@
+"""The pure-PyTorch backend: a `transformers` model under DDP or FSDP2, on CPU or GPUs.
+
+Precision: on CUDA, `bf16` and `fp16` run the forward pass under `torch.autocast` with float32
+master weights and optimizer state (fp16 adds a dynamic `GradScaler`); `fp32` runs in float32.
+On the CPU every precision computes in float32 (CPU autocast is slow and gains nothing for the
+small models trained there), so CPU losses are exact and reproducible.
+"""
+
+import contextlib
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.nn import functional
+from transformers import PreTrainedModel
+
+from sft_trainer.backends.base import EvalResult, StepResult
+from sft_trainer.config.schema import OptimConfig, SFTConfig
+from sft_trainer.data.types import IGNORE_INDEX, MicroBatch
+from sft_trainer.distributed import DistributedEnv, all_reduce_sum
+from sft_trainer.models import load_hf
+
+MODEL_SUBDIR = "model"
+OPTIMIZER_FILE = "optimizer.pt"
+_FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision on a device; None means plain float32."""
+    if device.type != "cuda":
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices only, none on norms and biases (1-D parameters)."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with the config's betas, eps and weight decay (lr is set every step by the loop)."""
+    return torch.optim.AdamW(
+        param_groups(model, optim.weight_decay),
+        lr=optim.lr,
+        betas=optim.betas,
+        eps=optim.eps,
+        fused=device.type == "cuda",
+    )
+
+
+def attention_inputs(batch: MicroBatch, device: torch.device) -> dict[str, torch.Tensor]:
+    """Extra forward arguments for a micro-batch.
+
+    Rows holding one example each need none: padding sits at the end, so causal attention never
+    lets a real token see it, and the default positions are right. Packed rows get a 4-D
+    block-causal mask from their segment ids plus per-example position ids.
+    """
+    if int(batch.segment_ids.max(initial=0)) <= 1:
+        return {}
+    from sft_trainer.data.attention import block_causal_mask
+
+    segments = torch.from_numpy(batch.segment_ids).to(device)
+    return {
+        "attention_mask": torch.as_tensor(block_causal_mask(segments), device=device),
+        "position_ids": torch.from_numpy(batch.position_ids).to(device),
+    }
+
+
+class TorchBackend:
+    """A `Backend` (see `backends.base`) over a Hugging Face causal LM."""
+
+    def __init__(self, config: SFTConfig, model: PreTrainedModel, env: DistributedEnv, device: torch.device) -> None:
+        self.config = config
+        self.env = env
+        self.device = device
+        self.hf_model: PreTrainedModel = model.to(device)  # type: ignore[arg-type]
+        self.hf_model.config.use_cache = False
+        self.model: nn.Module = self._wrap(self.hf_model)
+        self.optimizer = make_optimizer(self.model, config.optim, device)
+        self.autocast = autocast_dtype(config.trainer.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast == torch.float16)
+
+    def _wrap(self, model: PreTrainedModel) -> nn.Module:
+        if not self.env.is_distributed:
+            return model
+        if self.config.parallelism.data_parallel == "fsdp2":
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh(self.device.type, (self.env.world_size,))
+            for layer in getattr(getattr(model, "model", model), "layers", []):
+                fully_shard(layer, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+            return model
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    @property
+    def data_parallel_rank(self) -> int:
+        """This process's data-parallel rank (every process is a replica here)."""
+        return self.env.rank
+
+    @property
+    def data_parallel_size(self) -> int:
+        """Number of processes."""
+        return self.env.world_size
+
+    @contextlib.contextmanager
+    def _gradient_sync(self, enabled: bool) -> Iterator[None]:
+        """Reduce gradients across ranks only on the last micro-batch of a step."""
+        if isinstance(self.model, nn.parallel.DistributedDataParallel) and not enabled:
+            with self.model.no_sync():
+                yield
+            return
+        setter = getattr(self.model, "set_requires_gradient_sync", None)  # FSDP2
+        if setter is not None:
+            setter(enabled)
+        yield
+
+    def _loss_sum(self, batch: MicroBatch) -> torch.Tensor:
+        """Summed token cross-entropy of one micro-batch (labels are already next-token targets)."""
+        input_ids = torch.from_numpy(batch.input_ids).to(self.device)
+        labels = torch.from_numpy(batch.labels).to(self.device)
+        extra = attention_inputs(batch, self.device)
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+            logits = self.model(input_ids=input_ids, use_cache=False, **extra).logits
+        return functional.cross_entropy(
+            logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+
+    def train_step(self, micro_batches: list[MicroBatch], global_loss_tokens: int, lr: float) -> StepResult:
+        """Accumulate over this rank's micro-batches, clip, and step at `lr`.
+
+        Each micro-batch's summed loss is divided by the global batch's loss tokens and multiplied
+        by the data-parallel size (DDP and FSDP2 average gradients over ranks), so the update is
+        the gradient of the token-mean loss over the whole global batch.
+        """
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        scale = self.data_parallel_size / max(global_loss_tokens, 1)
+        local_sum = 0.0
+        for index, batch in enumerate(micro_batches):
+            with self._gradient_sync(index == len(micro_batches) - 1):
+                loss_sum = self._loss_sum(batch)
+                self.scaler.scale(loss_sum * scale).backward()
+            local_sum += float(loss_sum.detach())
+        (total,) = all_reduce_sum([local_sum], self.device)
+        loss = total / max(global_loss_tokens, 1)
+        self.scaler.unscale_(self.optimizer)
+        clip = self.config.trainer.gradient_clip_val or math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        if not math.isfinite(loss) or (not math.isfinite(grad_norm) and not self.scaler.is_enabled()):
+            self.optimizer.zero_grad(set_to_none=True)
+            return StepResult(loss=loss, grad_norm=grad_norm, skipped=True)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss=loss, grad_norm=grad_norm)
+
+    @torch.no_grad()
+    def eval_step(self, micro_batch: MicroBatch) -> EvalResult:
+        """Summed loss over one micro-batch of this rank, no gradients."""
+        self.model.eval()
+        loss_sum = self._loss_sum(micro_batch)
+        return EvalResult(loss_sum=float(loss_sum), loss_tokens=micro_batch.num_loss_tokens)
+
+    def save_checkpoint(self, directory: Path) -> None:
+        """Model weights as a Hugging Face directory (safetensors) + optimizer state (torch.save)."""
+        model_state = get_model_state_dict(self.model, options=_FULL_STATE)
+        optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=_FULL_STATE)
+        if self.env.is_rank_zero:
+            self.hf_model.save_pretrained(directory / MODEL_SUBDIR, state_dict=model_state)
+            torch.save({"optimizer": optim_state, "scaler": self.scaler.state_dict()}, directory / OPTIMIZER_FILE)
+        if dist.is_initialized():
+            dist.barrier()
+
+    def load_checkpoint(self, directory: Path) -> None:
+        """Restore what `save_checkpoint` wrote (every rank reads the files)."""
+        weights = load_hf(directory / MODEL_SUBDIR).state_dict()
+        set_model_state_dict(self.model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+        saved = torch.load(directory / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        set_optimizer_state_dict(
+            self.model, self.optimizer, saved["optimizer"], options=StateDictOptions(full_state_dict=True)
+        )
+        self.scaler.load_state_dict(saved["scaler"])
+
+    def export_hf(self, directory: Path) -> None:
+        """The trained model as a Hugging Face directory; rank 0 writes."""
+        model_state = get_model_state_dict(self.model, options=_FULL_STATE)
+        if self.env.is_rank_zero:
+            self.hf_model.save_pretrained(directory, state_dict=model_state)
+        if dist.is_initialized():
+            dist.barrier()
