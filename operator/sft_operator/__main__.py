@@ -1,0 +1,74 @@
+"""`python -m sft_operator`: run the kube-sft operator.
+
+python -m sft_operator --all-namespaces --metrics-port 8080 --liveness-port 8081
+python -m sft_operator --namespace team-a --namespace team-b --standalone
+"""
+
+import argparse
+import logging
+import os
+import random
+import socket
+
+import kopf
+from prometheus_client import start_http_server
+
+import sft_operator.handlers  # noqa: F401  (registers the kopf handlers)
+from sft_operator import metrics
+from sft_operator.controller import Settings
+from sft_operator.render import DEFAULT_IMAGE
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags (each with an environment-variable default for the chart)."""
+    env = os.environ.get
+    parser = argparse.ArgumentParser(prog="python -m sft_operator", description="The kube-sft SFTJob operator.")
+    parser.add_argument(
+        "--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable; default: all)"
+    )
+    parser.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)")
+    parser.add_argument("--trainer-image", default=env("KUBE_SFT_TRAINER_IMAGE", DEFAULT_IMAGE))
+    parser.add_argument("--metrics-port", type=int, default=int(env("KUBE_SFT_METRICS_PORT", "8080")))
+    parser.add_argument("--liveness-port", type=int, default=int(env("KUBE_SFT_LIVENESS_PORT", "8081")))
+    parser.add_argument("--resync-seconds", type=float, default=float(env("KUBE_SFT_RESYNC_SECONDS", "5")))
+    parser.add_argument("--peering-name", default=env("KUBE_SFT_PEERING", "kube-sft"))
+    parser.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
+    parser.add_argument("--priority", type=int, default=None, help="peering priority (default: random)")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.namespace and env("KUBE_SFT_NAMESPACES"):
+        args.namespace = [item for item in env("KUBE_SFT_NAMESPACES", "").split(",") if item]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Configure logging, metrics and peering, then hand over to kopf."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
+    # Distinct priorities: kopf pauses *every* replica when two share one.
+    priority = args.priority if args.priority is not None else random.randint(1, 2**30)
+    identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}-{os.getpid()}"
+    settings = Settings(
+        namespaces=list(args.namespace),
+        trainer_image=args.trainer_image,
+        resync_seconds=args.resync_seconds,
+        peering_name=args.peering_name,
+        priority=priority,
+        identity=identity,
+    )
+    if args.metrics_port:
+        start_http_server(args.metrics_port, registry=metrics.REGISTRY)
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        standalone=True if args.standalone else None,
+        peering_name=None if args.standalone else args.peering_name,
+        priority=priority,
+        identity=identity,  # type: ignore[arg-type]
+        liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None,
+        memo=kopf.Memo(settings=settings),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""kopf glue: watch SFTJobs and their pods, and hand every change to the Controller.
+
+Why event handlers and a resync thread rather than `@kopf.timer`: kopf puts a finalizer on every
+object that has a timer or daemon, and a finalizer blocks `kubectl delete` whenever the operator is
+down. Here nothing needs a finalizer — children are garbage-collected through owner references —
+so deletion never waits for the operator. `@kopf.on.event` handlers run only on the active replica
+(kopf peering pauses the standby); the resync loop follows the same peering record.
+"""
+
+import logging
+import threading
+import time
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+from sft_operator.api import GROUP, PLURAL, VERSION
+from sft_operator.controller import Controller, Settings
+from sft_operator.kube import Kube
+from sft_operator.render import LABEL_JOB
+
+log = logging.getLogger(__name__)
+STALE_RESYNC_FACTOR = 12
+
+
+def kubernetes_client() -> client.ApiClient:
+    """In-cluster credentials when in a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Our own annotation prefix, quiet event posting, and the Controller with its resync loop."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.peering.lifetime = 20
+    settings.peering.stealth = True
+    settings.posting.level = logging.WARNING
+    operator_settings: Settings = memo.get("settings") or Settings()
+    controller = Controller(Kube(kubernetes_client(), operator_settings.identity), operator_settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=controller.resync_forever, args=(stop,), name="resync", daemon=True)
+    thread.start()
+    memo["controller"], memo["stop"] = controller, stop
+
+
+@kopf.on.cleanup()
+def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+    """Stop the resync loop."""
+    stop = memo.get("stop")
+    if stop is not None:
+        stop.set()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def job_changed(type: str, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+    """Any change of an SFTJob (spec, or the trainer's status patch): reconcile it."""
+    controller: Controller = memo["controller"]
+    assert namespace is not None  # SFTJobs are namespaced
+    if type == "DELETED":
+        controller.forget(namespace, name)
+        return
+    controller.reconcile(namespace, name)
+
+
+@kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
+def pod_changed(labels: kopf.Labels, namespace: str | None, memo: Any, **_: Any) -> None:
+    """A trainer pod changed (scheduled, started, failed, deleted): reconcile its job."""
+    controller: Controller = memo["controller"]
+    assert namespace is not None  # pods are namespaced
+    controller.reconcile(namespace, labels[LABEL_JOB])
+
+
+@kopf.on.probe(id="resync_age_seconds")
+def resync_age(memo: kopf.Memo, **_: Any) -> float:
+    """Liveness: seconds since the resync loop last ran; fails when the loop is stuck."""
+    controller: Controller | None = memo.get("controller")
+    if controller is None:
+        return 0.0
+    age = time.monotonic() - controller.last_resync
+    if age > STALE_RESYNC_FACTOR * controller.settings.resync_seconds + 60:
+        raise kopf.PermanentError(f"the resync loop has not run for {age:.0f}s")
+    return round(age, 1)

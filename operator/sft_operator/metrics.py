@@ -1,0 +1,84 @@
+"""Operator metrics (prometheus-client), served on `--metrics-port`.
+
+The chart's dashboard and alerts may use only names that `exported_names()` lists (a test checks).
+"""
+
+from collections import Counter as Tally
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+
+from sft_operator.api import Phase
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+PHASES: tuple[Phase, ...] = ("Pending", "Suspended", "Initializing", "Running", "Restarting", "Succeeded", "Failed")
+
+JOBS = Gauge("kube_sft_jobs", "SFTJobs seen by this operator replica, by phase.", ["phase"], registry=REGISTRY)
+JOBS_CREATED = Counter("kube_sft_jobs_created", "SFTJobs whose first gang was created.", registry=REGISTRY)
+JOBS_SUCCEEDED = Counter("kube_sft_jobs_succeeded", "SFTJobs that finished successfully.", registry=REGISTRY)
+JOBS_FAILED = Counter("kube_sft_jobs_failed", "SFTJobs that failed, by reason.", ["reason"], registry=REGISTRY)
+JOB_RESTARTS = Counter(
+    "kube_sft_job_restarts", "Gang restarts after a failure, by failure reason.", ["reason"], registry=REGISTRY
+)
+RECONCILE_SECONDS = Histogram(
+    "kube_sft_reconcile_duration_seconds",
+    "Time to reconcile one SFTJob (API reads, decision, writes).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+RECONCILE_ERRORS = Counter(
+    "kube_sft_reconcile_errors", "Reconciles that raised, by exception type.", ["error"], registry=REGISTRY
+)
+PODS_CREATED = Counter("kube_sft_pods_created", "Trainer pods created.", registry=REGISTRY)
+IS_LEADER = Gauge("kube_sft_operator_leader", "1 on the active operator replica, 0 on standbys.", registry=REGISTRY)
+
+
+class PhaseTracker:
+    """Remembers each job's phase so `kube_sft_jobs{phase}` counts jobs, not transitions."""
+
+    def __init__(self) -> None:
+        self._phases: dict[tuple[str, str], str] = {}
+
+    def set(self, namespace: str, name: str, phase: str | None) -> None:
+        """Record a job's phase (None forgets the job) and refresh the gauge."""
+        if phase is None:
+            self._phases.pop((namespace, name), None)
+        else:
+            self._phases[(namespace, name)] = phase
+        counts = Tally(self._phases.values())
+        for each in PHASES:
+            JOBS.labels(phase=each).set(counts.get(each, 0))
+
+
+def record_transition(
+    old_phase: str | None, new_phase: str | None, old_restarts: int, new_restarts: int, reason: str
+) -> None:
+    """Count what changed between two statuses of one job."""
+    if old_phase is None and new_phase is not None:
+        JOBS_CREATED.inc()
+    if new_phase != old_phase and new_phase == "Succeeded":
+        JOBS_SUCCEEDED.inc()
+    if new_phase != old_phase and new_phase == "Failed":
+        JOBS_FAILED.labels(reason=reason).inc()
+    if new_restarts > old_restarts:
+        JOB_RESTARTS.labels(reason=reason).inc(new_restarts - old_restarts)
+
+
+def sample_names(metric: Metric) -> set[str]:
+    """Names a metric family exposes in the text format (`_total`, `_bucket`, ...)."""
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("_sum", "_count", "_created"),
+        "gauge": ("",),
+        "info": ("_info",),
+    }.get(metric.type, ("",))
+    return {metric.name + suffix for suffix in suffixes}
+
+
+def exported_names(registry: CollectorRegistry) -> set[str]:
+    """Every series name a registry can expose, with or without samples yet."""
+    names: set[str] = set()
+    for metric in registry.collect():
+        names |= sample_names(metric)
+    return names
