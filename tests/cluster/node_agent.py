@@ -30,9 +30,11 @@ What it cannot do, and how tests see it instead:
   reserves for the pod of that hostname in the same namespace (reserved ahead, so a worker that starts
   before rank 0 gets the address rank 0 will have). KUBE_SFT_TEST_HOSTS lists `host=ip` pairs
   (comma separated) for every pod of the namespace the agent knows.
-- PersistentVolumeClaims have no provisioner: a claim is a directory
-  `<agent dir>/pvc/<namespace>/<claimName>` shared by every pod that mounts it (like ReadWriteMany).
-- Only the first container runs (sidecars are not started); restartPolicy is treated as Never; images
+- PersistentVolumeClaims: the agent makes a default StorageClass `kube-sft-local` and provisions each
+  Pending claim of it as a hostPath PersistentVolume, the directory `<agent dir>/pvc/<namespace>/<claim>`
+  (the PV controller binds them); it is shared by every pod that mounts the claim, like ReadWriteMany.
+- Only the first container runs (sidecars are not started); restartPolicy Always/OnFailure restarts
+  it in place with back-off (restartCount, lastState); probes are not run (Ready follows Running); images
   are ignored, so a pod needs an explicit `command`, and PATH starts with this Python's bin directory
   (the repository's .venv), so `sft`, `python` and `kopf` are the checkout's.
 """
@@ -67,6 +69,8 @@ DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 MAX_TERMINATION_MESSAGE = 4096
 MAX_GRACE_SECONDS = 30
 RESOLVED_ENV = ("MASTER_ADDR",)
+STORAGE_CLASS = "kube-sft-local"
+PROVISIONER = "kube-sft.test/node-agent"
 
 
 def now() -> str:
@@ -136,6 +140,8 @@ class PodRun:
     started_at: str = ""
     deleting: bool = False
     finished: bool = False
+    restarts: int = 0
+    last_exit: dict[str, Any] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -159,6 +165,7 @@ class NodeAgent:
         max_pods: int = 110,
         labels: dict[str, str] | None = None,
         heartbeat_seconds: float = 10.0,
+        provision_volumes: bool = True,
     ) -> None:
         self.api = api_client
         self.v1 = kubernetes.client.CoreV1Api(api_client)
@@ -175,6 +182,7 @@ class NodeAgent:
             **(labels or {}),
         }
         self.heartbeat_seconds = heartbeat_seconds
+        self.provision_volumes = provision_volumes
         self.runs: dict[str, PodRun] = {}
         self._runs_lock = threading.Lock()
         self._stop = threading.Event()
@@ -187,7 +195,11 @@ class NodeAgent:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._register_node()
         self._renew_lease()
-        for target, name in ((self._watch_loop, "watch"), (self._heartbeat_loop, "heartbeat")):
+        loops = [(self._watch_loop, "watch"), (self._heartbeat_loop, "heartbeat")]
+        if self.provision_volumes:
+            self._ensure_storage_class()
+            loops.append((self._provision_loop, "provisioner"))
+        for target, name in loops:
             thread = threading.Thread(target=target, name=f"node-agent-{self.node_name}-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -303,6 +315,56 @@ class NodeAgent:
             }
             coord.create_namespaced_lease("kube-node-lease", body)
 
+    # ----- volume provisioner ---------------------------------------------------------------
+
+    def _ensure_storage_class(self) -> None:
+        """A default StorageClass whose claims this agent provisions as local directories."""
+        body = {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": STORAGE_CLASS, "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": PROVISIONER,
+            "reclaimPolicy": "Delete",
+            "volumeBindingMode": "Immediate",
+        }
+        with contextlib.suppress(ApiException):
+            kubernetes.client.StorageV1Api(self.api).create_storage_class(body)
+
+    def _provision_loop(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                for claim in self.v1.list_persistent_volume_claim_for_all_namespaces().items:
+                    if claim.status.phase == "Pending" and claim.spec.storage_class_name == STORAGE_CLASS:
+                        self._provision(claim)
+            except Exception as exc:
+                log.warning("volume provisioning failed: %s", exc)
+
+    def _provision(self, claim: Any) -> None:
+        """Create a hostPath PV (a directory under the agent's workdir) pre-bound to claim."""
+        meta = claim.metadata
+        name = f"pvc-{meta.uid}"
+        path = self.workdir / "pvc" / meta.namespace / meta.name
+        path.mkdir(parents=True, exist_ok=True)
+        size = (claim.spec.resources.requests or {}).get("storage", "1Gi") if claim.spec.resources else "1Gi"
+        body = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": name, "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER}},
+            "spec": {
+                "capacity": {"storage": size},
+                "accessModes": claim.spec.access_modes or ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": STORAGE_CLASS,
+                "hostPath": {"path": str(path), "type": "DirectoryOrCreate"},
+                "claimRef": {"namespace": meta.namespace, "name": meta.name, "uid": meta.uid},
+            },
+        }
+        try:
+            self.v1.create_persistent_volume(body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
     # ----- pod watch ------------------------------------------------------------------------
 
     def _watch_loop(self) -> None:
@@ -374,7 +436,7 @@ class NodeAgent:
                 if code != 0 or run.deleting:
                     self._finish(pod, run, code, reason="Error", init_name=init.name)
                     return
-            code = self._run_container(pod, run, pod.spec.containers[0], mounts, main=True)
+            code = self._run_main(pod, run, mounts)
         except PodStartError as exc:
             log.warning("pod %s/%s cannot start: %s", run.namespace, run.name, exc)
             run.log_path.write_text(f"kube-sft node agent: {exc}\n")
@@ -386,6 +448,21 @@ class NodeAgent:
             return
         if not run.deleting:
             self._finish(pod, run, code)
+
+    def _run_main(self, pod: Any, run: PodRun, mounts: dict[str, Path]) -> int:
+        """Run the first container, restarting it (with back-off) as restartPolicy Always/OnFailure say."""
+        policy = pod.spec.restart_policy or "Always"
+        while True:
+            code = self._run_container(pod, run, pod.spec.containers[0], mounts, main=True)
+            restart = policy == "Always" or (policy == "OnFailure" and code != 0)
+            if run.deleting or run.finished or not restart:
+                return code
+            run.restarts += 1
+            run.last_exit = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "finishedAt": now()}
+            waiting = {"waiting": {"reason": "CrashLoopBackOff"}, "running": None, "terminated": None}
+            self._patch_status(run, self._running_status(pod, run, state=waiting, ready=False))
+            if self._stop.wait(min(10.0, 2.0 ** (run.restarts - 1))):
+                return code
 
     def _run_container(self, pod: Any, run: PodRun, container: Any, mounts: dict[str, Path], main: bool) -> int:
         """Start one container's process, mark the pod Running for the main one, and wait for it."""
@@ -638,8 +715,11 @@ class NodeAgent:
             if exc.status != 404:
                 log.warning("status patch of %s/%s failed: %s", run.namespace, run.name, exc)
 
-    def _running_status(self, pod: Any, run: PodRun) -> dict[str, Any]:
+    def _running_status(
+        self, pod: Any, run: PodRun, state: dict[str, Any] | None = None, ready: bool = True
+    ) -> dict[str, Any]:
         container = pod.spec.containers[0]
+        state = state or {"running": {"startedAt": run.started_at}, "terminated": None, "waiting": None}
         return {
             "status": {
                 "phase": "Running",
@@ -648,12 +728,13 @@ class NodeAgent:
                 "podIP": run.ip,
                 "podIPs": [{"ip": run.ip}],
                 "startTime": run.started_at,
-                "conditions": _conditions(ready=True),
+                "conditions": _conditions(ready=ready),
                 "containerStatuses": [{
                     "name": container.name, "image": container.image or "", "imageID": "",
                     "containerID": f"local-process://{run.proc.pid if run.proc else 0}",
-                    "ready": True, "started": True, "restartCount": 0,
-                    "state": {"running": {"startedAt": run.started_at}, "terminated": None, "waiting": None},
+                    "ready": ready, "started": ready, "restartCount": run.restarts,
+                    "state": state,
+                    "lastState": {"terminated": run.last_exit} if run.last_exit else {},
                 }],
             }
         }  # fmt: skip
@@ -672,8 +753,9 @@ class NodeAgent:
             terminated["message"] = message
         status = {
             "name": container.name, "image": container.image or "", "imageID": "", "ready": False,
-            "started": False, "restartCount": 0,
+            "started": False, "restartCount": run.restarts,
             "state": {"terminated": terminated, "running": None, "waiting": None},
+            "lastState": {"terminated": run.last_exit} if run.last_exit else {},
         }  # fmt: skip
         body: dict[str, Any] = {
             "status": {

@@ -308,3 +308,72 @@ def test_prometheus_scrapes_a_pod_and_answers_queries(
     prometheus.set_rule_files([rules])
     with pytest.raises(ValueError):
         prometheus.query("rate(")
+
+
+def test_restart_policy_on_failure_restarts_in_place(
+    kube_cluster: ControlPlane, node_agent: NodeAgent, namespace: str
+) -> None:
+    script = """
+        import os, sys
+        if not os.path.exists("attempted"):
+            open("attempted", "w").close()
+            sys.exit(7)
+    """
+    pod = make_pod("flaky", script)
+    pod["spec"]["restartPolicy"] = "OnFailure"
+    core(kube_cluster).create_namespaced_pod(namespace, pod)
+    done = wait_phase(kube_cluster, namespace, "flaky", {"Succeeded", "Failed"})
+    assert done.status.phase == "Succeeded"
+    status = done.status.container_statuses[0]
+    assert status.restart_count == 1
+    assert status.last_state.terminated.exit_code == 7
+
+
+def test_config_map_secret_and_volume_paths_reach_the_process(
+    kube_cluster: ControlPlane, node_agent: NodeAgent, namespace: str
+) -> None:
+    v1 = core(kube_cluster)
+    v1.create_namespaced_config_map(namespace, {"metadata": {"name": "cfg"}, "data": {"config.yaml": "max_steps: 3\n"}})
+    v1.create_namespaced_secret(namespace, {"metadata": {"name": "creds"}, "stringData": {"token": "s3cr3t"}})
+    claim = {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}
+    v1.create_namespaced_persistent_volume_claim(namespace, {"metadata": {"name": "checkpoints"}, "spec": claim})
+    script = """
+        import json, os, sys
+        config = open(sys.argv[1]).read()
+        out = {"config": config, "token": os.environ["HF_TOKEN"], "mode": os.environ["MODE"],
+               "ckpt": os.environ["CKPT"]}
+        os.makedirs(os.environ["CKPT"], exist_ok=True)
+        open(os.path.join(os.environ["CKPT"], "marker"), "w").write("x")
+        open("/dev/termination-log", "w").write(json.dumps(out))
+    """
+    pod = make_pod(
+        "mounts",
+        script,
+        args=["/etc/sft/config.yaml"],
+        env=[
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+            {"name": "CKPT", "value": "/checkpoints/run-1"},
+        ],
+        envFrom=[{"configMapRef": {"name": "extra", "optional": True}, "prefix": "X_"}],
+        volumeMounts=[{"name": "cfg", "mountPath": "/etc/sft"}, {"name": "ckpt", "mountPath": "/checkpoints"}],
+    )
+    pod["spec"]["containers"][0]["env"].append({"name": "MODE", "value": "$(POD_NAME)-train"})
+    pod["spec"]["volumes"] = [
+        {"name": "cfg", "configMap": {"name": "cfg"}},
+        {"name": "ckpt", "persistentVolumeClaim": {"claimName": "checkpoints"}},
+    ]
+    v1.create_namespaced_pod(namespace, pod)
+    done = wait_phase(kube_cluster, namespace, "mounts", {"Succeeded", "Failed"})
+    assert done.status.phase == "Succeeded", node_agent.logs(namespace, "mounts")
+    out = json.loads(terminated(done).message)
+    local_checkpoints = node_agent.workdir / "pvc" / namespace / "checkpoints"
+    expected = {
+        "config": "max_steps: 3\n",
+        "token": "s3cr3t",
+        "mode": "mounts-train",
+        "ckpt": f"{local_checkpoints}/run-1",
+    }
+    assert out == expected
+    assert (local_checkpoints / "run-1" / "marker").exists()
+    bound = v1.read_namespaced_persistent_volume_claim("checkpoints", namespace)
+    assert bound.status.phase == "Bound" and bound.spec.storage_class_name == "kube-sft-local"
