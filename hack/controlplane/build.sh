@@ -36,7 +36,7 @@ build_k8s() {
     for c in "${cmds[@]}"; do [ -x "$BIN/$c" ] || missing=1; done
     [ "$missing" = 1 ] || return 0
     MODE=cold
-    log "building ${cmds[*]} $K8S_VERSION from the Go module proxy (slow: tens of minutes on 2 cores)"
+    log "building ${cmds[*]} $K8S_VERSION from the Go module proxy (cold: about 6-10 minutes on 2 cores)"
     local pkgs=() t0=$(date +%s)
     for c in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
     (cd "$HERE/k8s" && nice -n 10 go build -ldflags "$(k8s_ldflags)" -o "$BIN/" "${pkgs[@]}")
