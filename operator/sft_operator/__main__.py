@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     """Configure logging, metrics and peering, then hand over to kopf."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
+    if not args.verbose:
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per handled event otherwise
     # Distinct priorities: kopf pauses *every* replica when two share one.
     priority = args.priority if args.priority is not None else random.randint(1, 2**30)
     identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}-{os.getpid()}"

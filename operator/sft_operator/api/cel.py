@@ -53,17 +53,16 @@ def spec_rules() -> list[Rule]:
     return [
         {
             "rule": f"{WORLD} % {MODEL_PARALLEL} == 0",
-            "messageExpression": f"'TP x PP x CP = ' + string({MODEL_PARALLEL}) + ' does not divide the ' + "
-            f"string({WORLD}) + ' trainer processes (resources.numNodes x processes per node)'",
+            "message": "tensor_model_parallel_size x pipeline_model_parallel_size x context_parallel_size "
+            "must divide the trainer processes (resources.numNodes x processes per node)",
             "fieldPath": ".training.parallelism",
             "reason": "FieldValueInvalid",
         },
         {
             "rule": f"{WORLD} % {MODEL_PARALLEL} != 0 || "
             f"{_trainer('global_batch_size')} % ({_trainer('micro_batch_size')} * {DATA_PARALLEL}) == 0",
-            "messageExpression": f"'global_batch_size ' + string({_trainer('global_batch_size')}) + "
-            f"' is not divisible by micro_batch_size x data-parallel size = ' + string({_trainer('micro_batch_size')}) "
-            f"+ ' x ' + string({DATA_PARALLEL})",
+            "message": "global_batch_size must be divisible by micro_batch_size x data-parallel size "
+            "(trainer processes / (TP x PP x CP))",
             "fieldPath": ".training.trainer.global_batch_size",
             "reason": "FieldValueInvalid",
         },

@@ -73,6 +73,9 @@ def structural(schema: Schema, defs: dict[str, Schema], path: tuple[str, ...] = 
         node.pop(key, None)
     if "anyOf" in node:
         node = _merge_any_of(node, defs, path)
+    for bound, flag in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if isinstance(node.get(flag), int | float) and not isinstance(node.get(flag), bool):
+            node[bound], node[flag] = node[flag], True  # JSON Schema 2020 -> OpenAPI 3.0 form
     if "const" in node:
         node["enum"] = [node.pop("const")]
     if "prefixItems" in node:
