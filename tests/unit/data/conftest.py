@@ -1,0 +1,63 @@
+"""Shared fixtures of the data tests: the real files in ../shared/data and the tokenizers."""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from sft_trainer.config import DataConfig, TokenizerConfig  # noqa: E402
+from sft_trainer.data.types import IGNORE_INDEX, Sample  # noqa: E402
+from sft_trainer.tokenization import load_tokenizer  # noqa: E402
+
+REPO = Path(__file__).parents[3]
+SHARED_DATA = REPO / ".." / "shared" / "data"
+
+
+def shared(relative: str) -> Path:
+    """A file of ../shared/data; fails (never skips) when it is missing."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.fail(f"required shared data file is missing: {path} (CI must check out ../shared beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def byte_tok() -> Any:
+    return load_tokenizer(TokenizerConfig(type="byte"))
+
+
+@pytest.fixture(scope="session")
+def gpt2_tok() -> Any:
+    return load_tokenizer(TokenizerConfig(type="gpt2_bpe", path=str(shared("tokenizers/gpt2"))))
+
+
+def data_config(**knobs: Any) -> DataConfig:
+    """A DataConfig with a placeholder train file unless one is given."""
+    knobs.setdefault("train_file", "unused.jsonl")
+    return DataConfig(**knobs)
+
+
+def trained_segments(tokenizer: Any, input_ids: np.ndarray, targets: np.ndarray) -> list[str]:
+    """The text of each run of consecutive target tokens."""
+    segments: list[str] = []
+    run: list[int] = []
+    for token, target in zip(input_ids.tolist(), targets.tolist(), strict=True):
+        if target:
+            run.append(token)
+        elif run:
+            segments.append(tokenizer.decode(run))
+            run = []
+    if run:
+        segments.append(tokenizer.decode(run))
+    return segments
+
+
+def sample_segments(tokenizer: Any, sample: Sample) -> list[str]:
+    """Trained text of a Sample, read back from its pre-shifted labels."""
+    targets = np.zeros(len(sample.input_ids), dtype=bool)
+    targets[1:] = sample.labels[:-1] != IGNORE_INDEX
+    return trained_segments(tokenizer, sample.input_ids, targets)
