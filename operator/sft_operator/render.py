@@ -203,6 +203,7 @@ def reporter_env(job: SFTJob) -> list[Object]:
         {"name": "SFT_JOB_ATTEMPT", "value": str(job.status.attempt)},
         {"name": "SFT_TERMINATION_MESSAGE_PATH", "value": TERMINATION_MESSAGE_PATH},
         {"name": "SFT_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "SFT_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     ]
 
 
