@@ -503,6 +503,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     layout.add_argument("--fp8", default="none")
     layout.add_argument("--recompute", default="none")
     args = parser.parse_args(argv)
+    from sft_trainer.backends.megatron.backend import prefer_torch_cudnn
+
+    prefer_torch_cudnn()
+    print("CUDNN_HOME", os.environ.get("CUDNN_HOME"), flush=True)
+    import megatron.core  # noqa: F401  (TE before any cuDNN use by PyTorch: see prefer_torch_cudnn)
+
     if args.command == "layout":
         extra = {"sequence_parallel": args.sequence_parallel, "fp8": args.fp8, "activation_recompute": args.recompute}
         result = run_layout(args.tp, args.pp, args.vpp, args.steps, args.save_at, args.load, args.save, **extra)

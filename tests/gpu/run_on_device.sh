@@ -6,22 +6,26 @@
 # or KUBE_SFT_DATA pointing at ../shared/data.
 set -uo pipefail
 OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
+WORK=${WORK:-/tmp/gpu-work}  # every log and JSON; $OUT gets a few summaries + results-*.tgz
+mkdir -p "$OUT" "$WORK"
 export PYTHONPATH=$PWD/trainer_image:$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export NVTE_ALLOW_NONDETERMINISTIC_ALGO=0 CUDA_DEVICE_MAX_CONNECTIONS=1 TOKENIZERS_PARALLELISM=false
 export KUBE_SFT_DATA=${KUBE_SFT_DATA:-.gpudata}
 mode=${1:-single}
 if [ "$mode" = single ]; then
-  python3 -m tests.gpu.megatron_checks single "$OUT/single.json" ${2:+--only "$2"} 2>&1 | tee "$OUT/single.log"
-  exit "${PIPESTATUS[0]}"
+  python3 -m tests.gpu.megatron_checks single "$WORK/single.json" ${2:+--only "$2"} > "$WORK/single.log" 2>&1
+  rc=$?
+  grep -E "^== |^\| " "$WORK/single.log"; [ $rc = 0 ] || tail -30 "$WORK/single.log"
+  cp "$WORK/single.json" "$OUT/single${2:+-$2}.json"
+  exit $rc
 fi
 gpus=${2:-2}
 steps=${STEPS:-40}
 run() {  # name nproc args...
   local name=$1 nproc=$2; shift 2
-  torchrun --standalone --nproc-per-node "$nproc" -m tests.gpu.megatron_checks layout "$OUT/$name.json" --steps "$steps" "$@" \
-    > "$OUT/$name.log" 2>&1 && tail -1 "$OUT/$name.log" || { echo "FAILED $name"; tail -40 "$OUT/$name.log"; }
+  torchrun --standalone --nproc-per-node "$nproc" -m tests.gpu.megatron_checks layout "$WORK/$name.json" --steps "$steps" "$@" \
+    > "$WORK/$name.log" 2>&1 && tail -1 "$WORK/$name.log" || { echo "FAILED $name"; grep -v Warning "$WORK/$name.log" | tail -25; }
 }
 ckpt=/tmp/layout-ckpt
 rm -rf "$ckpt"
@@ -32,15 +36,18 @@ run pp2 2 --pp 2
 run pp2vpp2 2 --pp 2 --vpp 2
 run dp2 2 --tp 1
 run pp2_from_tp2 2 --pp 2 --save-at 20 --load "$ckpt"
+run tp2sp_fp8 2 --tp 2 --sequence-parallel --fp8 hybrid
+run dp2_recompute_full 2 --recompute full
+run pp2_recompute_selective 2 --pp 2 --recompute selective
 if [ "$gpus" -ge 4 ]; then
   run tp2pp2 4 --tp 2 --pp 2
   run dp4 4 --tp 1
   run tp2dp2_fp8 4 --tp 2 --fp8 hybrid --recompute selective
 fi
-python3 - "$OUT" <<'PY'
+python3 - "$WORK" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
-runs = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json")) if p.stem != "single" and p.stem != "layouts"}
+runs = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json")) if p.stem not in ("single", "layouts")}
 base = runs.get("tp1", {}).get("losses")
 table = {}
 for name, r in runs.items():
@@ -54,3 +61,5 @@ print("| run | max rel vs TP=1 | mean rel | s |")
 for name, t in table.items():
     print(f"| {name} | {t['max_step_rel_vs_tp1']:.4%} | {t['mean_step_rel_vs_tp1']:.4%} | {t['seconds']:.1f} |")
 PY
+cp "$WORK/layouts.json" "$OUT/" 2>/dev/null
+tar czf "$OUT/results-layouts.tgz" -C "$WORK" $(cd "$WORK" && ls *.json *.log 2>/dev/null)

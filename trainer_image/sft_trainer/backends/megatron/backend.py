@@ -47,6 +47,25 @@ class _DeviceBatch:
     packed: Any  # megatron.core.packed_seq_params.PackedSeqParams
 
 
+def prefer_torch_cudnn() -> None:
+    """Make Transformer Engine load the cuDNN that PyTorch uses, not another one on the system.
+
+    TE searches `CUDNN_HOME` before the system paths; with two cuDNN 9 builds in one process, a
+    sub-library of one resolves against the other and fails with an undefined symbol. Call before
+    megatron-core / TE are first imported (the constructor does).
+    """
+    import importlib.util
+
+    if os.environ.get("CUDNN_HOME") or os.environ.get("CUDNN_PATH"):
+        return
+    try:
+        spec = importlib.util.find_spec("nvidia.cudnn")
+    except ModuleNotFoundError:
+        return
+    if spec is not None and spec.submodule_search_locations:
+        os.environ["CUDNN_HOME"] = next(iter(spec.submodule_search_locations))
+
+
 def init_distributed(timeout_seconds: int) -> None:
     """Join (or create, for a single process) the NCCL process group with a short collective timeout.
 
@@ -105,6 +124,7 @@ class MegatronBackend:
     """
 
     def __init__(self, config: SFTConfig, hf_config: Any, hf_state_dict: Mapping[str, torch.Tensor] | None = None):
+        prefer_torch_cudnn()
         from megatron.core import parallel_state as ps
         from megatron.core import tensor_parallel
 
@@ -376,14 +396,17 @@ class MegatronBackend:
     # -- checkpoints ----------------------------------------------------------------------------
 
     def _sharded_state_dict(self, is_loading: bool) -> dict[str, Any]:
+        """Model chunks + optimizer as megatron sharded state (the optimizer state is stored per parameter,
+        gathered over DP: `fully_reshardable`, so a checkpoint loads under another TP / PP / DP layout)."""
+        metadata = {"distrib_optim_sharding_type": "fully_reshardable", "singleton_local_shards": False}
         model_sd: dict[str, Any] = {}
         if len(self.chunks) == 1:
-            model_sd["model"] = self.chunks[0].sharded_state_dict()
+            model_sd["model"] = self.chunks[0].sharded_state_dict(metadata=metadata)
         else:
             for index, chunk in enumerate(self.chunks):
-                model_sd[f"model{index}"] = chunk.sharded_state_dict()
+                model_sd[f"model{index}"] = chunk.sharded_state_dict(metadata=metadata)
         state: dict[str, Any] = dict(model_sd)
-        state["optimizer"] = self.optimizer.sharded_state_dict(model_sd, is_loading=is_loading)
+        state["optimizer"] = self.optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=metadata)
         return state
 
     def save_checkpoint(self, directory: Path) -> None:
