@@ -15,13 +15,19 @@ What it does, like a kubelet:
 - on pod deletion, SIGTERMs the process group, waits the grace period, SIGKILLs, then removes the pod.
 
 What it cannot do, and how tests see it instead:
-- There are no mount namespaces: a volume mounted at `/etc/x` lives in `<pod dir>/volumes/<name>`.
-  The agent rewrites every mount path (and the terminationMessagePath) found in the command, args,
-  env values and workingDir to the local path, and exports the map as JSON in KUBE_SFT_MOUNTS.
-  Programs that use fixed paths read these env vars instead:
-    KUBE_SFT_SERVICEACCOUNT_DIR        the pod's /var/run/secrets/kubernetes.io/serviceaccount
-    KUBE_SFT_TERMINATION_MESSAGE_PATH  the local file behind terminationMessagePath
-    KUBE_SFT_POD_DIR                   the pod's scratch directory
+- Mounts: as root, each pod runs in its own private mount namespace (`unshare --mount`, see
+  pod_exec.py) where every volume is bind-mounted at its real mountPath, the service-account token at
+  /var/run/secrets/kubernetes.io/serviceaccount and the termination-message file at its
+  terminationMessagePath (default /dev/termination-log), so unmodified programs
+  (`load_incluster_config()`, kopf's in-cluster login) work. The empty mount-point directories/files
+  are created on the host's root filesystem. Without that privilege (or with
+  KUBE_SFT_AGENT_REAL_MOUNTS=0) the agent falls back to rewriting every mount path found in the
+  command, args, env values and workingDir to the local directory `<pod dir>/volumes/<name>`.
+  Either way these env vars say where things are:
+    KUBE_SFT_SERVICEACCOUNT_DIR        the pod's service-account token directory
+    KUBE_SFT_TERMINATION_MESSAGE_PATH  the file behind terminationMessagePath
+    KUBE_SFT_MOUNTS                    JSON {mountPath: path the process can open}
+    KUBE_SFT_POD_DIR                   the pod's scratch directory (the default working directory)
 - There is no DNS and no network namespace: every pod shares the host's network, with its own
   loopback address 127.0.0.x as podIP. A process should bind to its pod IP (env from fieldRef
   status.podIP), not 0.0.0.0, when two pods use the same port. Pod host names
@@ -47,9 +53,11 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -70,6 +78,7 @@ MAX_TERMINATION_MESSAGE = 4096
 MAX_GRACE_SECONDS = 30
 RESOLVED_ENV = ("MASTER_ADDR",)
 STORAGE_CLASS = "kube-sft-local"
+POD_EXEC = Path(__file__).with_name("pod_exec.py")
 PROVISIONER = "kube-sft.test/node-agent"
 
 
@@ -81,6 +90,15 @@ def now() -> str:
 def micro_now() -> str:
     """MicroTime, as Lease.spec.renewTime needs."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def mount_namespaces_work() -> bool:
+    """True if this process may make private mount namespaces with bind mounts (root, util-linux unshare)."""
+    if os.environ.get("KUBE_SFT_AGENT_REAL_MOUNTS") == "0" or shutil.which("unshare") is None:
+        return False
+    with tempfile.TemporaryDirectory() as target:
+        probe = ["unshare", "--mount", "--propagation", "private", "--", "mount", "--bind", "/", target]
+        return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
 
 
 class IPAllocator:
@@ -141,6 +159,7 @@ class PodRun:
     deleting: bool = False
     finished: bool = False
     restarts: int = 0
+    read_only_volumes: set[str] = field(default_factory=set)
     last_exit: dict[str, Any] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -166,6 +185,7 @@ class NodeAgent:
         labels: dict[str, str] | None = None,
         heartbeat_seconds: float = 10.0,
         provision_volumes: bool = True,
+        real_mounts: bool | None = None,
     ) -> None:
         self.api = api_client
         self.v1 = kubernetes.client.CoreV1Api(api_client)
@@ -183,6 +203,7 @@ class NodeAgent:
         }
         self.heartbeat_seconds = heartbeat_seconds
         self.provision_volumes = provision_volumes
+        self.real_mounts = mount_namespaces_work() if real_mounts is None else real_mounts
         self.runs: dict[str, PodRun] = {}
         self._runs_lock = threading.Lock()
         self._stop = threading.Event()
@@ -466,17 +487,21 @@ class NodeAgent:
 
     def _run_container(self, pod: Any, run: PodRun, container: Any, mounts: dict[str, Path], main: bool) -> int:
         """Start one container's process, mark the pod Running for the main one, and wait for it."""
-        term_path = run.directory / f"termination-{container.name}"
-        term_path.unlink(missing_ok=True)
-        run.termination_path = term_path
-        mount_map = {m.mount_path: self._mount_source(m, mounts) for m in container.volume_mounts or []}
-        mount_map[container.termination_message_path or DEFAULT_TERMINATION_PATH] = term_path
-        env = self._container_env(pod, run, container, mount_map)
-        argv = [_expand(a, env) for a in [*(container.command or []), *(container.args or [])]]
         if not container.command:
             raise PodStartError(f"container {container.name} has no command (the test node agent ignores images)")
-        argv = [_rewrite_paths(a, mount_map) for a in argv]
-        cwd = _rewrite_paths(container.working_dir, mount_map) if container.working_dir else str(run.directory)
+        term_path = run.directory / f"termination-{container.name}"
+        term_path.write_bytes(b"")
+        run.termination_path = term_path
+        term_target = container.termination_message_path or DEFAULT_TERMINATION_PATH
+        mount_map = {m.mount_path: self._mount_source(m, mounts) for m in container.volume_mounts or []}
+        mount_map[term_target] = term_path
+        rewrite = {} if self.real_mounts else mount_map
+        env = self._container_env(pod, run, container, mount_map, rewrite)
+        argv = [_rewrite_paths(_expand(a, env), rewrite) for a in [*container.command, *(container.args or [])]]
+        cwd = _rewrite_paths(container.working_dir, rewrite) if container.working_dir else str(run.directory)
+        if self.real_mounts:
+            argv = self._in_mount_namespace(run, container, mounts, mount_map, argv, cwd)
+            cwd = str(run.directory)
         Path(cwd).mkdir(parents=True, exist_ok=True)
         with run.lock:
             if run.deleting:
@@ -494,6 +519,25 @@ class NodeAgent:
             run.started_at = now()
             self._patch_status(run, self._running_status(pod, run))
         return self._wait(pod, run)
+
+    def _in_mount_namespace(
+        self,
+        run: PodRun,
+        container: Any,
+        volumes: dict[str, Path],
+        mount_map: dict[str, Path],
+        argv: list[str],
+        cwd: str,
+    ) -> list[str]:
+        """argv that runs the command in a private mount namespace with every volume at its mountPath."""
+        read_only = {
+            m.mount_path for m in container.volume_mounts or [] if m.read_only or m.name in run.read_only_volumes
+        }
+        mounts = [[str(src), target, target in read_only] for target, src in mount_map.items()]
+        spec_path = run.directory / f"exec-{container.name}.json"
+        spec_path.write_text(json.dumps({"mounts": mounts, "argv": argv, "cwd": cwd}))
+        unshare = ["unshare", "--mount", "--propagation", "private", "--"]
+        return [*unshare, sys.executable, str(POD_EXEC), str(spec_path)]
 
     def _wait(self, pod: Any, run: PodRun) -> int:
         """Wait for the process, enforcing activeDeadlineSeconds; return a kubelet-style exit code."""
@@ -513,7 +557,11 @@ class NodeAgent:
 
     # ----- env and paths --------------------------------------------------------------------
 
-    def _container_env(self, pod: Any, run: PodRun, container: Any, mount_map: dict[str, Path]) -> dict[str, str]:
+    def _container_env(
+        self, pod: Any, run: PodRun, container: Any, mount_map: dict[str, Path], rewrite: dict[str, Path]
+    ) -> dict[str, str]:
+        """The process env; paths in values are rewritten by `rewrite` (empty with real mounts)."""
+        where = {k: (k if self.real_mounts else str(v)) for k, v in mount_map.items()}
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG" and not k.startswith("KUBERNETES_")}
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         host, port = self.server.removeprefix("https://").rsplit(":", 1)
@@ -523,17 +571,17 @@ class NodeAgent:
             "KUBERNETES_SERVICE_PORT": port,
             "KUBERNETES_SERVICE_PORT_HTTPS": port,
             "KUBE_SFT_POD_DIR": str(run.directory),
-            "KUBE_SFT_TERMINATION_MESSAGE_PATH": str(run.termination_path),
-            "KUBE_SFT_MOUNTS": json.dumps({k: str(v) for k, v in mount_map.items()}),
+            "KUBE_SFT_TERMINATION_MESSAGE_PATH": where[container.termination_message_path or DEFAULT_TERMINATION_PATH],
+            "KUBE_SFT_MOUNTS": json.dumps(where),
         })  # fmt: skip
-        if SA_MOUNT in mount_map:
-            env["KUBE_SFT_SERVICEACCOUNT_DIR"] = str(mount_map[SA_MOUNT])
+        if SA_MOUNT in where:
+            env["KUBE_SFT_SERVICEACCOUNT_DIR"] = where[SA_MOUNT]
         for source in container.env_from or []:
             env.update(self._env_from(pod, source))
         for var in container.env or []:
             value = self._env_value(pod, run, container, var)
             if value is not None:
-                env[var.name] = _rewrite_paths(_expand(value, env), mount_map)
+                env[var.name] = _rewrite_paths(_expand(value, env), rewrite)
         self._resolve_hosts(pod, env)
         return env
 
@@ -615,6 +663,8 @@ class NodeAgent:
         paths: dict[str, Path] = {}
         for volume in pod.spec.volumes or []:
             paths[volume.name] = self._volume_path(pod, run, volume)
+            if volume.config_map or volume.secret or volume.downward_api or volume.projected:
+                run.read_only_volumes.add(volume.name)
         return paths
 
     def _volume_path(self, pod: Any, run: PodRun, volume: Any) -> Path:

@@ -160,9 +160,11 @@ IDENTITY_SCRIPT = """
     import kubernetes
     from kubernetes.client import AuthenticationV1Api
     sa = os.environ["KUBE_SFT_SERVICEACCOUNT_DIR"]
-    loader = kubernetes.config.incluster_config.InClusterConfigLoader(
-        token_filename=os.path.join(sa, "token"), cert_filename=os.path.join(sa, "ca.crt"))
-    loader.load_and_set()
+    if sa == "/var/run/secrets/kubernetes.io/serviceaccount":  # real mounts: the unmodified loader
+        kubernetes.config.load_incluster_config()
+    else:
+        kubernetes.config.incluster_config.InClusterConfigLoader(
+            token_filename=os.path.join(sa, "token"), cert_filename=os.path.join(sa, "ca.crt")).load_and_set()
     review = AuthenticationV1Api().create_self_subject_review(
         {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
     message = {"user": review.status.user_info.username, "pod": os.environ["POD_NAME"],
@@ -367,13 +369,41 @@ def test_config_map_secret_and_volume_paths_reach_the_process(
     assert done.status.phase == "Succeeded", node_agent.logs(namespace, "mounts")
     out = json.loads(terminated(done).message)
     local_checkpoints = node_agent.workdir / "pvc" / namespace / "checkpoints"
-    expected = {
-        "config": "max_steps: 3\n",
-        "token": "s3cr3t",
-        "mode": "mounts-train",
-        "ckpt": f"{local_checkpoints}/run-1",
-    }
+    ckpt = "/checkpoints/run-1" if node_agent.real_mounts else f"{local_checkpoints}/run-1"
+    expected = {"config": "max_steps: 3\n", "token": "s3cr3t", "mode": "mounts-train", "ckpt": ckpt}
     assert out == expected
     assert (local_checkpoints / "run-1" / "marker").exists()
     bound = v1.read_namespaced_persistent_volume_claim("checkpoints", namespace)
     assert bound.status.phase == "Bound" and bound.spec.storage_class_name == "kube-sft-local"
+
+
+def test_second_node_without_mount_namespaces_rewrites_paths(kube_cluster: ControlPlane, namespace: str) -> None:
+    """A second node, in the fallback mode for non-root developers: mount paths are rewritten instead."""
+    agent = NodeAgent(
+        kube_cluster.api_client(),
+        kube_cluster.server,
+        kube_cluster.pki.ca.cert,
+        kube_cluster.workdir / "node-1",
+        node_name="kube-sft-node-1",
+        labels={"kube-sft.test/pool": "fallback"},
+        real_mounts=False,
+        provision_volumes=False,
+    ).start()
+    try:
+        script = """
+            import json, os, sys
+            sa = os.environ["KUBE_SFT_SERVICEACCOUNT_DIR"]
+            out = {"sa_ns": open(os.path.join(sa, "namespace")).read(), "arg": sys.argv[1]}
+            open("/dev/termination-log", "w").write(json.dumps(out))
+        """
+        pod = make_pod("fallback", script, args=["/var/run/secrets/kubernetes.io/serviceaccount/token"])
+        pod["spec"]["nodeSelector"] = {"kube-sft.test/pool": "fallback"}
+        core(kube_cluster).create_namespaced_pod(namespace, pod)
+        done = wait_phase(kube_cluster, namespace, "fallback", {"Succeeded", "Failed"})
+        assert done.spec.node_name == "kube-sft-node-1"
+        assert done.status.phase == "Succeeded", agent.logs(namespace, "fallback")
+        out = json.loads(terminated(done).message)
+        assert out["sa_ns"] == namespace
+        assert out["arg"].startswith(str(agent.workdir)) and out["arg"].endswith("/token")
+    finally:
+        agent.stop()
