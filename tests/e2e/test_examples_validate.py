@@ -1,0 +1,135 @@
+"""Every Kubernetes manifest under examples/ is accepted by a real API server with the real CRD.
+
+The SFTJob CRD (crds/sftjob.yaml) is installed into the real kube-apiserver of the `kube_cluster`
+fixture, then each example file goes through the real kubectl's `apply --dry-run=server`, which
+runs the full admission chain (OpenAPI schema, CEL rules, defaulting) without persisting anything.
+SFTJobs are also validated by the API models, whose cross-field rules (batch divisibility by the
+data-parallel size, TP x PP dividing the world) the CRD cannot express. A deliberately broken copy
+of an example proves the server really validates.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sft_operator.api import KIND, SFTJob
+from tests.cluster.controlplane import ControlPlane
+from tests.cluster.procs import wait_until
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+CRD = ROOT / "crds" / "sftjob.yaml"
+CRD_NAME = "sftjobs.sft.kube-sft.io"
+
+
+def manifest_documents(path: Path) -> list[dict[str, Any]]:
+    """The Kubernetes objects in a YAML file (documents with apiVersion and kind; others ignored)."""
+    documents = yaml.safe_load_all(path.read_text(encoding="utf-8"))
+    return [doc for doc in documents if isinstance(doc, dict) and "apiVersion" in doc and "kind" in doc]
+
+
+def example_manifests() -> list[Path]:
+    """Every YAML file under examples/ holding at least one Kubernetes object (local run configs are not)."""
+    files = sorted([*EXAMPLES.rglob("*.yaml"), *EXAMPLES.rglob("*.yml")])
+    return [path for path in files if manifest_documents(path)]
+
+
+MANIFESTS = example_manifests()
+
+
+@pytest.fixture(scope="module")
+def sftjob_crd(kube_cluster: ControlPlane) -> str:
+    """Install the checked-in SFTJob CRD and wait until the API server serves it."""
+    result = kube_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD), check=False)
+    assert result.returncode == 0, result.stderr
+
+    def established() -> bool:
+        jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
+        found = kube_cluster.kubectl("get", f"crd/{CRD_NAME}", "-o", f"jsonpath={jsonpath}", check=False)
+        served = kube_cluster.kubectl("get", "sftjobs", "-A", check=False)
+        return found.stdout.strip() == "True" and served.returncode == 0
+
+    wait_until(established, 60, f"CRD {CRD_NAME} established and served", interval=0.5)
+    return CRD_NAME
+
+
+def dry_run(kube_cluster: ControlPlane, namespace: str, path: Path) -> subprocess.CompletedProcess[str]:
+    """`kubectl apply --dry-run=server -f path` in the namespace (never raises)."""
+    return kube_cluster.kubectl(
+        "apply", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", str(path), check=False
+    )
+
+
+def test_both_flows_are_complete() -> None:
+    """Each flow has storage, data preparation, a one-node and a two-node SFTJob and a generation Job."""
+    for flow in ("dolly", "oasst"):
+        kinds: dict[str, list[dict[str, Any]]] = {}
+        for path in (EXAMPLES / flow).glob("*.yaml"):
+            for doc in manifest_documents(path):
+                kinds.setdefault(doc["kind"], []).append(doc)
+        jobs = [SFTJob.model_validate(doc) for doc in kinds.get(KIND, [])]
+        assert sorted(job.spec.resources.num_nodes for job in jobs) == [1, 2], flow
+        assert all(job.spec.resources.gpus_per_node == 8 for job in jobs), flow
+        commands = [" ".join(doc_command(job)) for job in kinds.get("Job", [])]
+        assert any(f"sft data convert {flow}" in command for command in commands), flow
+        assert any(command.startswith("sft generate") for command in commands), flow
+        assert kinds.get("PersistentVolumeClaim"), flow
+
+
+def doc_command(job: dict[str, Any]) -> list[str]:
+    """The first container's command + args of a batch/v1 Job, whitespace-normalised."""
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    words = [*container.get("command", []), *container.get("args", [])]
+    return " ".join(" ".join(words).replace("\\\n", " ").split()).split(" ")
+
+
+def test_sftjob_examples_pass_the_api_models() -> None:
+    """The operator's own validation (cross-field rules included) accepts every example SFTJob."""
+    jobs = [doc for path in MANIFESTS for doc in manifest_documents(path) if doc["kind"] == KIND]
+    assert len(jobs) >= 4
+    for doc in jobs:
+        job = SFTJob.model_validate(doc)
+        assert job.spec.training.world_size == job.spec.resources.world_size
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=[str(p.relative_to(EXAMPLES)) for p in MANIFESTS])
+def test_example_is_accepted_by_the_api_server(
+    kube_cluster: ControlPlane, sftjob_crd: str, namespace: str, path: Path
+) -> None:
+    """The real API server accepts the file: schema, CEL rules and defaulting all pass."""
+    result = dry_run(kube_cluster, namespace, path)
+    assert result.returncode == 0, f"{path}: {result.stderr}"
+    created = [line for line in result.stdout.splitlines() if "(server dry run)" in line]
+    assert len(created) == len(manifest_documents(path)), result.stdout
+
+
+BROKEN = {
+    "unknown-field": (("spec", "training", "trainer", "max_stepz"), 10, "max_stepz"),
+    "gpus-out-of-range": (("spec", "resources", "gpusPerNode"), 99, "gpusPerNode"),
+    "bad-precision": (("spec", "training", "trainer", "precision"), "fp7", "precision"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_a_broken_sftjob_is_rejected(
+    kube_cluster: ControlPlane, sftjob_crd: str, namespace: str, tmp_path: Path, case: str
+) -> None:
+    """The dry run is a real check: a changed copy of an example is refused, naming the field."""
+    keys, value, named = BROKEN[case]
+    doc = manifest_documents(EXAMPLES / "dolly" / "03-sftjob-8gpu.yaml")[0]
+    node = doc
+    for key in keys[:-1]:
+        node = node[key]
+    node[keys[-1]] = value
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    result = dry_run(kube_cluster, namespace, broken)
+    assert result.returncode != 0, result.stdout
+    assert named in result.stderr, result.stderr
