@@ -9,9 +9,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from sft_trainer.config import DataConfig, TokenizerConfig  # noqa: E402
-from sft_trainer.data.types import IGNORE_INDEX, Sample  # noqa: E402
-from sft_trainer.tokenization import load_tokenizer  # noqa: E402
+from sft_trainer.config import DataConfig, TokenizerConfig
+from sft_trainer.data.types import IGNORE_INDEX, Sample
+from sft_trainer.tokenization import load_tokenizer
 
 REPO = Path(__file__).parents[3]
 SHARED_DATA = REPO / ".." / "shared" / "data"

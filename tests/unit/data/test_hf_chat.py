@@ -52,7 +52,9 @@ def template_toks() -> dict[str, Any]:
     return out
 
 
-def encode(tokenizer: Any, rows: list[dict[str, Any]], template: str, **knobs: Any) -> tuple[list[tuple[np.ndarray, np.ndarray]], EncodeCounts]:
+def encode(
+    tokenizer: Any, rows: list[dict[str, Any]], template: str, **knobs: Any
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], EncodeCounts]:
     counts = EncodeCounts()
     config = data_config(format="hf_chat", chat_template=str(shared(f"chat_templates/{template}.jinja")), **knobs)
     return list(encode_hf_chat(enumerate(rows, 1), "chat.jsonl", config, tokenizer, None, counts)), counts
@@ -100,7 +102,9 @@ def test_template_errors_name_the_row(gpt2_tok: Any) -> None:
 
 
 def test_user_only_conversation_is_dropped(gpt2_tok: Any) -> None:
-    examples, counts = encode(gpt2_tok, [{"messages": MESSAGES[:1]}, {"messages": MESSAGES}], "Qwen-Qwen2.5-7B-Instruct")
+    examples, counts = encode(
+        gpt2_tok, [{"messages": MESSAGES[:1]}, {"messages": MESSAGES}], "Qwen-Qwen2.5-7B-Instruct"
+    )
     assert len(examples) == 1 and counts.dropped == 1
 
 

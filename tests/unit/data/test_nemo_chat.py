@@ -27,7 +27,9 @@ def row(kind: str | None, mask: str = "User", turns: list[dict[str, Any]] | None
     return {"system": "S", "mask": mask, "type": kind, "conversations": turns or TURNS}
 
 
-def encode(tokenizer: Any, rows: list[dict[str, Any]], **knobs: Any) -> tuple[list[tuple[np.ndarray, np.ndarray]], EncodeCounts]:
+def encode(
+    tokenizer: Any, rows: list[dict[str, Any]], **knobs: Any
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], EncodeCounts]:
     counts = EncodeCounts()
     config = data_config(format="nemo_chat", **knobs)
     return list(encode_nemo_chat(enumerate(rows, 1), "chat.jsonl", config, tokenizer, None, counts)), counts
@@ -36,12 +38,7 @@ def encode(tokenizer: Any, rows: list[dict[str, Any]], **knobs: Any) -> tuple[li
 def test_value_to_text_rendering_and_mask(byte_tok: Any) -> None:
     [(ids, targets)], _ = encode(byte_tok, [row("VALUE_TO_TEXT")])
     assert byte_tok.decode(ids) == (
-        "\x00System\nS\n"
-        "\x11User\nhi\n"
-        "\x11Assistant\n\x12q:4\nyo\n"
-        "\x11User\nok\n"
-        "\x11Assistant\n\x12q:3\nfine\n"
-        "\x11"
+        "\x00System\nS\n\x11User\nhi\n\x11Assistant\n\x12q:4\nyo\n\x11User\nok\n\x11Assistant\n\x12q:3\nfine\n\x11"
     )
     # Assistant values and their end of turn; the masked role's turn start (turn 2) and the final
     # turn start are trained; the header, turn 0, names and labels are not.
@@ -83,7 +80,13 @@ def test_text_to_value_turn_without_label_trains_its_value(byte_tok: Any) -> Non
 
 
 def test_custom_chat_tokens(byte_tok: Any) -> None:
-    tokens = {"system_turn_start": "<S>", "turn_start": "<T>", "label_start": "<L>", "end_of_turn": "|", "end_of_name": ":"}
+    tokens = {
+        "system_turn_start": "<S>",
+        "turn_start": "<T>",
+        "label_start": "<L>",
+        "end_of_turn": "|",
+        "end_of_name": ":",
+    }
     [(ids, targets)], _ = encode(byte_tok, [row("VALUE_TO_TEXT")], chat_prompt_tokens=tokens)
     assert byte_tok.decode(ids).startswith("<S>System:S|<T>User:hi|<T>Assistant:<L>q:4:yo|")
     assert trained_segments(byte_tok, ids, targets) == ["yo|<T>", "fine|<T>"]

@@ -15,7 +15,9 @@ from sft_trainer.data.types import IGNORE_INDEX
 from tests.unit.data.conftest import data_config, trained_segments
 
 
-def encode(tokenizer: Any, rows: list[dict[str, Any]], **knobs: Any) -> tuple[list[tuple[np.ndarray, np.ndarray]], EncodeCounts]:
+def encode(
+    tokenizer: Any, rows: list[dict[str, Any]], **knobs: Any
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], EncodeCounts]:
     counts = EncodeCounts()
     config = data_config(**knobs)
     examples = list(encode_prompt_response(enumerate(rows, 1), "rows.jsonl", config, tokenizer, None, counts))
@@ -54,9 +56,7 @@ def test_bos_sep_eos_and_custom_fields(byte_tok: Any) -> None:
 
 def test_gsm8k_style_template_with_gpt2(gpt2_tok: Any) -> None:
     row = {"question": "Natalia sold 48 clips.", "answer": "She sold 72.\n#### 72"}
-    [(ids, targets)], _ = encode(
-        gpt2_tok, [row], prompt_template="Q: {question}\nA: {answer}", label_key="answer"
-    )
+    [(ids, targets)], _ = encode(gpt2_tok, [row], prompt_template="Q: {question}\nA: {answer}", label_key="answer")
     assert trained_segments(gpt2_tok, ids, targets) == [" She sold 72.\n#### 72<|endoftext|>"]
     context = gpt2_tok.decode(ids[~targets])
     assert context == "Q: Natalia sold 48 clips.\nA:"
@@ -139,7 +139,10 @@ def test_fixed_context_longer_than_the_budget_drops_the_row(byte_tok: Any) -> No
 
 def test_empty_answer_without_eos_is_dropped_and_counted(byte_tok: Any) -> None:
     examples, counts = encode(
-        byte_tok, [{"input": "a", "output": ""}, {"input": "b", "output": "c"}], prompt_template="{input}{output}", add_eos=False
+        byte_tok,
+        [{"input": "a", "output": ""}, {"input": "b", "output": "c"}],
+        prompt_template="{input}{output}",
+        add_eos=False,
     )
     assert len(examples) == 1 and counts.dropped == 1 and counts.rows == 2
 
