@@ -58,9 +58,9 @@ def test_auto_finds_the_tokenizer_beside_a_llama2c_model() -> None:
 
 
 def test_missing_paths_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(TokenizerError, match="needs model.tokenizer.path"):
+    with pytest.raises(TokenizerError, match=r"needs model\.tokenizer\.path"):
         load_tokenizer(TokenizerConfig(type="gpt2_bpe"))
     with pytest.raises(TokenizerError, match="no such file"):
         load_tokenizer(TokenizerConfig(type="sentencepiece", path=str(tmp_path / "x.model")))
-    with pytest.raises(TokenizerError, match="encoder.json"):
+    with pytest.raises(TokenizerError, match=r"encoder\.json"):
         load_tokenizer(TokenizerConfig(type="gpt2_bpe", path=str(tmp_path)))
