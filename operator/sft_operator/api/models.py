@@ -8,7 +8,15 @@ The CRD (`crd.py`), the operator and `sft run` all validate with these models. F
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AliasGenerator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from sft_trainer.config import SFTConfig, consistency_problems
@@ -245,7 +253,10 @@ class SFTJobSpec(K8sModel):
         """Fill trainer.num_nodes / trainer.devices from `resources`, refusing contradictions."""
         if not isinstance(data, dict) or not isinstance(data.get("training"), dict):
             return data
-        resources = Resources.model_validate(data.get("resources") or {})
+        try:
+            resources = Resources.model_validate(data.get("resources") or {})
+        except ValidationError:
+            return data  # field validation reports it, at spec.resources
         training = dict(data["training"])
         trainer = dict(training.get("trainer") or {})
         for key, wanted in (("num_nodes", resources.num_nodes), ("devices", resources.nproc_per_node)):
