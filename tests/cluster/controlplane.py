@@ -141,6 +141,7 @@ class ControlPlane:
             "--enable-priority-and-fairness=false",
             "--profiling=false",
             "--endpoint-reconciler-type=none",
+            "--kubelet-preferred-address-types=InternalIP",
             "--v=1",
         ])  # fmt: skip
 
@@ -263,12 +264,19 @@ class ControlPlane:
         self.stop()
 
 
+class ToolError(subprocess.CalledProcessError):
+    """kubectl/helm failed; str() includes its stderr."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\nstderr:\n{self.stderr}"
+
+
 def _run(
     argv: Sequence[str | Path], env: dict[str, str], check: bool, input: str | None
 ) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([str(a) for a in argv], env=env, capture_output=True, text=True, input=input, timeout=300)
     if check and result.returncode != 0:
-        raise subprocess.CalledProcessError(result.returncode, result.args, result.stdout, result.stderr)
+        raise ToolError(result.returncode, result.args, result.stdout, result.stderr)
     return result
 
 

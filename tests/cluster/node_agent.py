@@ -60,6 +60,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,6 +69,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client import ApiException
 
+from tests.cluster.log_server import LogServer
 from tests.cluster.procs import kill_group
 
 log = logging.getLogger("kube_sft.node_agent")
@@ -208,12 +210,14 @@ class NodeAgent:
         self._runs_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.log_server: LogServer | None = None
 
     # ----- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> NodeAgent:
         """Register the node, then watch pods and heartbeat in background threads."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_server = LogServer(self._locate_log, self.workdir).start()
         self._register_node()
         self._renew_lease()
         loops = [(self._watch_loop, "watch"), (self._heartbeat_loop, "heartbeat")]
@@ -238,6 +242,8 @@ class NodeAgent:
             self._kill(run, grace=2)
         with contextlib.suppress(ApiException):
             self.v1.delete_node(self.node_name)
+        if self.log_server is not None:
+            self.log_server.stop()
 
     # ----- queries for tests ----------------------------------------------------------------
 
@@ -253,6 +259,12 @@ class NodeAgent:
         if run is None or not run.log_path.exists():
             return ""
         return run.log_path.read_text(errors="replace")
+
+    def _locate_log(self, namespace: str, name: str) -> tuple[Path | None, Callable[[], bool]]:
+        run = self.find_run(namespace, name)
+        if run is None:
+            return None, lambda: False
+        return run.log_path, lambda: run.proc is not None and run.proc.poll() is None
 
     def all_logs(self) -> str:
         """Every pod log this agent wrote, concatenated (for secret-leak checks)."""
@@ -294,7 +306,7 @@ class NodeAgent:
                 "allocatable": self.capacity,
                 "conditions": [ready, *pressure],
                 "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": self.node_name}],
-                "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": self.log_server.port if self.log_server else 0}},
                 "nodeInfo": {
                     "machineID": self.node_name, "systemUUID": self.node_name, "bootID": self.node_name,
                     "kernelVersion": os.uname().release, "osImage": "kube-sft test node agent",

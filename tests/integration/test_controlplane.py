@@ -200,6 +200,7 @@ def test_scheduler_binds_gpu_pod_and_agent_runs_it(
     }
     assert done.status.pod_ip.startswith("127.0.0.") and done.status.pod_ip != "127.0.0.1"
     assert "trained" in node_agent.logs(namespace, "gpu-pod")
+    assert kube_cluster.kubectl("logs", "-n", namespace, "gpu-pod").stdout == "trained\n"
 
 
 def test_failing_command_ends_failed_with_exit_code(
