@@ -28,8 +28,9 @@ What it cannot do, and how tests see it instead:
     KUBE_SFT_TERMINATION_MESSAGE_PATH  the file behind terminationMessagePath
     KUBE_SFT_MOUNTS                    JSON {mountPath: path the process can open}
     KUBE_SFT_POD_DIR                   the pod's scratch directory (the default working directory)
-- There is no DNS and no network namespace: every pod shares the host's network, with its own
-  loopback address 127.0.0.x as podIP. A process should bind to its pod IP (env from fieldRef
+- There is no cluster DNS and no network namespace: every pod shares the host's network, with its own
+  loopback address 127.0.0.x as podIP. With real mounts, each pod's /etc/hosts names every pod of its
+  namespace (`<hostname>.<subdomain>[.<ns>.svc.cluster.local]`) by its IP, as of the pod's start. A process should bind to its pod IP (env from fieldRef
   status.podIP), not 0.0.0.0, when two pods use the same port. Pod host names
   (`<hostname>.<subdomain>...`) cannot resolve: if MASTER_ADDR (or any env var named in the pod's
   KUBE_SFT_TEST_RESOLVE_ENV, comma separated) is such a name, the agent replaces it with the IP it
@@ -104,7 +105,10 @@ def mount_namespaces_work() -> bool:
 
 
 class IPAllocator:
-    """Hands out 127.0.0.2-254, one per (namespace, pod name); shared by every agent in this process."""
+    """Hands out 127.0.0.2-254, one per (namespace, pod name); shared by every agent in this process.
+
+    The first address depends on the PID, so two test sessions on one machine rarely hand out the same one.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -131,8 +135,9 @@ class IPAllocator:
 
     def _free_address(self) -> str:
         used = set(self._by_pod.values())
-        for last in range(2, 255):
-            candidate = f"127.0.0.{last}"
+        first = os.getpid() % 253  # start elsewhere than a concurrent test session on this machine
+        for index in range(253):
+            candidate = f"127.0.0.{2 + (first + index) % 253}"
             if candidate not in used:
                 return candidate
         for key in [k for k in self._by_pod if k not in self._active]:
@@ -162,6 +167,7 @@ class PodRun:
     finished: bool = False
     restarts: int = 0
     read_only_volumes: set[str] = field(default_factory=set)
+    extra_hosts: dict[str, str] = field(default_factory=dict)
     last_exit: dict[str, Any] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -512,6 +518,7 @@ class NodeAgent:
         argv = [_rewrite_paths(_expand(a, env), rewrite) for a in [*container.command, *(container.args or [])]]
         cwd = _rewrite_paths(container.working_dir, rewrite) if container.working_dir else str(run.directory)
         if self.real_mounts:
+            mount_map["/etc/hosts"] = self._hosts_file(pod, run)
             argv = self._in_mount_namespace(run, container, mounts, mount_map, argv, cwd)
             cwd = str(run.directory)
         Path(cwd).mkdir(parents=True, exist_ok=True)
@@ -594,7 +601,7 @@ class NodeAgent:
             value = self._env_value(pod, run, container, var)
             if value is not None:
                 env[var.name] = _rewrite_paths(_expand(value, env), rewrite)
-        self._resolve_hosts(pod, env)
+        self._resolve_hosts(pod, run, env)
         return env
 
     def _env_value(self, pod: Any, run: PodRun, container: Any, var: Any) -> str | None:
@@ -651,7 +658,7 @@ class NodeAgent:
             return "\n".join(f'{k}="{v}"' for k, v in sorted(items.items()))
         raise PodStartError(f"fieldRef {path} is not supported by the test node agent")
 
-    def _resolve_hosts(self, pod: Any, env: dict[str, str]) -> None:
+    def _resolve_hosts(self, pod: Any, run: PodRun, env: dict[str, str]) -> None:
         """Replace pod host names in MASTER_ADDR (and KUBE_SFT_TEST_RESOLVE_ENV vars) by pod IPs."""
         namespace = pod.metadata.namespace
         names = [*RESOLVED_ENV, *filter(None, env.get("KUBE_SFT_TEST_RESOLVE_ENV", "").split(","))]
@@ -659,7 +666,21 @@ class NodeAgent:
             value = env.get(name, "")
             if value and not re.fullmatch(r"[\d.]+|localhost", value):
                 env[name] = ALLOCATOR.reserve(namespace, self._pod_for_hostname(namespace, value.split(".")[0]))
+                run.extra_hosts[value] = env[name]
         env["KUBE_SFT_TEST_HOSTS"] = ",".join(f"{h}={ip}" for h, ip in sorted(ALLOCATOR.hosts(namespace).items()))
+
+    def _hosts_file(self, pod: Any, run: PodRun) -> Path:
+        """An /etc/hosts naming every pod of the namespace (`<hostname>.<subdomain>.<ns>.svc...`) by its IP."""
+        namespace = pod.metadata.namespace
+        lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+        for other in self.v1.list_namespaced_pod(namespace).items:
+            mine = other.metadata.uid == pod.metadata.uid
+            ip = run.ip if mine else ALLOCATOR.reserve(namespace, other.metadata.name)
+            lines.append(f"{ip}\t{' '.join(_dns_names(other))}")
+        lines.extend(f"{ip}\t{name}" for name, ip in run.extra_hosts.items())  # named before the pod exists
+        path = run.directory / "hosts"
+        path.write_text("\n".join(lines) + "\n")
+        return path
 
     def _pod_for_hostname(self, namespace: str, hostname: str) -> str:
         """The name of the pod whose spec.hostname is hostname (else hostname itself: pods are named so)."""
@@ -892,6 +913,16 @@ def _conditions(ready: bool) -> list[dict[str, Any]]:
         {"type": "ContainersReady", "status": flag, "lastTransitionTime": stamp},
         {"type": "Ready", "status": flag, "lastTransitionTime": stamp},
     ]
+
+
+def _dns_names(pod: Any) -> list[str]:
+    """The names cluster DNS would give a pod: `<hostname>.<subdomain>.<ns>.svc.cluster.local` and shorter."""
+    hostname = pod.spec.hostname or pod.metadata.name
+    if not pod.spec.subdomain:
+        return [hostname]
+    base = f"{hostname}.{pod.spec.subdomain}"
+    namespace = pod.metadata.namespace
+    return [f"{base}.{namespace}.svc.cluster.local", f"{base}.{namespace}.svc", f"{base}.{namespace}", base, hostname]
 
 
 def _write_items(directory: Path, data: dict[str, bytes], items: list[Any] | None) -> None:

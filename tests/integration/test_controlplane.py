@@ -243,20 +243,31 @@ def test_master_addr_resolves_to_rank0_pod_ip(
 ) -> None:
     """Workers that point MASTER_ADDR at `<job>-node-0.<svc>` get rank 0's pod IP (there is no DNS)."""
     v1 = core(kube_cluster)
-    script = 'import os, sys; open(sys.argv[1], "w").write(os.environ["MASTER_ADDR"])'
+    script = """
+        import json, os, socket, sys
+        name = os.environ["NAME"]
+        resolved = socket.gethostbyname(name) if os.path.exists("/etc/hosts") else None
+        open(sys.argv[1], "w").write(json.dumps({"master": os.environ["MASTER_ADDR"], "resolved": resolved}))
+    """
     for rank in (1, 0):  # the worker first: it must get the address rank 0 will have
         pod = make_pod(
             f"job-node-{rank}",
             script,
             args=["/dev/termination-log"],
-            env=[{"name": "MASTER_ADDR", "value": f"job-node-0.job.{namespace}.svc"}],
+            env=[
+                {"name": "MASTER_ADDR", "value": f"job-node-0.job.{namespace}.svc"},
+                {"name": "NAME", "value": f"job-node-0.job.{namespace}.svc.cluster.local"},
+            ],
         )
         pod["spec"].update({"hostname": f"job-node-{rank}", "subdomain": "job"})
         v1.create_namespaced_pod(namespace, pod)
     rank0 = wait_phase(kube_cluster, namespace, "job-node-0", {"Succeeded", "Failed"})
     rank1 = wait_phase(kube_cluster, namespace, "job-node-1", {"Succeeded", "Failed"})
-    assert terminated(rank0).message == rank0.status.pod_ip
-    assert terminated(rank1).message == rank0.status.pod_ip
+    ip0 = rank0.status.pod_ip
+    assert json.loads(terminated(rank0).message)["master"] == ip0
+    assert json.loads(terminated(rank1).message)["master"] == ip0
+    if node_agent.real_mounts:  # each pod's /etc/hosts names the pods of its namespace
+        assert json.loads(terminated(rank1).message)["resolved"] == ip0
     assert rank1.status.pod_ip != rank0.status.pod_ip
 
 
