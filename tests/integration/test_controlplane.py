@@ -419,3 +419,54 @@ def test_second_node_without_mount_namespaces_rewrites_paths(kube_cluster: Contr
         assert out["arg"].startswith(str(agent.workdir)) and out["arg"].endswith("/token")
     finally:
         agent.stop()
+
+
+def test_helm_installs_a_chart_with_the_real_binary(kube_cluster: ControlPlane, namespace: str, tmp_path: Path) -> None:
+    chart = tmp_path / "probe"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: probe\nversion: 0.1.0\n")
+    (chart / "values.yaml").write_text("greeting: hello\n")
+    (chart / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cm\ndata:\n  greeting: {{ .Values.greeting }}\n"
+    )
+    kube_cluster.helm("install", "probe", str(chart), "-n", namespace, "--set", "greeting=hi", "--wait")
+    data = core(kube_cluster).read_namespaced_config_map("probe-cm", namespace).data
+    assert data == {"greeting": "hi"}
+    assert "probe" in kube_cluster.helm("list", "-n", namespace, "-q").stdout.split()
+    kube_cluster.helm("uninstall", "probe", "-n", namespace, "--wait")
+    with pytest.raises(ApiException):
+        core(kube_cluster).read_namespaced_config_map("probe-cm", namespace)
+
+
+def test_deployment_pods_are_replaced_when_deleted(
+    kube_cluster: ControlPlane, node_agent: NodeAgent, namespace: str
+) -> None:
+    """Deployment -> ReplicaSet -> pod on the agent's node; a deleted pod is replaced (operator HA relies on it)."""
+    container = make_pod("unused", "import time; time.sleep(600)")["spec"]["containers"][0]
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "sleeper"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "sleeper"}},
+            "template": {"metadata": {"labels": {"app": "sleeper"}}, "spec": {"containers": [container]}},
+        },
+    }
+    apps = kubernetes.client.AppsV1Api(kube_cluster.client)
+    v1 = core(kube_cluster)
+    apps.create_namespaced_deployment(namespace, deployment)
+
+    def running_pods() -> list[str]:
+        pods = v1.list_namespaced_pod(namespace, label_selector="app=sleeper").items
+        return [p.metadata.name for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+
+    first = wait_until(running_pods, 60, "the Deployment's pod to run")
+    wait_until(
+        lambda: apps.read_namespaced_deployment(namespace=namespace, name="sleeper").status.available_replicas == 1,
+        30,
+        "availableReplicas 1",
+    )
+    v1.delete_namespaced_pod(first[0], namespace, grace_period_seconds=2)
+    second = wait_until(lambda: [n for n in running_pods() if n != first[0]], 60, "a replacement pod")
+    assert second and second[0] != first[0]
