@@ -71,7 +71,7 @@ import kubernetes
 from kubernetes.client import ApiException
 
 from tests.cluster.log_server import LogServer
-from tests.cluster.procs import kill_group
+from tests.cluster.procs import die_with_parent, kill_group
 
 log = logging.getLogger("kube_sft.node_agent")
 
@@ -529,7 +529,7 @@ class NodeAgent:
                 try:
                     run.proc = subprocess.Popen(
                         argv, env=env, cwd=cwd, stdout=log_file, stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL, start_new_session=True,
+                        stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent,
                     )  # fmt: skip
                 except OSError as exc:
                     raise PodStartError(f"cannot run {argv[0]!r}: {exc}") from exc

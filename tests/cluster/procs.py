@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -13,6 +14,17 @@ from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """preexec_fn: ask Linux to SIGKILL this child when the thread that started it dies.
+
+    A test session killed by a timeout then leaves no etcd, API server or pod process behind.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -60,6 +72,7 @@ class ManagedProcess:
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
 
     def alive(self) -> bool:
