@@ -511,7 +511,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "layout":
         extra = {"sequence_parallel": args.sequence_parallel, "fp8": args.fp8, "activation_recompute": args.recompute}
-        result = run_layout(args.tp, args.pp, args.vpp, args.steps, args.save_at, args.load, args.save, **extra)
+        try:
+            result = run_layout(args.tp, args.pp, args.vpp, args.steps, args.save_at, args.load, args.save, **extra)
+        except Exception:
+            import traceback
+
+            Path(f"{args.out}.rank{os.environ.get('RANK', '0')}.err").write_text(traceback.format_exc())
+            raise
         if torch.distributed.get_rank() == 0:
             result["device"] = device_name()
             Path(args.out).write_text(json.dumps(result, indent=1))

@@ -24,30 +24,33 @@ gpus=${2:-2}
 steps=${STEPS:-40}
 run() {  # name nproc args...
   local name=$1 nproc=$2; shift 2
-  torchrun --standalone --nproc-per-node "$nproc" -m tests.gpu.megatron_checks layout "$WORK/$name.json" --steps "$steps" "$@" \
-    > "$WORK/$name.log" 2>&1 && tail -1 "$WORK/$name.log" || { echo "FAILED $name"; grep -v Warning "$WORK/$name.log" | tail -25; }
+  timeout "${RUN_TIMEOUT:-150}" torchrun --standalone --nproc-per-node "$nproc" -m tests.gpu.megatron_checks layout "$WORK/$name.json" \
+    --steps "$steps" "$@" > "$WORK/$name.log" 2>&1 && tail -1 "$WORK/$name.log" \
+    || { echo "FAILED $name"; cat "$WORK/$name".json.rank*.err 2>/dev/null | tail -30; }
 }
 ckpt=/tmp/layout-ckpt
 rm -rf "$ckpt"
+half=$((steps / 2))
 run tp1 1 --tp 1
-run tp2 2 --tp 2 --save-at 20 --save "$ckpt"
-run tp2sp 2 --tp 2 --sequence-parallel
 run pp2 2 --pp 2
+run tp2 2 --tp 2 --save-at "$half" --save "$ckpt"
+run dp2_from_tp2 2 --tp 1 --save-at "$half" --load "$ckpt"
+run pp2_from_tp2 2 --pp 2 --save-at "$half" --load "$ckpt"
 run pp2vpp2 2 --pp 2 --vpp 2
+run tp2sp 2 --tp 2 --sequence-parallel
 run dp2 2 --tp 1
-run pp2_from_tp2 2 --pp 2 --save-at 20 --load "$ckpt"
 run tp2sp_fp8 2 --tp 2 --sequence-parallel --fp8 hybrid
 run dp2_recompute_full 2 --recompute full
 run pp2_recompute_selective 2 --pp 2 --recompute selective
 if [ "$gpus" -ge 4 ]; then
   run tp2pp2 4 --tp 2 --pp 2
   run dp4 4 --tp 1
-  run tp2dp2_fp8 4 --tp 2 --fp8 hybrid --recompute selective
 fi
 python3 - "$WORK" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 runs = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json")) if p.stem not in ("single", "layouts")}
+runs = {k: v for k, v in runs.items() if v.get("losses")}
 base = runs.get("tp1", {}).get("losses")
 table = {}
 for name, r in runs.items():
@@ -62,4 +65,4 @@ for name, t in table.items():
     print(f"| {name} | {t['max_step_rel_vs_tp1']:.4%} | {t['mean_step_rel_vs_tp1']:.4%} | {t['seconds']:.1f} |")
 PY
 cp "$WORK/layouts.json" "$OUT/" 2>/dev/null
-tar czf "$OUT/results-layouts.tgz" -C "$WORK" $(cd "$WORK" && ls *.json *.log 2>/dev/null)
+tar czf "$OUT/results-layouts.tgz" -C "$WORK" $(cd "$WORK" && ls *.json *.log *.err 2>/dev/null)
