@@ -22,8 +22,9 @@ if [ "$mode" = single ]; then
 fi
 gpus=${2:-2}
 steps=${STEPS:-40}
-run() {  # name nproc args...
+run() {  # name nproc args...   (RUNS="a b" runs only those)
   local name=$1 nproc=$2; shift 2
+  if [ -n "${RUNS:-}" ] && [[ " $RUNS " != *" $name "* ]]; then return; fi
   timeout "${RUN_TIMEOUT:-150}" torchrun --standalone --nproc-per-node "$nproc" -m tests.gpu.megatron_checks layout "$WORK/$name.json" \
     --steps "$steps" "$@" > "$WORK/$name.log" 2>&1 && tail -1 "$WORK/$name.log" \
     || { echo "FAILED $name"; cat "$WORK/$name".json.rank*.err 2>/dev/null | tail -30; }
