@@ -65,7 +65,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import kubernetes
 from kubernetes.client import ApiException
@@ -74,6 +74,7 @@ from tests.cluster.log_server import LogServer
 from tests.cluster.procs import die_with_parent, kill_group
 
 log = logging.getLogger("kube_sft.node_agent")
+T = TypeVar("T")
 
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
@@ -173,7 +174,15 @@ class PodRun:
 
 
 class PodStartError(Exception):
-    """The pod cannot be started (missing command, config map, binary...)."""
+    """The pod cannot be started (missing command, unsupported field, binary...)."""
+
+
+class MissingSourceError(PodStartError):
+    """A ConfigMap or Secret the pod needs does not exist (yet): the agent waits for it."""
+
+
+class DeletedWhileWaitingError(Exception):
+    """The pod was deleted (or the agent stopped) before it could start."""
 
 
 class NodeAgent:
@@ -469,13 +478,17 @@ class NodeAgent:
     def _run_pod(self, pod: Any, run: PodRun) -> None:
         """Run init containers, then the first container; write every status transition."""
         try:
-            mounts = self._materialise_volumes(pod, run)
+            mounts = self._until_sources_exist(
+                pod, run, "ContainerCreating", lambda: self._materialise_volumes(pod, run)
+            )
             for init in pod.spec.init_containers or []:
                 code = self._run_container(pod, run, init, mounts, main=False)
                 if code != 0 or run.deleting:
                     self._finish(pod, run, code, reason="Error", init_name=init.name)
                     return
             code = self._run_main(pod, run, mounts)
+        except DeletedWhileWaitingError:
+            return
         except PodStartError as exc:
             log.warning("pod %s/%s cannot start: %s", run.namespace, run.name, exc)
             run.log_path.write_text(f"kube-sft node agent: {exc}\n")
@@ -487,6 +500,26 @@ class NodeAgent:
             return
         if not run.deleting:
             self._finish(pod, run, code)
+
+    def _until_sources_exist(self, pod: Any, run: PodRun, reason: str, prepare: Callable[[], T]) -> T:
+        """Retry `prepare` while a ConfigMap/Secret it needs is missing, as the kubelet does (pod stays Pending)."""
+        reported = ""
+        while True:
+            try:
+                return prepare()
+            except MissingSourceError as exc:
+                if str(exc) != reported:
+                    reported = str(exc)
+                    self._patch_status(run, self._waiting_status(pod, reason, reported))
+            if run.deleting or self._stop.wait(1.0):
+                raise DeletedWhileWaitingError(run.name)
+
+    def _waiting_status(self, pod: Any, reason: str, message: str) -> dict[str, Any]:
+        container = pod.spec.containers[0]
+        waiting = {"reason": reason, "message": message}
+        status = {"name": container.name, "image": container.image or "", "imageID": "", "ready": False,
+                  "restartCount": 0, "state": {"waiting": waiting}}  # fmt: skip
+        return {"status": {"phase": "Pending", "containerStatuses": [status]}}
 
     def _run_main(self, pod: Any, run: PodRun, mounts: dict[str, Path]) -> int:
         """Run the first container, restarting it (with back-off) as restartPolicy Always/OnFailure say."""
@@ -514,7 +547,9 @@ class NodeAgent:
         mount_map = {m.mount_path: self._mount_source(m, mounts) for m in container.volume_mounts or []}
         mount_map[term_target] = term_path
         rewrite = {} if self.real_mounts else mount_map
-        env = self._container_env(pod, run, container, mount_map, rewrite)
+        env = self._until_sources_exist(
+            pod, run, "CreateContainerConfigError", lambda: self._container_env(pod, run, container, mount_map, rewrite)
+        )
         argv = [_rewrite_paths(_expand(a, env), rewrite) for a in [*container.command, *(container.args or [])]]
         cwd = _rewrite_paths(container.working_dir, rewrite) if container.working_dir else str(run.directory)
         if self.real_mounts:
@@ -778,7 +813,7 @@ class NodeAgent:
         except ApiException as exc:
             if exc.status == 404 and optional:
                 return {}
-            raise PodStartError(f'configmap "{name}" not found') from exc
+            raise MissingSourceError(f'configmap "{name}" not found') from exc
 
     def _secret(self, namespace: str, name: str, optional: bool) -> dict[str, bytes]:
         try:
@@ -786,7 +821,7 @@ class NodeAgent:
         except ApiException as exc:
             if exc.status == 404 and optional:
                 return {}
-            raise PodStartError(f'secret "{name}" not found') from exc
+            raise MissingSourceError(f'secret "{name}" not found') from exc
         return {k: base64.b64decode(v) for k, v in data.items()}
 
     # ----- status ---------------------------------------------------------------------------

@@ -470,3 +470,24 @@ def test_deployment_pods_are_replaced_when_deleted(
     v1.delete_namespaced_pod(first[0], namespace, grace_period_seconds=2)
     second = wait_until(lambda: [n for n in running_pods() if n != first[0]], 60, "a replacement pod")
     assert second and second[0] != first[0]
+
+
+def test_pod_waits_for_a_missing_config_map(kube_cluster: ControlPlane, node_agent: NodeAgent, namespace: str) -> None:
+    """Like the kubelet, the agent keeps a pod Pending until the ConfigMap it mounts exists."""
+    v1 = core(kube_cluster)
+    pod = make_pod("waiter", "import sys; open('/dev/termination-log', 'w').write(open(sys.argv[1]).read())")
+    pod["spec"]["containers"][0].update(
+        args=["/etc/late/value"], volumeMounts=[{"name": "late", "mountPath": "/etc/late"}]
+    )
+    pod["spec"]["volumes"] = [{"name": "late", "configMap": {"name": "late"}}]
+    v1.create_namespaced_pod(namespace, pod)
+
+    def waiting() -> str | None:
+        statuses = v1.read_namespaced_pod("waiter", namespace).status.container_statuses or []
+        return statuses[0].state.waiting.reason if statuses and statuses[0].state.waiting else None
+
+    assert wait_until(waiting, 30, "the pod to wait for its ConfigMap") == "ContainerCreating"
+    assert v1.read_namespaced_pod("waiter", namespace).status.phase == "Pending"
+    v1.create_namespaced_config_map(namespace, {"metadata": {"name": "late"}, "data": {"value": "arrived"}})
+    done = wait_phase(kube_cluster, namespace, "waiter", {"Succeeded", "Failed"})
+    assert (done.status.phase, terminated(done).message) == ("Succeeded", "arrived")
