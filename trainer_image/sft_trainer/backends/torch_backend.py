@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.nn import functional
 from transformers import PreTrainedModel
 
+from sft_trainer import lora
 from sft_trainer.backends.base import EvalResult, StepResult
 from sft_trainer.config.schema import OptimConfig, SFTConfig
 from sft_trainer.data.types import IGNORE_INDEX, MicroBatch
@@ -89,6 +90,9 @@ class TorchBackend:
         self.config = config
         self.env = env
         self.device = device
+        self.lora = config.training.method == "lora"
+        if self.lora:  # peft wraps the model: the base is frozen, only the adapters train
+            model = lora.with_adapters(model, config.training.lora)
         self.hf_model: PreTrainedModel = model.to(device)  # type: ignore[arg-type]
         self.hf_model.config.use_cache = False
         self.model: nn.Module = self._wrap(self.hf_model)
@@ -183,19 +187,28 @@ class TorchBackend:
         return EvalResult(loss_sum=float(loss_sum), loss_tokens=micro_batch.num_loss_tokens)
 
     def save_checkpoint(self, directory: Path) -> None:
-        """Model weights as a Hugging Face directory (safetensors) + optimizer state (torch.save)."""
-        model_state = get_model_state_dict(self.model, options=_FULL_STATE)
+        """Model weights as a Hugging Face directory (safetensors) + optimizer state (torch.save).
+
+        Under LoRA: only the adapter (`adapter/`, PEFT format) and the adapters' optimizer state.
+        """
+        model_state = get_model_state_dict(self.model, options=lora.TRAINABLE_STATE if self.lora else _FULL_STATE)
         optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=_FULL_STATE)
-        if self.env.is_rank_zero:
+        if self.env.is_rank_zero and self.lora:
+            lora.save_adapter(self.hf_model, directory / lora.ADAPTER_SUBDIR, model_state)
+        elif self.env.is_rank_zero:
             self.hf_model.save_pretrained(directory / MODEL_SUBDIR, state_dict=model_state)
+        if self.env.is_rank_zero:
             torch.save({"optimizer": optim_state, "scaler": self.scaler.state_dict()}, directory / OPTIMIZER_FILE)
         if dist.is_initialized():
             dist.barrier()
 
     def load_checkpoint(self, directory: Path) -> None:
         """Restore what `save_checkpoint` wrote (every rank reads the files)."""
-        weights = load_hf(directory / MODEL_SUBDIR).state_dict()
-        set_model_state_dict(self.model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+        if self.lora:
+            lora.load_adapter(self.model, self.hf_model, directory / lora.ADAPTER_SUBDIR)
+        else:
+            weights = load_hf(directory / MODEL_SUBDIR).state_dict()
+            set_model_state_dict(self.model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
         saved = torch.load(directory / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
         set_optimizer_state_dict(
             self.model, self.optimizer, saved["optimizer"], options=StateDictOptions(full_state_dict=True)
@@ -203,9 +216,14 @@ class TorchBackend:
         self.scaler.load_state_dict(saved["scaler"])
 
     def export_hf(self, directory: Path) -> None:
-        """The trained model as a Hugging Face directory; rank 0 writes."""
+        """The trained model as a Hugging Face directory; rank 0 writes.
+
+        Under LoRA: the merged model, and the PEFT adapter in `adapter/`.
+        """
         model_state = get_model_state_dict(self.model, options=_FULL_STATE)
-        if self.env.is_rank_zero:
+        if self.env.is_rank_zero and self.lora:
+            lora.export_final(self.hf_model, directory, model_state)
+        elif self.env.is_rank_zero:
             self.hf_model.save_pretrained(directory, state_dict=model_state)
         if dist.is_initialized():
             dist.barrier()
