@@ -16,10 +16,10 @@ projection, `up`/`gate`/`down` -> the MLP projections, `all` -> every one the mo
 
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from copy import deepcopy
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -139,7 +139,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 TRAINABLE_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
 
 
-def save_adapter(model: nn.Module, directory: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+def save_adapter(model: nn.Module, directory: Path, state: Mapping[str, Any] | None = None) -> None:
     """Write the adapter in the Hugging Face PEFT format (`adapter_config.json` + safetensors).
 
     `state` (e.g. `get_model_state_dict(wrapped, options=TRAINABLE_STATE)`, keyed by parameter
@@ -171,7 +171,7 @@ def load_adapter(wrapped: nn.Module, model: nn.Module, directory: Path) -> None:
     set_model_state_dict(wrapped, state, options=StateDictOptions(full_state_dict=True, strict=False))
 
 
-def merged_model(model: nn.Module, full_state: dict[str, torch.Tensor] | None = None) -> PreTrainedModel:
+def merged_model(model: nn.Module, full_state: Mapping[str, Any] | None = None) -> PreTrainedModel:
     """A plain Hugging Face model (CPU, eval mode) whose weights are base + adapter.
 
     The training model is left untouched: a copy is built from `full_state` (the whole model's
@@ -185,13 +185,14 @@ def merged_model(model: nn.Module, full_state: dict[str, torch.Tensor] | None = 
     base_config = cast(PretrainedConfig, lora_model.get_base_model().config)
     with no_init_weights():
         skeleton = AutoModelForCausalLM.from_config(base_config, dtype=torch.float32)
+    skeleton.tie_weights()  # skipped with the initialisation; keeps tied embeddings one tensor
     copy = peft.get_peft_model(skeleton, deepcopy(lora_model.peft_config[ADAPTER_NAME]))
     copy.load_state_dict(state, strict=True)
     merged = cast(PreTrainedModel, copy.merge_and_unload())
     return merged.eval()
 
 
-def export_final(model: nn.Module, directory: Path, full_state: dict[str, torch.Tensor]) -> None:
+def export_final(model: nn.Module, directory: Path, full_state: Mapping[str, Any]) -> None:
     """`final/`: the merged full model in `directory`, the PEFT adapter in `directory/adapter`."""
     save_adapter(model, directory / ADAPTER_SUBDIR, full_state)
     merged_model(model, full_state).save_pretrained(str(directory))
