@@ -37,15 +37,20 @@ class Settings:
     identity: str = "kube-sft-operator"
 
 
-def status_patch(old: SFTJobStatus, new: SFTJobStatus) -> Object:
-    """The merge patch from `old` to `new`: changed keys only, removed keys as null.
+def status_patch(stored: Object, old: SFTJobStatus, new: SFTJobStatus) -> Object:
+    """The merge patch from the stored status to `new`: changed keys only, removed keys as null.
 
-    Trainer-owned keys are sent only when the operator itself changed them (the final model read
-    from the termination message), so a concurrent trainer patch is never overwritten.
+    Operator-owned keys are compared with what is stored (so defaults such as `restarts: 0` get
+    written once). Trainer-owned keys are sent only when the operator itself changed them (the final
+    model read from the termination message), so a concurrent trainer patch is never overwritten.
     """
     before, after = old.wire(), new.wire()
-    patch: Object = {key: value for key, value in after.items() if before.get(key) != value}
-    patch.update({key: None for key in before if key not in after and key not in TRAINER_OWNED})
+    patch: Object = {}
+    for key, value in after.items():
+        reference = before if key in TRAINER_OWNED else stored
+        if reference.get(key) != value:
+            patch[key] = value
+    patch.update({key: None for key in stored if key not in after and key not in TRAINER_OWNED})
     return patch
 
 
@@ -107,7 +112,7 @@ class Controller:
     def apply(self, raw: Object, job: SFTJob, plan: Plan) -> None:
         """Write the decision: status first, then pods, then Events."""
         namespace, name = job.metadata.namespace, job.metadata.name
-        patch = status_patch(job.status, plan.status)
+        patch = status_patch(raw.get("status") or {}, job.status, plan.status)
         if patch:
             self.kube.patch_job_status(namespace, name, patch)
         for pod in plan.delete_pods:

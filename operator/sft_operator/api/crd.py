@@ -106,7 +106,15 @@ def _merge_any_of(node: Schema, defs: dict[str, Schema], path: tuple[str, ...]) 
     elif types == {"integer", "number"}:
         merged = {"type": "number", **node}
     elif types == {"integer", "string"}:
-        merged = {"x-kubernetes-int-or-string": True, **node}
+        # As controller-gen writes resource.Quantity: the string's pattern applies to strings only.
+        string = next(option for option in concrete if option.get("type") == "string")
+        bounds = {key: string[key] for key in ("pattern", "maxLength") if key in string}
+        merged = {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "x-kubernetes-int-or-string": True,
+            **bounds,
+            **node,
+        }
     else:
         raise ValueError(f"{'.'.join(path)}: cannot express anyOf {types} structurally")
     if nullable:
