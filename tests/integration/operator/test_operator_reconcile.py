@@ -346,3 +346,40 @@ def test_operator_metrics_count_jobs(kube_cluster: ControlPlane, operator: Opera
     assert 'kube_sft_jobs{phase="Succeeded"}' in text
     assert "kube_sft_reconcile_duration_seconds_count" in text
     assert "kube_sft_operator_leader 1.0" in text
+
+
+def test_image_change_restarts_the_gang_without_counting_a_failure(
+    kube_cluster: ControlPlane, operator: Operator, sft_namespace: str
+) -> None:
+    create(kube_cluster, sft_namespace, sftjob("rolling", script("time.sleep(600)")))
+    wait_for(lambda: phase_is(kube_cluster, sft_namespace, "rolling", "Initializing"), 30, "Initializing", operator)
+    patch = {"spec": {"image": "registry.local/trainer:2"}}
+    custom(kube_cluster).patch_namespaced_custom_object(GROUP, VERSION, sft_namespace, PLURAL, "rolling", patch)
+
+    def restarted() -> bool:
+        current = status(kube_cluster, sft_namespace, "rolling")
+        images = {p.spec.containers[0].image for p in pods(kube_cluster, sft_namespace, "rolling")}
+        return current.get("attempt") == 1 and images == {"registry.local/trainer:2"}
+
+    wait_for(restarted, 40, "a new gang with the new image", operator)
+    assert status(kube_cluster, sft_namespace, "rolling")["restarts"] == 0
+    assert "SpecChanged" in {reason for reason, _ in events(kube_cluster, sft_namespace, "rolling")}
+    custom(kube_cluster).delete_namespaced_custom_object(GROUP, VERSION, sft_namespace, PLURAL, "rolling")
+
+
+def test_ttl_deletes_the_finished_job(kube_cluster: ControlPlane, operator: Operator, sft_namespace: str) -> None:
+    create(
+        kube_cluster, sft_namespace, sftjob("shortlived", ["true"], nodes=1, runPolicy={"ttlSecondsAfterFinished": 2})
+    )
+
+    def gone() -> bool:
+        try:
+            get(kube_cluster, sft_namespace, "shortlived")
+        except ApiException as error:
+            return error.status == 404
+        return False
+
+    wait_for(gone, 40, "the job deleted by its TTL", operator)
+    wait_for(lambda: not pods(kube_cluster, sft_namespace, "shortlived"), 60, "its pod garbage-collected")
+    settle(2)
+    assert not pods(kube_cluster, sft_namespace, "shortlived"), "nothing is recreated after the TTL"
