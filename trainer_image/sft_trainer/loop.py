@@ -8,6 +8,7 @@ checkpoint cadence, resume, non-finite losses, SIGTERM, and reporting. The backe
 
 import logging
 import math
+import os
 import random
 import signal
 import time
@@ -105,6 +106,15 @@ def validation_rows(num_rows: int, global_batch_size: int, limit: int | float) -
     batches = math.ceil(num_rows / global_batch_size)
     wanted = min(limit, batches) if isinstance(limit, int) else max(1, int(limit * batches))
     return min(num_rows, wanted * global_batch_size)
+
+
+def fault_signal(step: int, environ: dict[str, str]) -> int | None:
+    """Fault injection for tests: the signal to send ourselves after `step` (SFT_FAULT_AT_STEP=N,
+    SFT_FAULT_SIGNAL=KILL|TERM|INT, default KILL), or None."""
+    at = environ.get("SFT_FAULT_AT_STEP")
+    if at is None or int(at) != step:
+        return None
+    return int(signal.Signals["SIG" + environ.get("SFT_FAULT_SIGNAL", "KILL").upper()])
 
 
 def is_due(step: int, interval: int, last_step: int) -> bool:
@@ -328,6 +338,9 @@ class Trainer:
                     data_wait_s=data_wait,
                 )
             )
+            injected = fault_signal(state.step, dict(os.environ))
+            if injected is not None:
+                os.kill(os.getpid(), injected)
             if is_due(state.step, t.val_check_interval, self.total_steps):
                 state = self._validation(state)
             if is_due(state.step, t.save_interval, self.total_steps):
