@@ -123,3 +123,11 @@ def test_checked_in_crd_parses_as_yaml() -> None:
     for directory in crd_module.OUTPUTS:
         document = yaml.safe_load((directory / "sftjob.yaml").read_text())
         assert document["metadata"]["name"] == "sftjobs.sft.kube-sft.io"
+
+
+def test_api_reference_doc_is_fresh() -> None:
+    from sft_operator.api import reference
+
+    assert reference.OUTPUT.read_text(encoding="utf-8") == reference.reference(), (
+        "run `python -m sft_operator.api.reference --write`"
+    )
