@@ -29,7 +29,7 @@ import torch.distributed as dist
 from sft_trainer.backends.base import EvalResult, StepResult
 from sft_trainer.backends.megatron import conversion
 from sft_trainer.backends.megatron.model import ModelPlan, build_model_chunks, make_plan, transformer_config
-from sft_trainer.backends.megatron.thd import ThdBatch, to_thd
+from sft_trainer.backends.megatron.thd import ThdBatch, round_up, thd_length, to_thd
 from sft_trainer.config.schema import SFTConfig
 from sft_trainer.data.types import MicroBatch
 
@@ -265,10 +265,17 @@ class MegatronBackend:
 
         return int(ps.get_data_parallel_world_size())
 
-    def _device_batch(self, batch: MicroBatch) -> _DeviceBatch:
+    def _thd_batches(self, micro_batches: list[MicroBatch]) -> list[ThdBatch]:
+        """THD streams; under pipeline parallelism all of one step share a length (stages exchange fixed shapes)."""
+        multiple = self._token_multiple
+        if self.config.parallelism.pipeline_model_parallel_size == 1:
+            return [to_thd(b, multiple=multiple) for b in micro_batches]
+        length = round_up(max(thd_length(b, multiple) for b in micro_batches), 64 * multiple)
+        return [to_thd(b, multiple=multiple, length=length) for b in micro_batches]
+
+    def _device_batch(self, thd: ThdBatch) -> _DeviceBatch:
         from megatron.core.packed_seq_params import PackedSeqParams
 
-        thd: ThdBatch = to_thd(batch, multiple=self._token_multiple)
         cu = torch.from_numpy(thd.cu_seqlens).to(self.device, non_blocking=True)
         packed = PackedSeqParams(
             qkv_format="thd",
@@ -314,7 +321,7 @@ class MegatronBackend:
         from megatron.core import parallel_state as ps
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
-        batches = [self._device_batch(b) for b in micro_batches]
+        batches = [self._device_batch(t) for t in self._thd_batches(micro_batches)]
         seq_length = max(int(b.tokens.shape[1]) for b in batches)
         iterators: Any = [iter(batches) for _ in self.model]
         outputs = get_forward_backward_func()(

@@ -117,7 +117,7 @@ def transformer_config(plan: ModelPlan, parallelism: ParallelismConfig, precisio
         params_dtype=dtype,
         pipeline_dtype=dtype,
         autocast_dtype=dtype,
-        variable_seq_lengths=parallelism.pipeline_model_parallel_size > 1,
+        variable_seq_lengths=False,  # the backend pads a step's micro-batches to one THD length under PP
         calculate_per_token_loss=True,
         bias_activation_fusion=True,
         apply_rope_fusion=True,

@@ -33,8 +33,14 @@ def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def to_thd(batch: MicroBatch, multiple: int = 1, pad_id: int = 0) -> ThdBatch:
-    """Flatten a micro-batch into THD form; the length is padded up to a multiple of `multiple`."""
+def thd_length(batch: MicroBatch, multiple: int = 1) -> int:
+    """Tokens of the THD stream of `batch`: its non-padding tokens rounded up to `multiple`."""
+    return round_up(max(int(batch.cu_seqlens[-1]), 1), multiple)
+
+
+def to_thd(batch: MicroBatch, multiple: int = 1, pad_id: int = 0, length: int | None = None) -> ThdBatch:
+    """Flatten a micro-batch into THD form, padded up to a multiple of `multiple` (or to exactly `length`,
+    e.g. one length for every micro-batch of a step, as pipeline stages exchange fixed shapes)."""
     real = batch.segment_ids > 0
     tokens = batch.input_ids[real].astype(np.int64)
     labels = batch.labels[real].astype(np.int64)
@@ -42,7 +48,9 @@ def to_thd(batch: MicroBatch, multiple: int = 1, pad_id: int = 0) -> ThdBatch:
     cu = np.asarray(batch.cu_seqlens, dtype=np.int32)
     if int(cu[-1]) != tokens.shape[0]:
         raise ValueError(f"cu_seqlens ends at {int(cu[-1])} but the batch has {tokens.shape[0]} non-padding tokens")
-    total = round_up(max(tokens.shape[0], 1), multiple)
+    total = round_up(max(tokens.shape[0], 1), multiple) if length is None else length
+    if total < tokens.shape[0] or total % multiple:
+        raise ValueError(f"length {total} is shorter than {tokens.shape[0]} tokens or not a multiple of {multiple}")
     extra = total - tokens.shape[0]
     max_seqlen = int(batch.max_seqlen)
     if extra:
