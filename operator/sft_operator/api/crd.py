@@ -51,7 +51,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Nodes", "type": "integer", "jsonPath": ".spec.resources.numNodes"},
     {"name": "GPUs", "type": "integer", "jsonPath": ".status.gpus"},
     {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
-    {"name": "Progress", "type": "string", "jsonPath": ".status.progress.percent", "description": "Percent done"},
+    {"name": "Progress", "type": "number", "jsonPath": ".status.progress.percent", "description": "Percent done"},
     {"name": "Loss", "type": "number", "jsonPath": ".status.metrics.loss"},
     {"name": "Val-Loss", "type": "number", "jsonPath": ".status.metrics.valLoss"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
