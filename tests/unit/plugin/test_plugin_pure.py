@@ -285,3 +285,21 @@ def test_the_plugin_imports_no_torch() -> None:
     code = "import sys, sft_operator.kubectl_plugin; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_following_interleaves_whole_prefixed_lines_of_every_rank() -> None:
+    import functools
+    from collections.abc import Callable, Iterator
+
+    from sft_operator.kubectl_plugin import _follow_all
+
+    def lines_of(rank: int) -> Iterator[str]:
+        return iter([f"line {i} of {rank}" for i in range(50)])
+
+    printed: list[str] = []
+    streams: dict[int, Callable[[], Iterator[str]]] = {rank: functools.partial(lines_of, rank) for rank in range(3)}
+    _follow_all(streams, printed.append)
+    assert len(printed) == 150
+    for rank in range(3):
+        mine = [line for line in printed if line.startswith(f"[node-{rank}] ")]
+        assert mine == [f"[node-{rank}] line {i} of {rank}" for i in range(50)]
