@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from sft_trainer.config.schema import ArchitectureConfig, ModelConfig
 
 ATTN_IMPLEMENTATION = "sdpa"
+hf_logging.disable_progress_bar()  # loading and saving bars would interleave with training progress
 
 
 class ModelError(ValueError):
