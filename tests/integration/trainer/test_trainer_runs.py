@@ -150,8 +150,11 @@ def test_final_directory_and_generate(straight: Path) -> None:
     assert again.output == greedy.output
     sampled = runner.invoke(
         app,
-        ["generate", "-m", str(final), "-p", "1+1=", "-p", "2+2=", "--temperature", "1.5", "--top-p", "0.9"]
-        + ["--seed", "1", "--max-new-tokens", "8", "--stop", "1", "--stop", "2"],
+        [
+            *("generate", "-m", str(final), "-p", "1+1=", "-p", "2+2="),
+            *("--temperature", "1.5", "--top-p", "0.9", "--seed", "1", "--max-new-tokens", "8"),
+            *("--stop", "1", "--stop", "2"),
+        ],
     )
     assert sampled.exit_code == 0, sampled.output
     assert len(sampled.output.splitlines()) <= 2
@@ -185,10 +188,13 @@ def test_two_processes_match_one(tmp_path: Path, data_parallel: str) -> None:
     one = train(config, *common, f"output_dir={tmp_path / 'one'}")
     assert one.exit_code == ExitCode.OK
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    launcher = [torchrun, "--nproc-per-node", "2", "--master-port", str(29500 + os.getpid() % 1000)]
     two = subprocess.run(
-        [torchrun, "--nproc-per-node", "2", "--master-port", str(29500 + os.getpid() % 1000)]
-        + ["-m", "sft_trainer.cli", "train", "--config", str(config), *common]
-        + [f"output_dir={tmp_path / 'two'}", "trainer.devices=2", f"parallelism.data_parallel={data_parallel}"],
+        [
+            *launcher,
+            *("-m", "sft_trainer.cli", "train", "--config", str(config), *common),
+            *(f"output_dir={tmp_path / 'two'}", "trainer.devices=2", f"parallelism.data_parallel={data_parallel}"),
+        ],
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
