@@ -29,7 +29,7 @@ import torch.distributed as dist
 from sft_trainer.backends.base import EvalResult, StepResult
 from sft_trainer.backends.megatron import conversion
 from sft_trainer.backends.megatron.model import ModelPlan, build_model_chunks, make_plan, transformer_config
-from sft_trainer.backends.megatron.thd import ThdBatch, round_up, thd_length, to_thd
+from sft_trainer.backends.megatron.thd import ThdBatch, empty_thd, round_up, thd_length, to_thd
 from sft_trainer.config.schema import SFTConfig
 from sft_trainer.data.types import MicroBatch
 
@@ -271,7 +271,11 @@ class MegatronBackend:
         if self.config.parallelism.pipeline_model_parallel_size == 1:
             return [to_thd(b, multiple=multiple) for b in micro_batches]
         length = round_up(max(thd_length(b, multiple) for b in micro_batches), 64 * multiple)
-        return [to_thd(b, multiple=multiple, length=length) for b in micro_batches]
+        batches = [to_thd(b, multiple=multiple, length=length) for b in micro_batches]
+        if self.config.parallelism.virtual_pipeline_model_parallel_size:  # interleaving needs M % PP == 0
+            pp = self.config.parallelism.pipeline_model_parallel_size
+            batches += [empty_thd(length) for _ in range(-len(batches) % pp)]
+        return batches
 
     def _device_batch(self, thd: ThdBatch) -> _DeviceBatch:
         from megatron.core.packed_seq_params import PackedSeqParams

@@ -69,3 +69,17 @@ def to_thd(batch: MicroBatch, multiple: int = 1, pad_id: int = 0, length: int | 
         max_seqlen=max_seqlen,
         num_loss_tokens=int(mask.sum()),
     )
+
+
+def empty_thd(length: int, pad_id: int = 0) -> ThdBatch:
+    """A micro-batch of one dummy example and no loss: fills the interleaved pipeline schedule, which
+    needs the number of micro-batches to be a multiple of the pipeline size."""
+    return ThdBatch(
+        tokens=np.full(length, pad_id, dtype=np.int64),
+        labels=np.zeros(length, dtype=np.int64),
+        loss_mask=np.zeros(length, dtype=np.float32),
+        position_ids=np.arange(length, dtype=np.int64),
+        cu_seqlens=np.asarray([0, length], dtype=np.int32),
+        max_seqlen=length,
+        num_loss_tokens=0,
+    )
