@@ -18,6 +18,8 @@ from sft_operator.render import ANNOTATION_TEMPLATE_HASH, LABEL_ATTEMPT, LABEL_R
 
 CONDITION_TYPES: tuple[str, ...] = ("Created", "Suspended", "Running", "Restarting", "Succeeded", "Failed")
 ACTIVE_PHASES: frozenset[str] = frozenset({"Pending", "Initializing", "Running"})
+SUCCESS_GRACE = timedelta(seconds=60)
+"""After rank 0 succeeds, other ranks get this long to exit on their own (and keep their logs)."""
 
 
 @dataclass(frozen=True)
@@ -135,11 +137,20 @@ def _finish(plan: Plan, pods: list[PodView], job: SFTJob, phase: Phase, failure:
     else:
         status.reason, status.message = "Completed", "training finished"
         plan.events.append(Event("Normal", "Succeeded", "training finished; rank 0 exited 0"))
-    plan.delete_pods = policy.pods_to_clean(pods, job.spec.run_policy.clean_pod_policy)
+    plan.delete_pods = _to_clean(pods, job, status, now)
     if failure is not None:
         # A failed gang never keeps ranks alive, whatever the clean-pod policy: they would hang in NCCL.
         alive = policy.pods_to_clean(pods, "Running")
         plan.delete_pods = alive + [pod for pod in plan.delete_pods if pod not in alive]
+
+
+def _to_clean(pods: list[PodView], job: SFTJob, status: SFTJobStatus, now: datetime) -> list[PodView]:
+    """The clean-pod policy's pods; after a success, ranks still running get SUCCESS_GRACE first."""
+    targets = policy.pods_to_clean(pods, job.spec.run_policy.clean_pod_policy)
+    finished = status.completion_time
+    if status.phase == "Succeeded" and finished is not None and now < finished + SUCCESS_GRACE:
+        targets = [pod for pod in targets if pod.phase in ("Succeeded", "Failed")]
+    return targets
 
 
 def _restart(plan: Plan, pods: list[PodView], job: SFTJob, failure: Failure, now: datetime) -> None:
@@ -237,7 +248,7 @@ def reconcile(job: SFTJob, pods: list[PodView], now: datetime) -> Plan:
 def _finished(plan: Plan, job: SFTJob, pods: list[PodView], now: datetime) -> None:
     """Succeeded/Failed: apply the clean-pod policy once more and honour the TTL."""
     status = plan.status
-    plan.delete_pods = policy.pods_to_clean(pods, job.spec.run_policy.clean_pod_policy)
+    plan.delete_pods = _to_clean(pods, job, status, now)
     ttl = job.spec.run_policy.ttl_seconds_after_finished
     if (
         ttl is not None

@@ -322,12 +322,14 @@ def test_finished_jobs_never_recreate_pods() -> None:
     assert not plan.create_pods and plan.status.phase == "Failed"
 
 
-@pytest.mark.parametrize(("policy_name", "deleted"), [("All", 2), ("Running", 1), ("None", 0)])
-def test_clean_pod_policy_on_success(policy_name: str, deleted: int) -> None:
+@pytest.mark.parametrize(("policy_name", "at_once", "later"), [("All", 1, 2), ("Running", 0, 1), ("None", 0, 0)])
+def test_clean_pod_policy_on_success(policy_name: str, at_once: int, later: int) -> None:
     job = make_job({"cleanPodPolicy": policy_name}, phase="Running", attemptStartTime=STARTED, startTime=STARTED)
     pods = gang(job, "Running")
     pods[0] = PodView(**{**pods[0].__dict__, "phase": "Succeeded", "exit_code": 0})
-    assert len(reconcile(job, pods, NOW).delete_pods) == deleted
+    plan = reconcile(job, pods, NOW)
+    assert len(plan.delete_pods) == at_once  # rank 1 may still be exiting: it gets a grace period
+    assert len(reconcile(advance(job, plan), pods, NOW + timedelta(minutes=2)).delete_pods) == later
 
 
 def test_stale_pods_of_an_older_attempt_are_deleted() -> None:
