@@ -137,8 +137,8 @@ def staging_dir(root: Path, step: int) -> Path:
     return root / f".tmp-step-{step}"
 
 
-def publish(root: Path, staging: Path, meta: CheckpointMeta) -> Path:
-    """Write meta.json into `staging`, rename it to `step-<N>` atomically and point `last` at it."""
+def publish(root: Path, staging: Path, meta: CheckpointMeta, link_last: bool = True) -> Path:
+    """Write meta.json into `staging`, rename it to `step-<N>` atomically and (optionally) point `last` at it."""
     (staging / META_FILE).write_text(meta.to_json(), encoding="utf-8")
     final = root / f"step-{meta.step}"
     if final.exists():  # re-saving a step (e.g. after a resume): swap, then drop the old one
@@ -149,16 +149,22 @@ def publish(root: Path, staging: Path, meta: CheckpointMeta) -> Path:
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.replace(staging, final)
+    if link_last:
+        _point_last(root, final)
+    return final
+
+
+def _point_last(root: Path, final: Path) -> None:
+    """Atomically repoint the `last` symlink."""
     link = root / f".{LAST_LINK}.tmp"
     link.unlink(missing_ok=True)
     link.symlink_to(final.name)
     os.replace(link, root / LAST_LINK)
-    return final
 
 
 def apply_retention(root: Path, save_top_k: int) -> list[Path]:
     """Delete checkpoints that `checkpoints_to_delete` rejects, and leftovers of crashed writes."""
-    for leftover in root.glob(".tmp-step-*"):
+    for leftover in [*root.glob(".tmp-step-*"), *root.glob(".old-step-*")]:
         shutil.rmtree(leftover, ignore_errors=True)
     doomed = checkpoints_to_delete(list_checkpoints(root), save_top_k)
     for info in doomed:

@@ -256,7 +256,7 @@ class Trainer:
                 config_hash=self.config_hash,
                 rng=ckpt.capture_rng(),
             )
-            final = ckpt.publish(self.checkpoint_root, staging, meta)
+            final = ckpt.publish(self.checkpoint_root, staging, meta, self.config.checkpoint.save_last)
             ckpt.apply_retention(self.checkpoint_root, self.config.checkpoint.save_top_k)
             self.reporters.checkpoint(CheckpointReport(state.step, str(final), time.perf_counter() - started))
         barrier()
