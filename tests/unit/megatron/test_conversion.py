@@ -202,3 +202,26 @@ def test_megatron_layout_computes_hf_logits(model: torch.nn.Module) -> None:
     model.float()
     # HF computes RoPE's cos/sin in float32, so agreement is at float32 rounding; a layout error is O(1).
     assert ((ours - ref).norm() / ref.norm()).item() < 1e-6
+
+
+# ---------------------------------------------------------------------------------------------
+# model.py's pure parts: the plan and HF's RoPE frequencies
+# ---------------------------------------------------------------------------------------------
+
+
+def test_hf_inv_freq_matches_transformers(model: torch.nn.Module) -> None:
+    from sft_trainer.backends.megatron.model import hf_inv_freq
+
+    assert torch.equal(hf_inv_freq(model.config), model.model.rotary_emb.inv_freq.float())
+
+
+def test_plan_pads_vocab_and_refuses_what_megatron_cannot_do() -> None:
+    from sft_trainer.backends.megatron.model import make_plan
+    from sft_trainer.config.schema import ParallelismConfig
+
+    plan = make_plan(LlamaConfig(**{**SMALL, "vocab_size": 50257}), ParallelismConfig(tensor_model_parallel_size=2))
+    assert plan.shape.vocab_rows == 50432 and plan.shape.vocab_size == 50257
+    with pytest.raises(ValueError, match="sliding-window"):
+        make_plan(MistralConfig(**SMALL, sliding_window=16), ParallelismConfig())
+    with pytest.raises(ValueError, match="key/value heads"):
+        make_plan(LlamaConfig(**SMALL), ParallelismConfig(tensor_model_parallel_size=8))
