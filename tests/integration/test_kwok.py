@@ -49,9 +49,7 @@ def gpu_pod(name: str, annotations: dict[str, str] | None = None) -> dict[str, A
         "metadata": {"name": name, "annotations": annotations or {}},
         "spec": {
             "restartPolicy": "Never",
-            "containers": [
-                {"name": "main", "image": "example.invalid/none", "resources": {"limits": {GPU: "8"}}}
-            ],
+            "containers": [{"name": "main", "image": "example.invalid/none", "resources": {"limits": {GPU: "8"}}}],
         },
     }
 
