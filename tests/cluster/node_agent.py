@@ -71,6 +71,7 @@ import kubernetes
 from kubernetes.client import ApiException
 
 from tests.cluster.log_server import LogServer
+from tests.cluster.pod_network import PodNetwork, network_namespaces_work, release_shared, shared_network
 from tests.cluster.procs import die_with_parent, kill_group
 
 log = logging.getLogger("kube_sft.node_agent")
@@ -83,6 +84,7 @@ MAX_GRACE_SECONDS = 30
 RESOLVED_ENV = ("MASTER_ADDR",)
 STORAGE_CLASS = "kube-sft-local"
 POD_EXEC = Path(__file__).with_name("pod_exec.py")
+KUBERNETES_SERVICE_NAME = "kubernetes.default.svc"
 PROVISIONER = "kube-sft.test/node-agent"
 
 
@@ -111,7 +113,8 @@ class IPAllocator:
     The first address depends on the PID, so two test sessions on one machine rarely hand out the same one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "127.0.0.") -> None:
+        self.prefix = prefix
         self._lock = threading.Lock()
         self._by_pod: dict[tuple[str, str], str] = {}
         self._active: set[tuple[str, str]] = set()
@@ -138,17 +141,23 @@ class IPAllocator:
         used = set(self._by_pod.values())
         first = os.getpid() % 253  # start elsewhere than a concurrent test session on this machine
         for index in range(253):
-            candidate = f"127.0.0.{2 + (first + index) % 253}"
+            candidate = f"{self.prefix}{2 + (first + index) % 253}"
             if candidate not in used:
                 return candidate
         for key in [k for k in self._by_pod if k not in self._active]:
             del self._by_pod[key]
         if len(self._by_pod) >= 253:
-            raise RuntimeError("all 253 pod addresses 127.0.0.2-254 are in use")
+            raise RuntimeError(f"all 253 pod addresses {self.prefix}2-254 are in use")
         return self._free_address()
 
 
-ALLOCATOR = IPAllocator()
+ALLOCATOR = IPAllocator()  # 127.0.0.x pod IPs when pods share the host network
+_ALLOCATORS: dict[str, IPAllocator] = {ALLOCATOR.prefix: ALLOCATOR}
+
+
+def _allocator(prefix: str) -> IPAllocator:
+    """The process-wide allocator of one address prefix."""
+    return _ALLOCATORS.setdefault(prefix, IPAllocator(prefix))
 
 
 @dataclass
@@ -169,6 +178,7 @@ class PodRun:
     restarts: int = 0
     read_only_volumes: set[str] = field(default_factory=set)
     extra_hosts: dict[str, str] = field(default_factory=dict)
+    interfaces: tuple[str, str] = ("", "")
     last_exit: dict[str, Any] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -203,6 +213,7 @@ class NodeAgent:
         heartbeat_seconds: float = 10.0,
         provision_volumes: bool = True,
         real_mounts: bool | None = None,
+        network_namespaces: bool | None = None,
     ) -> None:
         self.api = api_client
         self.v1 = kubernetes.client.CoreV1Api(api_client)
@@ -221,6 +232,11 @@ class NodeAgent:
         self.heartbeat_seconds = heartbeat_seconds
         self.provision_volumes = provision_volumes
         self.real_mounts = mount_namespaces_work() if real_mounts is None else real_mounts
+        wanted = network_namespaces_work() if network_namespaces is None else network_namespaces
+        self.network_namespaces = self.real_mounts and wanted
+        self.network: PodNetwork | None = None
+        self.ips = ALLOCATOR
+        self.host_ip = "127.0.0.1"
         self.runs: dict[str, PodRun] = {}
         self._runs_lock = threading.Lock()
         self._stop = threading.Event()
@@ -232,6 +248,11 @@ class NodeAgent:
     def start(self) -> NodeAgent:
         """Register the node, then watch pods and heartbeat in background threads."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.network_namespaces:
+            self.network = shared_network()
+            self.network.forward(int(self.server.rsplit(":", 1)[1]))
+            self.ips = _allocator(self.network.address_prefix())
+            self.host_ip = self.network.gateway
         self.log_server = LogServer(self._locate_log, self.workdir).start()
         self._register_node()
         self._renew_lease()
@@ -259,6 +280,9 @@ class NodeAgent:
             self.v1.delete_node(self.node_name)
         if self.log_server is not None:
             self.log_server.stop()
+        if self.network is not None:
+            release_shared(self.network)
+            self.network = None
 
     # ----- queries for tests ----------------------------------------------------------------
 
@@ -469,7 +493,7 @@ class NodeAgent:
         meta = pod.metadata
         directory = self.workdir / "pods" / f"{meta.namespace}_{meta.name}_{meta.uid[:8]}"
         directory.mkdir(parents=True, exist_ok=True)
-        ip = ALLOCATOR.reserve(meta.namespace, meta.name)
+        ip = self.ips.reserve(meta.namespace, meta.name)
         run = PodRun(meta.namespace, meta.name, meta.uid, ip, directory, directory / "container.log")
         with self._runs_lock:
             self.runs[meta.uid] = run
@@ -568,7 +592,8 @@ class NodeAgent:
                     )  # fmt: skip
                 except OSError as exc:
                     raise PodStartError(f"cannot run {argv[0]!r}: {exc}") from exc
-            ALLOCATOR.mark_active(run.namespace, run.name, True)
+            self._connect(run)
+            self.ips.mark_active(run.namespace, run.name, True)
         if main:
             run.started_at = now()
             self._patch_status(run, self._running_status(pod, run))
@@ -589,9 +614,24 @@ class NodeAgent:
         }
         mounts = [[str(src), target, target in read_only] for target, src in mount_map.items()]
         spec_path = run.directory / f"exec-{container.name}.json"
-        spec_path.write_text(json.dumps({"mounts": mounts, "argv": argv, "cwd": cwd}))
-        unshare = ["unshare", "--mount", "--propagation", "private", "--"]
+        network = None
+        if self.network is not None:
+            run.interfaces = self.network.interface_names()
+            network = {"interface": run.interfaces[1], "ip": run.ip, "prefix": str(self.network.prefix),
+                       "gateway": self.network.gateway}  # fmt: skip
+        spec_path.write_text(json.dumps({"mounts": mounts, "argv": argv, "cwd": cwd, "network": network}))
+        unshare = ["unshare", "--mount", *(["--net"] if network else []), "--propagation", "private", "--"]
         return [*unshare, sys.executable, str(POD_EXEC), str(spec_path)]
+
+    def _connect(self, run: PodRun) -> None:
+        """Plug the new process's network namespace into the pod network (it waits for its veth)."""
+        if self.network is None or run.proc is None:
+            return
+        try:
+            self.network.attach(run.proc.pid, *run.interfaces)
+        except subprocess.CalledProcessError as exc:
+            kill_group(run.proc.pid, signal.SIGKILL)
+            raise PodStartError(f"cannot connect the pod network: {exc.stderr}") from exc
 
     def _wait(self, pod: Any, run: PodRun) -> int:
         """Wait for the process, enforcing activeDeadlineSeconds; return a kubelet-style exit code."""
@@ -606,7 +646,7 @@ class NodeAgent:
             run.deleting = run.finished = True
             return 137
         finally:
-            ALLOCATOR.mark_active(run.namespace, run.name, False)
+            self.ips.mark_active(run.namespace, run.name, False)
         return 128 - code if code < 0 else code
 
     # ----- env and paths --------------------------------------------------------------------
@@ -619,6 +659,8 @@ class NodeAgent:
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG" and not k.startswith("KUBERNETES_")}
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         host, port = self.server.removeprefix("https://").rsplit(":", 1)
+        if self.network is not None:  # /etc/hosts maps it to the bridge, where the API server is forwarded
+            host = KUBERNETES_SERVICE_NAME
         env.update({
             "HOSTNAME": pod.spec.hostname or run.name,
             "KUBERNETES_SERVICE_HOST": host,
@@ -680,8 +722,8 @@ class NodeAgent:
             "spec.serviceAccountName": pod.spec.service_account_name or "default",
             "status.podIP": run.ip,
             "status.podIPs": run.ip,
-            "status.hostIP": "127.0.0.1",
-            "status.hostIPs": "127.0.0.1",
+            "status.hostIP": self.host_ip,
+            "status.hostIPs": self.host_ip,
         }
         if path in simple:
             return str(simple[path])
@@ -700,17 +742,25 @@ class NodeAgent:
         for name in names:
             value = env.get(name, "")
             if value and not re.fullmatch(r"[\d.]+|localhost", value):
-                env[name] = ALLOCATOR.reserve(namespace, self._pod_for_hostname(namespace, value.split(".")[0]))
+                env[name] = self.ips.reserve(namespace, self._pod_for_hostname(namespace, value.split(".")[0]))
                 run.extra_hosts[value] = env[name]
-        env["KUBE_SFT_TEST_HOSTS"] = ",".join(f"{h}={ip}" for h, ip in sorted(ALLOCATOR.hosts(namespace).items()))
+        env["KUBE_SFT_TEST_HOSTS"] = ",".join(f"{h}={ip}" for h, ip in sorted(self.ips.hosts(namespace).items()))
 
     def _hosts_file(self, pod: Any, run: PodRun) -> Path:
         """An /etc/hosts naming every pod of the namespace (`<hostname>.<subdomain>.<ns>.svc...`) by its IP."""
         namespace = pod.metadata.namespace
         lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+        if self.network is not None:
+            names = [
+                "kubernetes",
+                "kubernetes.default",
+                KUBERNETES_SERVICE_NAME,
+                f"{KUBERNETES_SERVICE_NAME}.cluster.local",
+            ]
+            lines.append(f"{self.network.gateway}\t{' '.join(names)}")
         for other in self.v1.list_namespaced_pod(namespace).items:
             mine = other.metadata.uid == pod.metadata.uid
-            ip = run.ip if mine else ALLOCATOR.reserve(namespace, other.metadata.name)
+            ip = run.ip if mine else self.ips.reserve(namespace, other.metadata.name)
             lines.append(f"{ip}\t{' '.join(_dns_names(other))}")
         lines.extend(f"{ip}\t{name}" for name, ip in run.extra_hosts.items())  # named before the pod exists
         path = run.directory / "hosts"
@@ -841,8 +891,8 @@ class NodeAgent:
         return {
             "status": {
                 "phase": "Running",
-                "hostIP": "127.0.0.1",
-                "hostIPs": [{"ip": "127.0.0.1"}],
+                "hostIP": self.host_ip,
+                "hostIPs": [{"ip": self.host_ip}],
                 "podIP": run.ip,
                 "podIPs": [{"ip": run.ip}],
                 "startTime": run.started_at,
@@ -880,7 +930,7 @@ class NodeAgent:
                 "phase": "Succeeded" if code == 0 else "Failed",
                 "podIP": run.ip,
                 "podIPs": [{"ip": run.ip}],
-                "hostIP": "127.0.0.1",
+                "hostIP": self.host_ip,
                 "startTime": run.started_at or now(),
                 "conditions": _conditions(ready=False),
                 "containerStatuses": [status],

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
+import socket
 import textwrap
 import time
 from pathlib import Path
@@ -198,7 +200,7 @@ def test_scheduler_binds_gpu_pod_and_agent_runs_it(
         "ip": done.status.pod_ip,
         "namespace": namespace,
     }
-    assert done.status.pod_ip.startswith("127.0.0.") and done.status.pod_ip != "127.0.0.1"
+    assert done.status.pod_ip.startswith(node_agent.ips.prefix) and done.status.host_ip == node_agent.host_ip
     assert "trained" in node_agent.logs(namespace, "gpu-pod")
     assert kube_cluster.kubectl("logs", "-n", namespace, "gpu-pod").stdout == "trained\n"
 
@@ -491,3 +493,44 @@ def test_pod_waits_for_a_missing_config_map(kube_cluster: ControlPlane, node_age
     v1.create_namespaced_config_map(namespace, {"metadata": {"name": "late"}, "data": {"value": "arrived"}})
     done = wait_phase(kube_cluster, namespace, "waiter", {"Succeeded", "Failed"})
     assert (done.status.phase, terminated(done).message) == ("Succeeded", "arrived")
+
+
+SERVER_SCRIPT = """
+    import os, socket
+    server = socket.create_server(("0.0.0.0", 8080))
+    while True:
+        conn, _ = server.accept()
+        conn.sendall(os.environ["POD_NAME"].encode())
+        conn.close()
+"""
+
+
+def test_pods_have_their_own_network_namespace(
+    kube_cluster: ControlPlane, node_agent: NodeAgent, namespace: str
+) -> None:
+    """Two pods both bind 0.0.0.0:8080; the host and other pods reach each by IP and by DNS name."""
+    if not node_agent.network_namespaces:
+        pytest.skip("pod network namespaces need root and iproute2 (CI has both)")
+    v1 = core(kube_cluster)
+    ips = {}
+    for name in ("srv-a", "srv-b"):
+        pod = make_pod(name, SERVER_SCRIPT)
+        pod["spec"].update({"hostname": name, "subdomain": "srv"})
+        v1.create_namespaced_pod(namespace, pod)
+    for name in ("srv-a", "srv-b"):
+        ips[name] = wait_phase(kube_cluster, namespace, name, {"Running"}).status.pod_ip
+
+    def greeting(ip: str) -> str:
+        with socket.create_connection((ip, 8080), timeout=2) as conn:
+            return conn.recv(100).decode()
+
+    for name, ip in ips.items():
+        assert wait_until(functools.partial(greeting, ip), 20, f"{name} to serve on {ip}:8080") == name
+    client = """
+        import socket
+        with socket.create_connection(("srv-b.srv", 8080), timeout=5) as conn:
+            open("/dev/termination-log", "w").write(conn.recv(100).decode())
+    """
+    v1.create_namespaced_pod(namespace, make_pod("client", client))
+    done = wait_phase(kube_cluster, namespace, "client", {"Succeeded", "Failed"})
+    assert (done.status.phase, terminated(done).message) == ("Succeeded", "srv-b"), node_agent.logs(namespace, "client")
