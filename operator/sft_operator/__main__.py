@@ -30,6 +30,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trainer-image", default=env("KUBE_SFT_TRAINER_IMAGE", DEFAULT_IMAGE))
     parser.add_argument("--metrics-port", type=int, default=int(env("KUBE_SFT_METRICS_PORT", "8080")))
     parser.add_argument("--liveness-port", type=int, default=int(env("KUBE_SFT_LIVENESS_PORT", "8081")))
+    parser.add_argument(
+        "--listen-address",
+        default=env("POD_IP") or "0.0.0.0",
+        help="address of the metrics and liveness servers (default: $POD_IP, else all interfaces)",
+    )
     parser.add_argument("--resync-seconds", type=float, default=float(env("KUBE_SFT_RESYNC_SECONDS", "5")))
     parser.add_argument("--peering-name", default=env("KUBE_SFT_PEERING", "kube-sft"))
     parser.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         identity=identity,
     )
     if args.metrics_port:
-        start_http_server(args.metrics_port, registry=metrics.REGISTRY)
+        start_http_server(args.metrics_port, addr=args.listen_address, registry=metrics.REGISTRY)
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace,
@@ -67,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         peering_name=None if args.standalone else args.peering_name,
         priority=priority,
         identity=identity,  # type: ignore[arg-type]
-        liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None,
+        liveness_endpoint=f"http://{args.listen_address}:{args.liveness_port}/healthz" if args.liveness_port else None,
         memo=kopf.Memo(settings=settings),
     )
 

@@ -44,3 +44,43 @@ def test_monitoring_objects_render_when_the_prometheus_operator_exists(kube_clus
     deployment = docs["Deployment"]
     assert deployment["spec"]["replicas"] == 2
     assert "--peering-name=kube-sft" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_helm_install_runs_the_operator_under_the_charts_service_account(
+    kube_cluster: ControlPlane, node_agent: object, installed_chart: str
+) -> None:
+    """The chart's Deployment (2 replicas, peering) serves a namespace; one replica is active."""
+    import uuid
+
+    import kubernetes
+
+    from tests.cluster.procs import wait_until
+    from tests.integration.operator.test_operator_reconcile import GROUP, PLURAL, VERSION, script, sftjob
+
+    served = f"chart-{uuid.uuid4().hex[:6]}"
+    system = f"{served}-system"
+    v1 = kubernetes.client.CoreV1Api(kube_cluster.client)
+    v1.create_namespace({"metadata": {"name": served}})
+    release = f"r-{served}"
+    kube_cluster.helm(
+        "install", release, str(CHART), "--namespace", system, "--create-namespace", "--set", f"watchNamespaces={{{served}}}",
+        "--set", f"peering.name={release}", "--set", "resyncSeconds=2",
+    )  # fmt: skip
+    try:
+        running = lambda: [p for p in v1.list_namespaced_pod(system).items if p.status.phase == "Running"]  # noqa: E731
+        wait_until(lambda: len(running()) == 2, 60, "two operator replicas Running")
+        custom = kubernetes.client.CustomObjectsApi(kube_cluster.client)
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, served, PLURAL, sftjob("via-chart", script("time.sleep(1)"))
+        )
+
+        def succeeded() -> bool:
+            job = custom.get_namespaced_custom_object(GROUP, VERSION, served, PLURAL, "via-chart")
+            return (job.get("status") or {}).get("phase") == "Succeeded"
+
+        wait_until(succeeded, 90, "the chart's operator to run the job to Succeeded", interval=0.5)
+        peering = custom.get_namespaced_custom_object("kopf.dev", "v1", served, "kopfpeerings", release)
+        assert len(peering.get("status") or {}) == 2, "both replicas take part in peering"
+    finally:
+        kube_cluster.helm("uninstall", release, "--namespace", system, check=False)
+        v1.delete_namespace(served)
