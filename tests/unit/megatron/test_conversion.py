@@ -223,5 +223,6 @@ def test_plan_pads_vocab_and_refuses_what_megatron_cannot_do() -> None:
     assert plan.shape.vocab_rows == 50432 and plan.shape.vocab_size == 50257
     with pytest.raises(ValueError, match="sliding-window"):
         make_plan(MistralConfig(**SMALL, sliding_window=16), ParallelismConfig())
+    assert make_plan(MistralConfig(**SMALL, sliding_window=16), ParallelismConfig(), max_seq_length=16)
     with pytest.raises(ValueError, match="key/value heads"):
         make_plan(LlamaConfig(**SMALL), ParallelismConfig(tensor_model_parallel_size=8))

@@ -143,7 +143,7 @@ class MegatronBackend:
             )
         tensor_parallel.model_parallel_cuda_manual_seed(config.trainer.seed)
         self.device = torch.device("cuda", torch.cuda.current_device())
-        self.plan: ModelPlan = make_plan(hf_config, par)
+        self.plan: ModelPlan = make_plan(hf_config, par, max_seq_length=config.data.max_seq_length)
         self.tconfig = transformer_config(self.plan, par, config.trainer.precision)
         self.chunks = build_model_chunks(self.plan, self.tconfig)
         if hf_state_dict is not None:

@@ -29,8 +29,14 @@ class ModelPlan:
     hf_config: Any  # the transformers config: RoPE scaling and export need it
 
 
-def make_plan(hf_config: Any, parallelism: ParallelismConfig, vocab_multiple: int = 128) -> ModelPlan:
-    """Shapes (with the vocabulary padded for tensor parallelism) and scalar hyper-parameters."""
+def make_plan(
+    hf_config: Any, parallelism: ParallelismConfig, vocab_multiple: int = 128, max_seq_length: int | None = None
+) -> ModelPlan:
+    """Shapes (with the vocabulary padded for tensor parallelism) and scalar hyper-parameters.
+
+    A sliding attention window (Mistral v0.1) is accepted when no example can be longer than it
+    (`max_seq_length`, default the model's context): then it never masks anything.
+    """
     tp = parallelism.tensor_model_parallel_size
     vocab = int(hf_config.vocab_size)
     padded = padded_vocab_size(vocab, tp, vocab_multiple) if vocab_multiple > 1 or vocab % tp else vocab
@@ -39,8 +45,12 @@ def make_plan(hf_config: Any, parallelism: ParallelismConfig, vocab_multiple: in
         raise ValueError(f"{shape.num_key_value_heads} key/value heads do not divide over tensor parallel size {tp}")
     if getattr(hf_config, "sliding_window", None) and getattr(hf_config, "use_sliding_window", True):
         window = int(hf_config.sliding_window)
-        if window < int(hf_config.max_position_embeddings):
-            raise ValueError(f"sliding-window attention ({window}) is not supported by the megatron backend")
+        longest = max_seq_length or int(hf_config.max_position_embeddings)
+        if window < longest:
+            raise ValueError(
+                f"sliding-window attention ({window} tokens) with examples up to {longest} tokens is not "
+                "supported by the megatron backend; set data.max_seq_length <= the window"
+            )
     rope = getattr(hf_config, "rope_parameters", None) or {}
     theta = float(rope.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0)))
     return ModelPlan(
