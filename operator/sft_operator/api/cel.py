@@ -79,6 +79,18 @@ def spec_rules() -> list[Rule]:
             "reason": "FieldValueInvalid",
         },
         {
+            "rule": "has(self.training.data.train_file) != has(self.training.data.synthetic)",
+            "message": "set exactly one of training.data.train_file and training.data.synthetic",
+            "fieldPath": ".training.data",
+            "reason": "FieldValueRequired",
+        },
+        {
+            "rule": f"{field('training.model.source', 'hf')} == 'random' || has(self.training.model.path)",
+            "message": "training.model.path is required unless training.model.source is random",
+            "fieldPath": ".training.model",
+            "reason": "FieldValueRequired",
+        },
+        {
             "rule": f"!has(self.training.trainer) || !has(self.training.trainer.num_nodes) || "
             f"self.training.trainer.num_nodes == {NODES}",
             "message": "training.trainer.num_nodes must equal resources.numNodes (or be left unset)",

@@ -103,9 +103,12 @@ def events(cluster: ControlPlane, namespace: str, name: str) -> list[tuple[str, 
         ({"image": "x" * 600}, "spec.image"),
         ({"runPolicy": {"cleanPodPolicy": "Sometimes"}}, "spec.runPolicy.cleanPodPolicy"),
         ({"storage": {"model": {"mountPath": "/m", "hostPath": {"path": "/x"}, "emptyDir": {}}}}, "at most one of"),
+        ({"training": {**TRAINING, "data": {"validation_file": "/data/v.jsonl"}}}, "exactly one of training.data.train_file"),
+        ({"training": {**TRAINING, "model": {"source": "hf"}}}, "training.model.path is required"),
+        ({"training": {"model": TRAINING["model"]}}, "spec.training.data: Required value"),
     ],
     ids=["parallelism", "global-batch", "save-interval", "num-nodes", "zero-nodes", "shm-size", "unknown-field",
-         "long-image", "clean-pod-policy", "two-volume-sources"],
+         "long-image", "clean-pod-policy", "two-volume-sources", "no-data", "no-model-path", "missing-data"],
 )  # fmt: skip
 def test_bad_specs_are_rejected_at_apply(
     kube_cluster: ControlPlane, installed_chart: str, sft_namespace: str, change: dict[str, Any], message: str
