@@ -467,7 +467,7 @@ class NodeAgent:
             gone = [r for uid, r in self.runs.items() if uid not in live and not r.finished]
         for run in gone:
             run.deleting = True
-            self._kill(run, grace=MAX_GRACE_SECONDS)
+            threading.Thread(target=self._kill, args=(run, MAX_GRACE_SECONDS), daemon=True).start()
         for pod in pods:
             self._handle("MODIFIED", pod)
 
