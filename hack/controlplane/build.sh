@@ -36,7 +36,7 @@ build_k8s() {
     for c in "${cmds[@]}"; do [ -x "$BIN/$c" ] || missing=1; done
     [ "$missing" = 1 ] || return 0
     MODE=cold
-    log "building ${cmds[*]} $K8S_VERSION from the Go module proxy (cold: about 6-10 minutes on 2 cores)"
+    log "building ${cmds[*]} $K8S_VERSION from the Go module proxy (cold: 6 minutes on 2 idle cores, 35 on busy ones)"
     local pkgs=() t0=$(date +%s)
     for c in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
     (cd "$HERE/k8s" && nice -n 10 go build -ldflags "$(k8s_ldflags)" -o "$BIN/" "${pkgs[@]}")
@@ -95,20 +95,26 @@ install_helm() {
     rm -rf "$tmp"
 }
 
-install_prometheus() {
-    command -v prometheus >/dev/null && command -v promtool >/dev/null && return 0
+# Debian packages: prometheus + promtool (the e2e Prometheus), iproute2 (`ip`: the node agent's pod
+# network namespaces) and util-linux (`unshare`: its per-pod mount namespaces).
+install_debian_packages() {
+    local missing=()
+    command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
+    command -v ip >/dev/null || missing+=(iproute2)
+    command -v unshare >/dev/null || missing+=(util-linux)
+    [ "${#missing[@]}" = 0 ] && return 0
     MODE=cold
-    log "installing prometheus (Debian package)"
+    log "installing Debian packages: ${missing[*]}"
     local sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -q >&2
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends prometheus >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
 }
 
 build_k8s
 build_etcd
 install_kubectl
 install_helm
-install_prometheus
+install_debian_packages
 "$BIN/kube-apiserver" --version >&2
 echo "[cluster-bins] $MODE in $(( $(date +%s) - START ))s -> $BIN" >&2
