@@ -54,6 +54,23 @@ def status_patch(stored: Object, old: SFTJobStatus, new: SFTJobStatus) -> Object
     return patch
 
 
+FINISHED_RESYNC_WINDOW = timedelta(minutes=5)
+
+
+def needs_resync(raw: Object, now: datetime) -> bool:
+    """Whether the periodic resync should look at this job: active ones always; finished ones only
+    while their pods may still need cleaning up, or when a TTL will delete them."""
+    status = raw.get("status") or {}
+    if status.get("phase") not in FINISHED_PHASES:
+        return True
+    if ((raw.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished") is not None:
+        return True
+    completed = status.get("completionTime")
+    if not completed:
+        return True
+    return now - datetime.fromisoformat(str(completed).replace("Z", "+00:00")) < FINISHED_RESYNC_WINDOW
+
+
 def is_active(peers: Object | None, identity: str, priority: int, now: datetime) -> bool:
     """kopf's peering rule, for the resync loop: active unless another live peer has >= priority."""
     for peer_id, info in (peers or {}).items():
@@ -176,7 +193,10 @@ class Controller:
         self.last_resync = time.monotonic()
         if not leading:
             return
+        now = datetime.now(UTC)
         for raw in self.kube.list_jobs(self.settings.namespaces):
+            if not needs_resync(raw, now):
+                continue
             meta = raw["metadata"]
             try:
                 self.reconcile(meta["namespace"], meta["name"])

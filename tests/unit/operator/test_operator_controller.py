@@ -3,7 +3,7 @@
 from datetime import timedelta
 
 from sft_operator.api import Metrics, Progress, SFTJobStatus
-from sft_operator.controller import is_active, status_patch
+from sft_operator.controller import is_active, needs_resync, status_patch
 from tests.unit.operator.builders import NOW
 
 
@@ -39,3 +39,13 @@ def test_peering_rule() -> None:
     assert not is_active({"me": peer(5, 0), "other": peer(7, 0)}, "me", 5, NOW)
     assert not is_active({"other": peer(5, 0)}, "me", 5, NOW)  # same priority: kopf pauses both
     assert is_active({"other": peer(9, 60)}, "me", 5, NOW)  # a dead peer does not count
+
+
+def test_resync_skips_long_finished_jobs_without_ttl() -> None:
+    done = {"status": {"phase": "Succeeded", "completionTime": "2026-01-01T11:00:00Z"}, "spec": {}}
+    assert not needs_resync(done, NOW)
+    assert needs_resync({**done, "spec": {"runPolicy": {"ttlSecondsAfterFinished": 60}}}, NOW)
+    recent = {"status": {"phase": "Failed", "completionTime": "2026-01-01T11:58:00Z"}, "spec": {}}
+    assert needs_resync(recent, NOW)
+    assert needs_resync({"status": {"phase": "Running"}}, NOW)
+    assert needs_resync({}, NOW)
