@@ -122,9 +122,13 @@ def query_range(url: str, expr: str, start: float, end: float, step: float) -> l
 # --- drawing -------------------------------------------------------------------------------------
 
 
-def draw(
-    dashboard: dict[str, Any], series: dict[str, list[tuple[str, list[float], list[float]]]], out: Path, t0: float
-) -> None:
+Series = dict[str, list[tuple[str, list[float], list[float]]]]
+"""Panel title -> [(legend, unix times, values)]."""
+
+UNIT_LABELS = {"s": "seconds", "percent": "%", "percentunit": "fraction"}
+
+
+def draw(dashboard: dict[str, Any], series: Series, out: Path, t0: float, t1: float) -> None:
     """Draw every panel at its gridPos: one line per series, minutes since the run started on x."""
     import matplotlib
 
@@ -155,7 +159,11 @@ def draw(
             ax.legend(fontsize=7, loc="best", facecolor="#181b1f", edgecolor="#2c3235", labelcolor="#d8d9da")
         else:
             ax.text(0.5, 0.5, "no data", color="#8e8e8e", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xlabel("minutes", color="#8e8e8e", fontsize=7)
+        ax.set_xlim(0, (t1 - t0) / 60)
+        ax.set_xlabel("minutes since the SFTJob was created", color="#8e8e8e", fontsize=7)
+        unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit", "")
+        if unit in UNIT_LABELS:
+            ax.set_ylabel(UNIT_LABELS[unit], color="#8e8e8e", fontsize=7)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, facecolor=fig.get_facecolor())
     plt.close(fig)
@@ -223,12 +231,10 @@ def wait_phase(custom: Any, namespace: str, phases: set[str], timeout: float) ->
     return result
 
 
-def collect(
-    dashboard: dict[str, Any], url: str, start: float, end: float, step: float
-) -> dict[str, list[tuple[str, list[float], list[float]]]]:
+def collect(dashboard: dict[str, Any], url: str, start: float, end: float, step: float) -> Series:
     """Every panel's series over [start, end], by panel title; prints what each query returned."""
     values = {"sftjob": ".*", "namespace": ".*", "datasource": "prometheus"}
-    series: dict[str, list[tuple[str, list[float], list[float]]]] = {}
+    series: Series = {}
     for title, targets in panel_queries(dashboard, values):
         for expr, legend_format in targets:
             result = query_range(url, expr, start, end, step)
@@ -293,7 +299,8 @@ def render(out: Path, max_steps: int, keep: bool) -> None:
             log = agent.logs(namespace, f"{JOB_NAME}-node-0")
             raise SystemExit(f"the run failed:\n{log[-3000:]}")
         series = collect(dashboard, prometheus.url, start, end, max(1.0, (end - start) / 300))
-        draw(dashboard, series, out / "dashboard.png", start)
+        (work / "series.json").write_text(json.dumps({"start": start, "end": end, "series": series}))
+        draw(dashboard, series, out / "dashboard.png", start, end)
         print(f"wrote {out / 'dashboard.png'}")
         run_dir = output_dir / "demo"
         report = subprocess.run(
@@ -319,7 +326,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
     parser.add_argument("--max-steps", type=int, default=160)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--redraw", type=Path, help="only draw again from a kept work directory's series.json")
     args = parser.parse_args()
+    if args.redraw:
+        saved = json.loads(args.redraw.read_text())
+        draw(
+            json.loads(DASHBOARD.read_text()), saved["series"], args.out / "dashboard.png", saved["start"], saved["end"]
+        )
+        return
     render(args.out, args.max_steps, args.keep)
 
 
