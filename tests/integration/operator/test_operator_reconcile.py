@@ -386,3 +386,21 @@ def test_ttl_deletes_the_finished_job(kube_cluster: ControlPlane, operator: Oper
     wait_for(lambda: not pods(kube_cluster, sft_namespace, "shortlived"), 60, "its pod garbage-collected")
     settle(2)
     assert not pods(kube_cluster, sft_namespace, "shortlived"), "nothing is recreated after the TTL"
+
+
+def test_stalled_trainer_and_unschedulable_pods_are_acted_on(
+    kube_cluster: ControlPlane, operator: Operator, sft_namespace: str
+) -> None:
+    no_restarts = {"backoffLimit": 0, "stallTimeoutSeconds": 10, "pendingTimeoutSeconds": 10}
+    create(kube_cluster, sft_namespace, sftjob("silent", script("time.sleep(600)"), runPolicy=no_restarts))
+    create(
+        kube_cluster,
+        sft_namespace,
+        sftjob("homeless", ["true"], runPolicy=no_restarts, pod={"nodeSelector": {"pool": "does-not-exist"}}),
+    )
+    silent = wait_for(lambda: phase_is(kube_cluster, sft_namespace, "silent", "Failed"), 60, "stall detected", operator)
+    assert silent["reason"] == "BackoffLimitExceeded" and "no progress report" in silent["lastFailure"]["message"]
+    homeless = wait_for(lambda: phase_is(kube_cluster, sft_namespace, "homeless", "Failed"), 60, "pending timeout")
+    assert "still Pending after 10s" in homeless["lastFailure"]["message"]
+    wait_for(lambda: not [p for p in pods(kube_cluster, sft_namespace, "silent") if not p.metadata.deletion_timestamp],
+             30, "the stalled gang deleted")  # fmt: skip
