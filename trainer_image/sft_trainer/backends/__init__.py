@@ -33,14 +33,14 @@ def create_backend(
     name = choose_backend(config.parallelism.backend, device.type == "cuda", _megatron_available())
     if name == "megatron":
         from sft_trainer.backends import megatron
+        from sft_trainer.config import ConfigError, ConfigProblem
 
+        if config.training.method != "full":
+            problem = "lora is not implemented by the megatron backend yet; set parallelism.backend=torch"
+            raise ConfigError([ConfigProblem("training.method", problem)])
         return megatron.create_backend(config, tokenizer, env, device)
     from sft_trainer.backends.torch_backend import TorchBackend
-    from sft_trainer.config import ConfigError, ConfigProblem
     from sft_trainer.models import load_model
-
-    if config.training.method != "full":
-        raise ConfigError([ConfigProblem("training.method", "lora is not implemented by the torch backend yet")])
 
     model = load_model(config.model, vocab_size=len(tokenizer), seed=config.trainer.seed)
     return TorchBackend(config, model, env, device)
