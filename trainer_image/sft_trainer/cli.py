@@ -33,7 +33,7 @@ def train(
     ctx: typer.Context,
     config: Annotated[Path, typer.Option("--config", "-c", help="Run YAML or an SFTJob manifest.")],
 ) -> None:
-    """Fine-tune a model: `sft train --config run.yaml [dotted.key=value ...]`."""
+    """Fine-tune a model: `sft train --config run.yaml` followed by any dotted.key=value overrides."""
     from sft_trainer.config import ConfigError, ConfigProblem, consistency_problems, load_config
     from sft_trainer.distributed import current_env
 
