@@ -134,3 +134,11 @@ def test_export_app_runs_alone(run: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(export_app, [str(run / "run/final"), "--out", str(tmp_path / "a")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "a" / lora.ADAPTER_WEIGHTS).is_file()
+
+
+def test_sft_generate_works_on_the_merged_final_model(run: Path) -> None:
+    result = CliRunner().invoke(
+        cli(), ["generate", "--model", str(run / "run/final"), "-p", "12+34=", "--max-new-tokens", "4"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.strip()
