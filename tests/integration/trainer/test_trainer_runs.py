@@ -161,6 +161,18 @@ def test_final_directory_and_generate(straight: Path) -> None:
     assert all("1" not in line and "2" not in line for line in sampled.output.splitlines())
 
 
+def test_micro_batch_size_does_not_change_the_losses(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    short = ["trainer.max_steps=5", "trainer.val_check_interval=5", "trainer.save_interval=5"]
+    for size in (1, 4):
+        assert (
+            train(config, *short, f"trainer.micro_batch_size={size}", f"output_dir={tmp_path / str(size)}").exit_code
+            == 0
+        )
+    for (_, a, va), (_, b, vb) in zip(curve(tmp_path / "1"), curve(tmp_path / "4"), strict=True):
+        assert abs((a or 0) - (b or 0)) < 1e-5 and abs((va or 0) - (vb or 0)) < 1e-5
+
+
 def test_non_finite_loss_stops_with_a_checkpoint(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     summary = train(config, "optim.lr=1.0e+30", "optim.sched.warmup_steps=0", "optim.weight_decay=0")
