@@ -26,6 +26,7 @@ $(VENV)/.installed: pyproject.toml
 env: $(VENV)/.installed  ## create .venv with the `sft` command and every dependency
 
 demo: env  ## train the demo model locally on CPU and print held-out accuracy before/after
+	rm -rf runs/demo  # a fresh run every time (the config says checkpoint.resume: never)
 	$(BIN)/sft train --config examples/local/demo.yaml
 
 lint: env

@@ -6,10 +6,12 @@ global batch holds (read from the dataset, no communication), the learning rate,
 checkpoint cadence, resume, non-finite losses, SIGTERM, and reporting. The backend does the math.
 """
 
+import json
 import logging
 import math
 import os
 import random
+import shutil
 import signal
 import time
 from collections.abc import Sequence
@@ -133,6 +135,7 @@ class LoopState:
     consumed_samples: int = 0
     position: ckpt.DataPosition = field(default_factory=ckpt.DataPosition)
     last_val_loss: float | None = None
+    last_val_step: int | None = None
     best_val_loss: float | None = None
     elapsed_s: float = 0.0
     last_lr: float = 0.0
@@ -226,6 +229,7 @@ class Trainer:
             consumed_samples=meta.consumed_samples,
             position=meta.data_position,
             last_val_loss=meta.val_loss,
+            last_val_step=meta.step if meta.val_loss is not None else None,
             best_val_loss=meta.best_val_loss,
             elapsed_s=meta.elapsed_s,
             last_lr=meta.lr,
@@ -236,8 +240,6 @@ class Trainer:
         started = time.perf_counter()
         staging = ckpt.staging_dir(self.checkpoint_root, state.step)
         if self.env.is_rank_zero:
-            import shutil
-
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
         barrier()
@@ -250,7 +252,7 @@ class Trainer:
                 data_position=state.position,
                 total_steps=self.total_steps,
                 lr=state.last_lr,
-                val_loss=state.last_val_loss,
+                val_loss=state.last_val_loss if state.last_val_step == state.step else None,
                 best_val_loss=state.best_val_loss,
                 elapsed_s=state.elapsed_s,
                 config_hash=self.config_hash,
@@ -358,7 +360,7 @@ class Trainer:
             return state
         best = val_loss if state.best_val_loss is None else min(val_loss, state.best_val_loss)
         self.reporters.validation(ValidationReport(step=state.step, val_loss=val_loss, best_val_loss=best))
-        return replace(state, last_val_loss=val_loss, best_val_loss=best)
+        return replace(state, last_val_loss=val_loss, last_val_step=state.step, best_val_loss=best)
 
     def _finish(self, state: LoopState, outcome: Any, code: ExitCode, message: str) -> RunSummary:
         latest = ckpt.list_checkpoints(self.checkpoint_root)
@@ -435,10 +437,6 @@ def export_final(
     backend: Backend, tokenizer: Any, config: SFTConfig, summary: RunSummary, env: DistributedEnv, stats: dict[str, Any]
 ) -> Path:
     """Write `final/`: Hugging Face weights + config, tokenizer files and sft.json (atomically)."""
-    import json
-    import os
-    import shutil
-
     final = Path(config.output_dir) / FINAL_DIR
     staging = Path(config.output_dir) / f".{FINAL_DIR}.tmp"
     if env.is_rank_zero:
