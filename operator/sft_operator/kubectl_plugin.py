@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
@@ -399,9 +399,11 @@ class Cluster:
         return current_attempt_pods([self.api.sanitize_for_serialization(pod) for pod in pods.items])
 
     def pod_log(self, pod: str, tail: int | None) -> str:
-        """A pod's trainer log."""
-        text: str = self.core.read_namespaced_pod_log(pod, self.namespace, container=TRAINER_CONTAINER, tail_lines=tail)
-        return text
+        """A pod's trainer log, as written (raw bytes decoded: the client would re-parse JSON-looking logs)."""
+        response = self.core.read_namespaced_pod_log(
+            pod, self.namespace, container=TRAINER_CONTAINER, tail_lines=tail, _preload_content=False
+        )
+        return str(response.data.decode(errors="replace"))
 
     def stream_pod_log(self, pod: str, tail: int | None) -> Iterator[str]:
         """A pod's trainer log, line by line, as it is written (kubectl logs -f)."""
@@ -492,7 +494,7 @@ def resume(
     _set_suspend(_cluster(namespace, kubeconfig, context), name, False)
 
 
-def _follow_all(streams: dict[int, Callable[[], Iterator[str]]], echo: Callable[[str], None]) -> None:
+def _follow_all(streams: Mapping[int, Callable[[], Iterator[str]]], echo: Callable[[str], None]) -> None:
     """Print every rank's lines as they come, one thread per rank, whole lines only."""
     lock = threading.Lock()
 
@@ -527,15 +529,42 @@ def logs(
             err=True,
         )
         raise typer.Exit(1)
+    failed: list[str] = []
+
+    def lines_of(pod: Object) -> Iterator[str]:
+        from kubernetes.client.exceptions import ApiException
+
+        pod_name = pod["metadata"]["name"]
+        try:
+            if follow:
+                yield from cluster.stream_pod_log(pod_name, tail)
+            else:
+                yield from cluster.pod_log(pod_name, tail).splitlines()
+        except ApiException as error:
+            failed.append(pod_name)
+            typer.echo(prefix_line(pod_rank(pod), f"log not available: {api_error_text(error)}"), err=True)
+
     if follow:
-        streams: dict[int, Callable[[], Iterator[str]]] = {
-            pod_rank(pod): functools.partial(cluster.stream_pod_log, pod["metadata"]["name"], tail) for pod in pods
-        }
+        streams = {pod_rank(pod): functools.partial(lines_of, pod) for pod in pods}
         _follow_all(streams, typer.echo)
-        return
-    for pod in pods:
-        for line in prefix_lines(pod_rank(pod), cluster.pod_log(pod["metadata"]["name"], tail)):
-            typer.echo(line)
+    else:
+        for pod in pods:
+            for line in lines_of(pod):
+                typer.echo(prefix_line(pod_rank(pod), line))
+    if failed:
+        raise typer.Exit(1)
+
+
+def api_error_text(error: Exception) -> str:
+    """The API server's message of a failed request (its Status body), else the error's reason."""
+    import json
+
+    body = getattr(error, "body", None)
+    try:
+        message = json.loads(body).get("message") if body else None
+    except (ValueError, AttributeError):
+        message = body if isinstance(body, str) else None
+    return str(message or getattr(error, "reason", None) or error)
 
 
 def _sft_command() -> list[str]:

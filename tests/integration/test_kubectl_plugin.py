@@ -4,10 +4,8 @@ The SFTJob CRD is installed into the `kube_cluster` API server; a job is created
 example and its status is written through the status subresource (as the operator and the
 trainer's rank 0 do), then `kubectl sft status|suspend|resume|generate` read and change it.
 
-`logs` is not covered here: the test node agent runs pods as local processes and serves no
-kubelet log endpoint (tests/cluster/node_agent.py: "this agent has no `kubectl logs`"), so the
-API server cannot proxy pod logs; the line prefixing and rank ordering are unit-tested in
-tests/unit/plugin/test_plugin_pure.py.
+`logs` reads real pod logs: pods labelled as the operator labels a job's gang run on the test node
+agent, whose kubelet endpoint (tests/cluster/log_server.py) the API server proxies `pods/log` to.
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ import pytest
 import yaml
 
 from sft_operator.api import GROUP, PLURAL, VERSION
+from sft_operator.render import LABEL_ATTEMPT, LABEL_JOB, LABEL_RANK, TRAINER_CONTAINER
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.procs import wait_until
@@ -283,3 +282,79 @@ def test_generate_prints_a_job_that_really_answers_in_the_cluster(
     log = node_agent.logs(namespace, pods[0].metadata.name)
     assert outcome == "succeeded", log[-3000:]
     assert "Traceback" not in log
+
+
+# --- logs through the API server's pods/log proxy ------------------------------------------------
+
+
+def gang_pod(job: str, rank: int, attempt: int, script: str) -> dict[str, Any]:
+    """A pod labelled as the operator labels rank `rank` of attempt `attempt` of `job`."""
+    labels = {LABEL_JOB: job, LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)}
+    container = {"name": TRAINER_CONTAINER, "image": "trainer", "command": [sys.executable, "-u", "-c", script]}
+    return {
+        "metadata": {"name": f"{job}-node-{rank}" + ("" if attempt else "-old"), "labels": labels},
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [container]},
+    }
+
+
+def start_gang(cluster: ControlPlane, namespace: str, job: str, script: str, attempt: int = 1) -> list[str]:
+    """Rank 0 and 1 of the current attempt, plus a stale rank-0 pod of attempt 0; returns their names."""
+    v1 = kubernetes.client.CoreV1Api(cluster.client)
+    names = []
+    for rank, pod_attempt in ((0, attempt), (1, attempt), (0, 0)):
+        body = gang_pod(job, rank, pod_attempt, script.replace("RANK", str(rank)).replace("ATTEMPT", str(pod_attempt)))
+        names.append(v1.create_namespaced_pod(namespace, body).metadata.name)
+    return names
+
+
+def wait_finished(cluster: ControlPlane, namespace: str, names: list[str]) -> None:
+    v1 = kubernetes.client.CoreV1Api(cluster.client)
+
+    def done() -> bool:
+        return all(v1.read_namespaced_pod(n, namespace).status.phase == "Succeeded" for n in names)
+
+    wait_until(done, 120, f"pods {names} Succeeded", interval=0.5)
+
+
+def test_logs_prefix_every_rank_of_the_newest_attempt(
+    kube_cluster: ControlPlane, node_agent: NodeAgent, namespace: str, dolly_job: str
+) -> None:
+    script = "for i in range(3): print(f'step {i} from rank RANK attempt ATTEMPT')"
+    wait_finished(kube_cluster, namespace, start_gang(kube_cluster, namespace, dolly_job, script))
+
+    result = kubectl_sft(kube_cluster, "logs", dolly_job, "-n", namespace)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        *(f"[node-0] step {i} from rank 0 attempt 1" for i in range(3)),
+        *(f"[node-1] step {i} from rank 1 attempt 1" for i in range(3)),
+    ]
+    one = kubectl_sft(kube_cluster, "logs", dolly_job, "-n", namespace, "--rank", "1", "--tail", "1")
+    assert one.stdout.splitlines() == ["[node-1] step 2 from rank 1 attempt 1"], one.stderr
+
+
+def test_logs_follow_streams_every_rank_until_the_pods_end(
+    kube_cluster: ControlPlane, node_agent: NodeAgent, namespace: str, dolly_job: str
+) -> None:
+    script = "import time\nfor i in range(4):\n    print(f'tick {i} rank RANK')\n    time.sleep(1)"
+    names = start_gang(kube_cluster, namespace, dolly_job, script)
+    v1 = kubernetes.client.CoreV1Api(kube_cluster.client)
+    wait_until(
+        lambda: all(v1.read_namespaced_pod(n, namespace).status.phase in ("Running", "Succeeded") for n in names[:2]),
+        60,
+        "the gang running",
+        interval=0.2,
+    )
+    result = kubectl_sft(kube_cluster, "logs", dolly_job, "-n", namespace, "-f")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for rank in (0, 1):
+        assert [line for line in lines if line.startswith(f"[node-{rank}] ")] == [
+            f"[node-{rank}] tick {i} rank {rank}" for i in range(4)
+        ]
+    assert len(lines) == 8
+
+
+def test_logs_of_a_job_without_pods_say_so(kube_cluster: ControlPlane, namespace: str, dolly_job: str) -> None:
+    result = kubectl_sft(kube_cluster, "logs", dolly_job, "-n", namespace)
+    assert result.returncode == 1
+    assert f"SFTJob {namespace}/dolly-2b has no pods (phase: Pending)" in result.stderr

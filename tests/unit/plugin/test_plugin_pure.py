@@ -303,3 +303,18 @@ def test_following_interleaves_whole_prefixed_lines_of_every_rank() -> None:
     for rank in range(3):
         mine = [line for line in printed if line.startswith(f"[node-{rank}] ")]
         assert mine == [f"[node-{rank}] line {i} of {rank}" for i in range(50)]
+
+
+def test_api_errors_are_reported_by_the_servers_message() -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    from sft_operator.kubectl_plugin import api_error_text
+
+    error = ApiException(status=400, reason="Bad Request")
+    error.body = '{"kind":"Status","message":"container \\"trainer\\" in pod \\"j-node-0\\" is waiting to start"}'
+    assert api_error_text(error) == 'container "trainer" in pod "j-node-0" is waiting to start'
+    plain = ApiException(status=500, reason="Internal Server Error")
+    assert api_error_text(plain) == "Internal Server Error"
+    odd = ApiException(status=502, reason="Bad Gateway")
+    odd.body = "upstream down"
+    assert api_error_text(odd) == "upstream down"
