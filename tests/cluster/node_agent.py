@@ -305,6 +305,18 @@ class NodeAgent:
             return None, lambda: False
         return run.log_path, lambda: run.proc is not None and run.proc.poll() is None
 
+    def kill(self, namespace: str, name: str, sig: signal.Signals = signal.SIGKILL) -> int:
+        """Chaos: signal the pod's process group (as if the container crashed); return its PID.
+
+        With restartPolicy Never the pod then ends Failed with exit code 128+sig; with Always or
+        OnFailure the agent restarts the container in place, like the kubelet.
+        """
+        run = self.find_run(namespace, name)
+        if run is None or run.proc is None or run.proc.poll() is not None:
+            raise LookupError(f"pod {namespace}/{name} has no running process on {self.node_name}")
+        kill_group(run.proc.pid, sig)
+        return run.proc.pid
+
     def all_logs(self) -> str:
         """Every pod log this agent wrote, concatenated (for secret-leak checks)."""
         with self._runs_lock:
@@ -646,6 +658,7 @@ class NodeAgent:
             run.deleting = run.finished = True
             return 137
         finally:
+            kill_group(run.proc.pid, signal.SIGKILL)  # like a container's cgroup: no process outlives it
             self.ips.mark_active(run.namespace, run.name, False)
         return 128 - code if code < 0 else code
 

@@ -16,10 +16,12 @@ import contextlib
 import itertools
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
 import threading
+import time
 
 log = logging.getLogger("kube_sft.pod_network")
 SUBNET_PREFIX = "10.200"
@@ -49,6 +51,7 @@ class PodNetwork:
         self._forwarders: list[_Forwarder] = []
         self._users = 0
         self._lock = threading.Lock()
+        _delete_stray_pod_ends()
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{self.gateway}/{self.prefix}", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
@@ -75,9 +78,14 @@ class PodNetwork:
 
     def attach(self, pid: int, host_side: str, pod_side: str) -> None:
         """Create the veth pair, move one end into the network namespace of pid, plug the other in the bridge."""
+        _wait_for_own_netns(pid)
         _ip("link", "add", host_side, "type", "veth", "peer", "name", pod_side)
-        _ip("link", "set", pod_side, "netns", str(pid))
-        _ip("link", "set", host_side, "master", self.bridge, "up")
+        try:
+            _ip("link", "set", pod_side, "netns", str(pid))
+            _ip("link", "set", host_side, "master", self.bridge, "up")
+        except subprocess.CalledProcessError:
+            _ip("link", "del", host_side, check=False)
+            raise
 
     def forward(self, port: int) -> None:
         """Make 127.0.0.1:port reachable from pods at gateway:port (once per port)."""
@@ -102,6 +110,25 @@ class PodNetwork:
             forwarder.close()
         _ip("link", "del", self.bridge, check=False)
         return True
+
+
+def _delete_stray_pod_ends() -> None:
+    """Delete pod-side veth ends (`ks<k>p<n>`) found in the host namespace: leaks of a crashed session."""
+    for line in _ip("-o", "link", "show").stdout.splitlines():
+        match = re.match(r"\d+: (ks\d+p\d+)@", line)
+        if match:
+            _ip("link", "del", match.group(1), check=False)
+
+
+def _wait_for_own_netns(pid: int, timeout: float = 10.0) -> None:
+    """Wait until `unshare` (pid) has entered its new network namespace: moving the veth earlier would
+    leave it in the host's namespace."""
+    host = os.readlink("/proc/self/ns/net")
+    deadline = time.monotonic() + timeout
+    while os.readlink(f"/proc/{pid}/ns/net") == host:
+        if time.monotonic() > deadline:
+            raise subprocess.CalledProcessError(1, ["unshare", "--net"], "", f"pid {pid} never left the host netns")
+        time.sleep(0.005)
 
 
 class _Forwarder:

@@ -534,3 +534,15 @@ def test_pods_have_their_own_network_namespace(
     v1.create_namespaced_pod(namespace, make_pod("client", client))
     done = wait_phase(kube_cluster, namespace, "client", {"Succeeded", "Failed"})
     assert (done.status.phase, terminated(done).message) == ("Succeeded", "srv-b"), node_agent.logs(namespace, "client")
+
+
+def test_killing_a_pod_process_fails_the_pod_with_the_signal_exit_code(
+    kube_cluster: ControlPlane, node_agent: NodeAgent, namespace: str
+) -> None:
+    """The chaos helper: a SIGKILLed container ends its restartPolicy=Never pod Failed with exit code 137."""
+    core(kube_cluster).create_namespaced_pod(namespace, make_pod("victim", "import time; time.sleep(600)"))
+    wait_phase(kube_cluster, namespace, "victim", {"Running"})
+    node_agent.kill(namespace, "victim")
+    done = wait_phase(kube_cluster, namespace, "victim", {"Succeeded", "Failed"})
+    assert done.status.phase == "Failed"
+    assert (terminated(done).exit_code, terminated(done).reason) == (137, "Error")
