@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import pytest
 import yaml
 
@@ -108,6 +109,38 @@ def test_example_is_accepted_by_the_api_server(
     assert result.returncode == 0, f"{path}: {result.stderr}"
     created = [line for line in result.stdout.splitlines() if "(server dry run)" in line]
     assert len(created) == len(manifest_documents(path)), result.stdout
+
+
+SFTJOB_FILES = [path for path in MANIFESTS if any(doc["kind"] == KIND for doc in manifest_documents(path))]
+
+
+@pytest.mark.parametrize("path", SFTJOB_FILES, ids=[str(p.relative_to(EXAMPLES)) for p in SFTJOB_FILES])
+def test_the_operators_children_of_each_example_are_accepted(
+    kube_cluster: ControlPlane, sftjob_crd: str, namespace: str, path: Path, tmp_path: Path
+) -> None:
+    """What the operator would create for the example passes the API server too.
+
+    The SFTJob is created for real (no operator runs here), its children are rendered by the
+    operator's pure `render` functions with the job's real UID; the supporting objects are created
+    (pods need their ServiceAccount to exist) and the pods go through a server-side dry run.
+    """
+    from sft_operator import render
+    from sft_operator.api import GROUP, PLURAL, VERSION
+
+    (doc,) = [doc for doc in manifest_documents(path) if doc["kind"] == KIND]
+    created = tmp_path / "sftjob.yaml"
+    created.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    kube_cluster.kubectl("apply", "-n", namespace, "-f", str(created))
+    custom = kubernetes.client.CustomObjectsApi(kube_cluster.client)
+    stored = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, doc["metadata"]["name"])
+    job = SFTJob.model_validate({key: stored[key] for key in ("apiVersion", "kind", "metadata", "spec")})
+    supporting, pods = render.supporting_objects(job), render.pods(job)
+    for name, objects, extra in (("supporting", supporting, ()), ("pods", pods, ("--dry-run=server",))):
+        rendered = tmp_path / f"{name}.yaml"
+        rendered.write_text(yaml.safe_dump_all(objects), encoding="utf-8")
+        result = kube_cluster.kubectl("apply", *extra, "-n", namespace, "-f", str(rendered), check=False)
+        assert result.returncode == 0, f"{path} ({name}): {result.stderr}"
+    assert len(pods) == job.spec.resources.num_nodes
 
 
 BROKEN = {
