@@ -15,6 +15,9 @@ mkdir -p "$BIN"
 
 log() { echo "[cluster-bins] $*" >&2; }
 
+# The Go toolchain may be installed off PATH (a non-login shell, CI): look in the usual place.
+command -v go >/dev/null || export PATH="/usr/local/go/bin:$PATH"
+
 # Go builds: local toolchain only, nice'd (the cores are shared), no cgo, reproducible paths.
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-trimpath ${GOFLAGS_EXTRA:-}"
 
@@ -36,6 +39,7 @@ build_k8s() {
     for c in "${cmds[@]}"; do [ -x "$BIN/$c" ] || missing=1; done
     [ "$missing" = 1 ] || return 0
     MODE=cold
+    command -v go >/dev/null || { log "error: go (>= 1.26) is needed to build the control plane"; exit 1; }
     log "building ${cmds[*]} $K8S_VERSION from the Go module proxy (cold: 6 minutes on 2 idle cores, 35 on busy ones)"
     local pkgs=() t0=$(date +%s)
     for c in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
