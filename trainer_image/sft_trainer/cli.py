@@ -21,6 +21,11 @@ if importlib.util.find_spec("sft_trainer.cli_data") is not None:
 
     app.add_typer(data_app, name="data", help="Prepare, convert and inspect SFT data.")
 
+if importlib.util.find_spec("sft_trainer.cli_export") is not None:
+    from sft_trainer.cli_export import export
+
+    app.command("export")(export)
+
 
 def _fail(lines: list[str], code: ExitCode) -> typer.Exit:
     for line in lines:

@@ -83,6 +83,19 @@ def attention_inputs(batch: MicroBatch, device: torch.device) -> dict[str, torch
     }
 
 
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks FSDP2 shards one by one (Llama-style `model.layers`, GPT-2 `transformer.h`)."""
+    get_base = getattr(model, "get_base_model", None)  # a peft model: look inside
+    base = get_base() if callable(get_base) else model
+    for container in ("model", "transformer"):
+        inner = getattr(base, container, None)
+        for name in ("layers", "h"):
+            layers = getattr(inner, name, None)
+            if isinstance(layers, nn.ModuleList):
+                return list(layers)
+    return []
+
+
 class TorchBackend:
     """A `Backend` (see `backends.base`) over a Hugging Face causal LM."""
 
@@ -108,7 +121,7 @@ class TorchBackend:
             from torch.distributed.fsdp import fully_shard
 
             mesh = init_device_mesh(self.device.type, (self.env.world_size,))
-            for layer in getattr(getattr(model, "model", model), "layers", []):
+            for layer in decoder_layers(model):
                 fully_shard(layer, mesh=mesh)
             fully_shard(model, mesh=mesh)
             return model
