@@ -37,6 +37,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--resync-seconds", type=float, default=float(env("KUBE_SFT_RESYNC_SECONDS", "5")))
     parser.add_argument("--peering-name", default=env("KUBE_SFT_PEERING", "kube-sft"))
+    parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=int(env("KUBE_SFT_PEERING_LIFETIME", "20")),
+        help="seconds before a silent replica counts as dead and a standby takes over",
+    )
     parser.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
     parser.add_argument("--priority", type=int, default=None, help="peering priority (default: random)")
     parser.add_argument("--verbose", "-v", action="store_true")
@@ -60,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         trainer_image=args.trainer_image,
         resync_seconds=args.resync_seconds,
         peering_name=args.peering_name,
+        peering_lifetime=args.peering_lifetime,
         priority=priority,
         identity=identity,
     )

@@ -33,6 +33,7 @@ class Settings:
     trainer_image: str = render.DEFAULT_IMAGE
     resync_seconds: float = 5.0
     peering_name: str = "kube-sft"
+    peering_lifetime: int = 20
     priority: int = 0
     identity: str = "kube-sft-operator"
 

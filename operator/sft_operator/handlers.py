@@ -41,10 +41,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{GROUP}/finalizer"
-    settings.peering.lifetime = 20
+    operator_settings: Settings = memo.get("settings") or Settings()
+    settings.peering.lifetime = operator_settings.peering_lifetime
     settings.peering.stealth = True
     settings.posting.level = logging.WARNING
-    operator_settings: Settings = memo.get("settings") or Settings()
     controller = Controller(Kube(kubernetes_client(), operator_settings.identity), operator_settings)
     stop = threading.Event()
     thread = threading.Thread(target=controller.resync_forever, args=(stop,), name="resync", daemon=True)

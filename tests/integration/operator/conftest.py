@@ -40,6 +40,7 @@ class Operator:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "POD_NAME": f"operator-{uuid.uuid4().hex[:6]}"}
         argv = [sys.executable, "-m", "sft_operator", "--namespace", self.namespace, "--peering-name", self.peering]
         argv += ["--metrics-port", str(self.metrics_port), "--liveness-port", str(free_port()), "--resync-seconds", "1"]
+        argv += ["--peering-lifetime", "8"]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         wait_until(self._serving, 30, "the operator's metrics endpoint", interval=0.2)
@@ -79,9 +80,9 @@ class Operator:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sft_namespace(kube_cluster: ControlPlane) -> Iterator[str]:
-    """A namespace for this module's SFTJobs."""
+    """A namespace for the operator tests' SFTJobs."""
     name = f"sft-{uuid.uuid4().hex[:6]}"
     v1 = kubernetes.client.CoreV1Api(kube_cluster.client)
     v1.create_namespace({"metadata": {"name": name}})
@@ -90,7 +91,7 @@ def sft_namespace(kube_cluster: ControlPlane) -> Iterator[str]:
     v1.delete_namespace(name)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def installed_chart(kube_cluster: ControlPlane, sft_namespace: str) -> Iterator[str]:
     """`helm install` the chart (CRDs, ServiceAccount, ClusterRole, peering) with no operator pods: the
     tests run the operator themselves. Returns the release name (also the ServiceAccount's)."""
@@ -112,7 +113,7 @@ def installed_chart(kube_cluster: ControlPlane, sft_namespace: str) -> Iterator[
     kube_cluster.helm("uninstall", release, "--namespace", system, check=False)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def operator(
     kube_cluster: ControlPlane,
     node_agent: object,
