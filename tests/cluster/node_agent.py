@@ -40,6 +40,7 @@ What it cannot do, and how tests see it instead:
 - PersistentVolumeClaims: the agent makes a default StorageClass `kube-sft-local` and provisions each
   Pending claim of it as a hostPath PersistentVolume, the directory `<agent dir>/pvc/<namespace>/<claim>`
   (the PV controller binds them); it is shared by every pod that mounts the claim, like ReadWriteMany.
+- hostNetwork pods run in the host's network namespace, with podIP = hostIP.
 - Only the first container runs (sidecars are not started); restartPolicy Always/OnFailure restarts
   it in place with back-off (restartCount, lastState); probes are not run (Ready follows Running); images
   are ignored, so a pod needs an explicit `command`, and PATH starts with this Python's bin directory
@@ -179,6 +180,7 @@ class PodRun:
     read_only_volumes: set[str] = field(default_factory=set)
     extra_hosts: dict[str, str] = field(default_factory=dict)
     interfaces: tuple[str, str] = ("", "")
+    host_network: bool = False
     last_exit: dict[str, Any] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -505,8 +507,10 @@ class NodeAgent:
         meta = pod.metadata
         directory = self.workdir / "pods" / f"{meta.namespace}_{meta.name}_{meta.uid[:8]}"
         directory.mkdir(parents=True, exist_ok=True)
-        ip = self.ips.reserve(meta.namespace, meta.name)
+        host_network = bool(pod.spec.host_network)
+        ip = self.host_ip if host_network else self.ips.reserve(meta.namespace, meta.name)
         run = PodRun(meta.namespace, meta.name, meta.uid, ip, directory, directory / "container.log")
+        run.host_network = host_network
         with self._runs_lock:
             self.runs[meta.uid] = run
         threading.Thread(target=self._run_pod, args=(pod, run), name=f"pod-{meta.name}", daemon=True).start()
@@ -627,7 +631,7 @@ class NodeAgent:
         mounts = [[str(src), target, target in read_only] for target, src in mount_map.items()]
         spec_path = run.directory / f"exec-{container.name}.json"
         network = None
-        if self.network is not None:
+        if self.network is not None and not run.host_network:
             run.interfaces = self.network.interface_names()
             network = {"interface": run.interfaces[1], "ip": run.ip, "prefix": str(self.network.prefix),
                        "gateway": self.network.gateway}  # fmt: skip
@@ -637,7 +641,7 @@ class NodeAgent:
 
     def _connect(self, run: PodRun) -> None:
         """Plug the new process's network namespace into the pod network (it waits for its veth)."""
-        if self.network is None or run.proc is None:
+        if self.network is None or run.proc is None or run.host_network:
             return
         try:
             self.network.attach(run.proc.pid, *run.interfaces)

@@ -546,3 +546,19 @@ def test_killing_a_pod_process_fails_the_pod_with_the_signal_exit_code(
     done = wait_phase(kube_cluster, namespace, "victim", {"Succeeded", "Failed"})
     assert done.status.phase == "Failed"
     assert (terminated(done).exit_code, terminated(done).reason) == (137, "Error")
+
+
+def test_host_network_pod_shares_the_node_network(
+    kube_cluster: ControlPlane, node_agent: NodeAgent, namespace: str
+) -> None:
+    port = kube_cluster.server.rsplit(":", 1)[1]
+    script = f"""
+        import socket
+        socket.create_connection(("127.0.0.1", {port}), timeout=5).close()
+    """
+    pod = make_pod("hostnet", script)
+    pod["spec"]["hostNetwork"] = True
+    core(kube_cluster).create_namespaced_pod(namespace, pod)
+    done = wait_phase(kube_cluster, namespace, "hostnet", {"Succeeded", "Failed"})
+    assert done.status.phase == "Succeeded", node_agent.logs(namespace, "hostnet")
+    assert done.status.pod_ip == done.status.host_ip == node_agent.host_ip
