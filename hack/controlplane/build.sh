@@ -120,5 +120,10 @@ build_etcd
 install_kubectl
 install_helm
 install_debian_packages
+# KWOK (fake GPU nodes for tests/integration/test_kwok.py and the operator benchmark) has its own
+# version-keyed build beside this one; `make cluster-bins` builds everything the tests need.
+if [ -x "$HERE/../kwok/build.sh" ]; then
+    "$HERE/../kwok/build.sh"
+fi
 "$BIN/kube-apiserver" --version >&2
 echo "[cluster-bins] $MODE in $(( $(date +%s) - START ))s -> $BIN" >&2
