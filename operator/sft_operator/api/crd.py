@@ -108,7 +108,9 @@ def _merge_any_of(node: Schema, defs: dict[str, Schema], path: tuple[str, ...]) 
     elif types == {"integer", "string"}:
         # As controller-gen writes resource.Quantity: the string's pattern applies to strings only.
         string = next(option for option in concrete if option.get("type") == "string")
+        integer = next(option for option in concrete if option.get("type") == "integer")
         bounds = {key: string[key] for key in ("pattern", "maxLength") if key in string}
+        bounds.update({key: integer[key] for key in ("minimum", "maximum") if key in integer})
         merged = {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "x-kubernetes-int-or-string": True,

@@ -51,7 +51,7 @@ ImageRef = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 QuantityString = Annotated[
     str, StringConstraints(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")
 ]
-Quantity = int | QuantityString
+Quantity = Annotated[int, Field(ge=0)] | QuantityString
 """A Kubernetes resource quantity: `4`, `"500m"`, `"16Gi"` (int-or-string in the CRD)."""
 
 Phase = Literal["Pending", "Suspended", "Initializing", "Running", "Restarting", "Succeeded", "Failed"]
