@@ -238,8 +238,8 @@ def _first_with(directories: Iterable[Path], predicate: str) -> Path | None:
 def merge_and_export(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:
     """Merge an adapter into its base and write a full Hugging Face model to `out_dir`.
 
-    The tokenizer and `sft.json` are copied from beside the adapter (a run's `final/`) when there,
-    else the tokenizer from the base directory.
+    The tokenizer and `sft.json` are copied from beside the adapter (a run's `final/`), or for a
+    checkpoint's adapter from its run's `final/`; failing those, the tokenizer of the base directory.
     """
     import peft
 
@@ -248,10 +248,11 @@ def merge_and_export(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:
     merged = peft.PeftModel.from_pretrained(load_hf(base_dir), str(adapter_dir)).merge_and_unload()
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out_dir))
-    nearby = [adapter_dir, adapter_dir.parent, base_dir]
+    run_final = adapter_dir.parent.parent.parent / "final"  # <run>/checkpoints/step-N/adapter
+    nearby = [adapter_dir, adapter_dir.parent, run_final, base_dir]
     tokenizer_dir = _first_with(nearby, "tokenizer_config.json")
     if tokenizer_dir is not None:
         AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True).save_pretrained(str(out_dir))
-    sft_json = _first_with(nearby[:2], SFT_JSON)
+    sft_json = _first_with(nearby[:3], SFT_JSON)
     if sft_json is not None:
         shutil.copy2(sft_json / SFT_JSON, out_dir / SFT_JSON)

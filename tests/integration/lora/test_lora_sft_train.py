@@ -122,6 +122,9 @@ def test_sft_export_merge_from_a_checkpoint(run: Path, tmp_path: Path) -> None:
     unmerged = logits(peft.PeftModel.from_pretrained(load_hf(run / "base"), str(checkpoint / "adapter")), ids)
     torch.testing.assert_close(exported, unmerged, rtol=0, atol=MERGE_ATOL)
     torch.testing.assert_close(exported, logits(load_hf(run / "run/final"), ids), rtol=0, atol=MERGE_ATOL)
+    # the run's final/ lends its tokenizer and sft.json, so `sft generate` works on the export too
+    assert (tmp_path / "m" / "sft.json").read_text() == (run / "run/final/sft.json").read_text()
+    assert (tmp_path / "m" / "tokenizer_config.json").is_file()
 
 
 def test_sft_export_without_an_adapter_fails_clearly(tmp_path: Path) -> None:
