@@ -36,6 +36,7 @@ class PodView:
     waiting_reason: str | None = None  # ImagePullBackOff, ContainerCreating ...
     gated: bool = False  # held by scheduling gates (Kueue admission)
     running: bool = False  # the trainer container has started
+    disrupted: bool = False  # condition DisruptionTarget: preempted, evicted, node drained (not the job's fault)
 
 
 def is_retryable(exit_code: int | None, policy: RunPolicy) -> bool:
@@ -61,6 +62,10 @@ def describe_exit_code(exit_code: int | None) -> str:
         return str(exit_code)
 
 
+NOT_COUNTED = frozenset({"Disrupted"})
+"""Failure reasons that restart the gang without using up runPolicy.backoffLimit."""
+
+
 def backoff_seconds(restarts: int, policy: RunPolicy) -> float:
     """Wait before restart number `restarts` (1-based): backoffSeconds doubled per restart, capped."""
     delay = policy.backoff_seconds * 2 ** max(restarts - 1, 0)
@@ -84,7 +89,7 @@ def pod_failure(pod: PodView, policy: RunPolicy, now: datetime) -> Failure | Non
         return None
     summary = trainer_summary(pod.message)
     detail = str(summary.get("message", "")) if summary else (pod.message or "")
-    reason = "Evicted" if pod.reason == "Evicted" else "PodFailed"
+    reason = "Disrupted" if pod.disrupted else "Evicted" if pod.reason == "Evicted" else "PodFailed"
     text = f"{pod.name} (rank {pod.rank}) failed: exit code {describe_exit_code(pod.exit_code)}"
     if pod.reason:
         text += f", reason {pod.reason}"
@@ -96,7 +101,7 @@ def pod_failure(pod: PodView, policy: RunPolicy, now: datetime) -> Failure | Non
         exit_code=pod.exit_code,
         rank=pod.rank,
         pod=pod.name,
-        retryable=is_retryable(pod.exit_code, policy),
+        retryable=pod.disrupted or is_retryable(pod.exit_code, policy),
         time=now,
     )
 

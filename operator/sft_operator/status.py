@@ -76,6 +76,10 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         waiting_reason=waiting.get("reason"),
         gated=bool(spec.get("schedulingGates")),
         running="running" in state or bool(terminated),
+        disrupted=any(
+            item.get("type") == "DisruptionTarget" and item.get("status") == "True"
+            for item in status.get("conditions") or []
+        ),
     )
 
 
@@ -160,7 +164,8 @@ def _restart(plan: Plan, pods: list[PodView], job: SFTJob, failure: Failure, now
     if not failure.retryable:
         _finish(plan, pods, job, "Failed", failure, now)
         return
-    if status.restarts >= run_policy.backoff_limit:
+    counted = failure.reason not in policy.NOT_COUNTED
+    if counted and status.restarts >= run_policy.backoff_limit:
         exhausted = failure.model_copy(
             update={
                 "reason": "BackoffLimitExceeded",
@@ -169,8 +174,8 @@ def _restart(plan: Plan, pods: list[PodView], job: SFTJob, failure: Failure, now
         )
         _finish(plan, pods, job, "Failed", exhausted, now)
         return
-    status.restarts += 1
-    delay = policy.backoff_seconds(status.restarts, run_policy)
+    status.restarts += 1 if counted else 0
+    delay = policy.backoff_seconds(max(status.restarts, 1), run_policy)
     status.phase = "Restarting"
     status.last_failure = failure
     status.reason, status.message = failure.reason, failure.message
@@ -181,8 +186,9 @@ def _restart(plan: Plan, pods: list[PodView], job: SFTJob, failure: Failure, now
         Event(
             "Normal",
             "Restarting",
-            f"restarting the whole gang in {delay:.0f}s (restart {status.restarts} of {run_policy.backoff_limit}); "
-            "it resumes from the newest checkpoint",
+            f"restarting the whole gang in {delay:.0f}s ("
+            + (f"restart {status.restarts} of {run_policy.backoff_limit}" if counted else "not counted: a disruption")
+            + "); it resumes from the newest checkpoint",
         )
     )
 

@@ -241,6 +241,21 @@ def test_eviction_is_retried() -> None:
     assert plan.status.last_failure is not None and plan.status.last_failure.reason == "Evicted"
 
 
+def test_preemption_restarts_without_using_the_backoff_limit() -> None:
+    job = running_job(restarts=3)
+    pods = fail_rank(gang(job), 1, 143)
+    pods[1] = PodView(**{**pods[1].__dict__, "disrupted": True})
+    plan = reconcile(job, pods, NOW)
+    assert plan.status.phase == "Restarting" and plan.status.restarts == 3
+    assert plan.status.last_failure is not None and plan.status.last_failure.reason == "Disrupted"
+
+
+def test_pod_view_reads_the_disruption_condition(job: SFTJob) -> None:
+    pod = render.pod(job, 0)
+    pod["status"] = {"phase": "Failed", "conditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert pod_view(pod).disrupted
+
+
 def test_a_pod_vanishing_from_a_running_gang_restarts_it() -> None:
     job = running_job()
     plan = reconcile(job, gang(job)[:1], NOW)
