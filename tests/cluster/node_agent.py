@@ -64,7 +64,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -73,6 +72,20 @@ from kubernetes.client import ApiException
 
 from tests.cluster.log_server import LogServer
 from tests.cluster.pod_network import PodNetwork, network_namespaces_work, release_shared, shared_network
+from tests.cluster.pod_spec import (
+    ALLOCATOR,
+    PodStartError,
+    allocator_for,
+    container_named,
+    dns_names,
+    expand,
+    micro_now,
+    now,
+    pod_conditions,
+    resource_value,
+    rewrite_paths,
+    write_items,
+)
 from tests.cluster.procs import die_with_parent, kill_group
 
 log = logging.getLogger("kube_sft.node_agent")
@@ -89,16 +102,6 @@ KUBERNETES_SERVICE_NAME = "kubernetes.default.svc"
 PROVISIONER = "kube-sft.test/node-agent"
 
 
-def now() -> str:
-    """RFC 3339 time, as the API stores it."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def micro_now() -> str:
-    """MicroTime, as Lease.spec.renewTime needs."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def mount_namespaces_work() -> bool:
     """True if this process may make private mount namespaces with bind mounts (root, util-linux unshare)."""
     if os.environ.get("KUBE_SFT_AGENT_REAL_MOUNTS") == "0" or shutil.which("unshare") is None:
@@ -106,59 +109,6 @@ def mount_namespaces_work() -> bool:
     with tempfile.TemporaryDirectory() as target:
         probe = ["unshare", "--mount", "--propagation", "private", "--", "mount", "--bind", "/", target]
         return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
-
-
-class IPAllocator:
-    """Hands out 127.0.0.2-254, one per (namespace, pod name); shared by every agent in this process.
-
-    The first address depends on the PID, so two test sessions on one machine rarely hand out the same one.
-    """
-
-    def __init__(self, prefix: str = "127.0.0.") -> None:
-        self.prefix = prefix
-        self._lock = threading.Lock()
-        self._by_pod: dict[tuple[str, str], str] = {}
-        self._active: set[tuple[str, str]] = set()
-
-    def reserve(self, namespace: str, name: str) -> str:
-        """The address of pod namespace/name, reserving a free one on first use."""
-        with self._lock:
-            key = (namespace, name)
-            if key not in self._by_pod:
-                self._by_pod[key] = self._free_address()
-            return self._by_pod[key]
-
-    def mark_active(self, namespace: str, name: str, active: bool) -> None:
-        """Record whether a process of this pod runs (inactive reservations may be recycled)."""
-        with self._lock:
-            (self._active.add if active else self._active.discard)((namespace, name))
-
-    def hosts(self, namespace: str) -> dict[str, str]:
-        """Pod name -> address for one namespace."""
-        with self._lock:
-            return {name: ip for (ns, name), ip in self._by_pod.items() if ns == namespace}
-
-    def _free_address(self) -> str:
-        used = set(self._by_pod.values())
-        first = os.getpid() % 253  # start elsewhere than a concurrent test session on this machine
-        for index in range(253):
-            candidate = f"{self.prefix}{2 + (first + index) % 253}"
-            if candidate not in used:
-                return candidate
-        for key in [k for k in self._by_pod if k not in self._active]:
-            del self._by_pod[key]
-        if len(self._by_pod) >= 253:
-            raise RuntimeError(f"all 253 pod addresses {self.prefix}2-254 are in use")
-        return self._free_address()
-
-
-ALLOCATOR = IPAllocator()  # 127.0.0.x pod IPs when pods share the host network
-_ALLOCATORS: dict[str, IPAllocator] = {ALLOCATOR.prefix: ALLOCATOR}
-
-
-def _allocator(prefix: str) -> IPAllocator:
-    """The process-wide allocator of one address prefix."""
-    return _ALLOCATORS.setdefault(prefix, IPAllocator(prefix))
 
 
 @dataclass
@@ -183,10 +133,6 @@ class PodRun:
     host_network: bool = False
     last_exit: dict[str, Any] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-class PodStartError(Exception):
-    """The pod cannot be started (missing command, unsupported field, binary...)."""
 
 
 class MissingSourceError(PodStartError):
@@ -253,7 +199,7 @@ class NodeAgent:
         if self.network_namespaces:
             self.network = shared_network()
             self.network.forward(int(self.server.rsplit(":", 1)[1]))
-            self.ips = _allocator(self.network.address_prefix())
+            self.ips = allocator_for(self.network.address_prefix())
             self.host_ip = self.network.gateway
         self.log_server = LogServer(self._locate_log, self.workdir).start()
         self._register_node()
@@ -590,8 +536,8 @@ class NodeAgent:
         env = self._until_sources_exist(
             pod, run, "CreateContainerConfigError", lambda: self._container_env(pod, run, container, mount_map, rewrite)
         )
-        argv = [_rewrite_paths(_expand(a, env), rewrite) for a in [*container.command, *(container.args or [])]]
-        cwd = _rewrite_paths(container.working_dir, rewrite) if container.working_dir else str(run.directory)
+        argv = [rewrite_paths(expand(a, env), rewrite) for a in [*container.command, *(container.args or [])]]
+        cwd = rewrite_paths(container.working_dir, rewrite) if container.working_dir else str(run.directory)
         if self.real_mounts:
             mount_map["/etc/hosts"] = self._hosts_file(pod, run)
             argv = self._in_mount_namespace(run, container, mounts, mount_map, argv, cwd)
@@ -694,7 +640,7 @@ class NodeAgent:
         for var in container.env or []:
             value = self._env_value(pod, run, container, var)
             if value is not None:
-                env[var.name] = _rewrite_paths(_expand(value, env), rewrite)
+                env[var.name] = rewrite_paths(expand(value, env), rewrite)
         self._resolve_hosts(pod, run, env)
         return env
 
@@ -705,7 +651,7 @@ class NodeAgent:
         if source.field_ref is not None:
             return self._field(pod, run, source.field_ref.field_path)
         if source.resource_field_ref is not None:
-            return _resource(container, source.resource_field_ref.resource)
+            return resource_value(container, source.resource_field_ref.resource)
         if source.config_map_key_ref is not None:
             ref = source.config_map_key_ref
             data = self._config_map(pod.metadata.namespace, ref.name, bool(ref.optional))
@@ -778,7 +724,7 @@ class NodeAgent:
         for other in self.v1.list_namespaced_pod(namespace).items:
             mine = other.metadata.uid == pod.metadata.uid
             ip = run.ip if mine else self.ips.reserve(namespace, other.metadata.name)
-            lines.append(f"{ip}\t{' '.join(_dns_names(other))}")
+            lines.append(f"{ip}\t{' '.join(dns_names(other))}")
         lines.extend(f"{ip}\t{name}" for name, ip in run.extra_hosts.items())  # named before the pod exists
         path = run.directory / "hosts"
         path.write_text("\n".join(lines) + "\n")
@@ -818,12 +764,12 @@ class NodeAgent:
         if volume.config_map is not None:
             source = volume.config_map
             data = {k: v.encode() for k, v in self._config_map(namespace, source.name, bool(source.optional)).items()}
-            _write_items(path, data, source.items)
+            write_items(path, data, source.items)
         elif volume.secret is not None:
             source = volume.secret
-            _write_items(path, self._secret(namespace, source.secret_name, bool(source.optional)), source.items)
+            write_items(path, self._secret(namespace, source.secret_name, bool(source.optional)), source.items)
         elif volume.downward_api is not None:
-            _write_items(path, self._downward(pod, run, volume.downward_api.items), None)
+            write_items(path, self._downward(pod, run, volume.downward_api.items), None)
         elif volume.projected is not None:
             for projection in volume.projected.sources or []:
                 self._project(pod, run, projection, path)
@@ -834,16 +780,16 @@ class NodeAgent:
         if projection.service_account_token is not None:
             source = projection.service_account_token
             token = self._pod_token(pod, source.audience, source.expiration_seconds or 3600)
-            _write_items(path, {source.path: token.encode()}, None)
+            write_items(path, {source.path: token.encode()}, None)
         elif projection.config_map is not None:
             source = projection.config_map
             data = {k: v.encode() for k, v in self._config_map(namespace, source.name, bool(source.optional)).items()}
-            _write_items(path, data, source.items)
+            write_items(path, data, source.items)
         elif projection.secret is not None:
             source = projection.secret
-            _write_items(path, self._secret(namespace, source.name, bool(source.optional)), source.items)
+            write_items(path, self._secret(namespace, source.name, bool(source.optional)), source.items)
         elif projection.downward_api is not None:
-            _write_items(path, self._downward(pod, run, projection.downward_api.items), None)
+            write_items(path, self._downward(pod, run, projection.downward_api.items), None)
 
     def _pod_token(self, pod: Any, audience: str | None, expiration: int) -> str:
         """A service-account token bound to this pod, from the TokenRequest API (as the kubelet gets it)."""
@@ -864,8 +810,8 @@ class NodeAgent:
             if item.field_ref is not None:
                 out[item.path] = self._field(pod, run, item.field_ref.field_path).encode()
             elif item.resource_field_ref is not None:
-                container = _container_named(pod, item.resource_field_ref.container_name)
-                out[item.path] = _resource(container, item.resource_field_ref.resource).encode()
+                container = container_named(pod, item.resource_field_ref.container_name)
+                out[item.path] = resource_value(container, item.resource_field_ref.resource).encode()
         return out
 
     def _mount_source(self, mount: Any, volumes: dict[str, Path]) -> Path:
@@ -913,7 +859,7 @@ class NodeAgent:
                 "podIP": run.ip,
                 "podIPs": [{"ip": run.ip}],
                 "startTime": run.started_at,
-                "conditions": _conditions(ready=ready),
+                "conditions": pod_conditions(ready=ready),
                 "containerStatuses": [{
                     "name": container.name, "image": container.image or "", "imageID": "",
                     "containerID": f"local-process://{run.proc.pid if run.proc else 0}",
@@ -949,7 +895,7 @@ class NodeAgent:
                 "podIPs": [{"ip": run.ip}],
                 "hostIP": self.host_ip,
                 "startTime": run.started_at or now(),
-                "conditions": _conditions(ready=False),
+                "conditions": pod_conditions(ready=False),
                 "containerStatuses": [status],
             }
         }
@@ -1002,72 +948,3 @@ class NodeAgent:
                 proc.wait(timeout=10)
         code = proc.returncode
         return 128 - code if code < 0 else code
-
-
-# ----- pure helpers -------------------------------------------------------------------------
-
-
-def _conditions(ready: bool) -> list[dict[str, Any]]:
-    stamp = now()
-    flag = "True" if ready else "False"
-    return [
-        {"type": "Initialized", "status": "True", "lastTransitionTime": stamp},
-        {"type": "ContainersReady", "status": flag, "lastTransitionTime": stamp},
-        {"type": "Ready", "status": flag, "lastTransitionTime": stamp},
-    ]
-
-
-def _dns_names(pod: Any) -> list[str]:
-    """The names cluster DNS would give a pod: `<hostname>.<subdomain>.<ns>.svc.cluster.local` and shorter."""
-    hostname = pod.spec.hostname or pod.metadata.name
-    if not pod.spec.subdomain:
-        return [hostname]
-    base = f"{hostname}.{pod.spec.subdomain}"
-    namespace = pod.metadata.namespace
-    return [f"{base}.{namespace}.svc.cluster.local", f"{base}.{namespace}.svc", f"{base}.{namespace}", base, hostname]
-
-
-def _write_items(directory: Path, data: dict[str, bytes], items: list[Any] | None) -> None:
-    """Write key files into directory; `items` (key -> path) selects and renames like the kubelet."""
-    selected = {item.path: data[item.key] for item in items if item.key in data} if items else data
-    for relative, content in selected.items():
-        target = directory / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
-
-
-def _container_named(pod: Any, name: str | None) -> Any:
-    for container in pod.spec.containers:
-        if name in (None, "", container.name):
-            return container
-    raise PodStartError(f"no container {name}")
-
-
-def _resource(container: Any, resource: str) -> str:
-    """limits.cpu / requests.memory ... of a container, as the downward API would give (cpu rounded up)."""
-    kind, _, name = resource.partition(".")
-    section = getattr(container.resources, kind, None) if container.resources else None
-    value = str((section or {}).get(name, "0"))
-    if name == "cpu" and value.endswith("m"):
-        return str(max(1, -(-int(value[:-1]) // 1000)))
-    return value
-
-
-def _expand(value: str, env: dict[str, str]) -> str:
-    """Kubernetes' $(VAR) expansion; $$(VAR) escapes it; unknown references stay as written."""
-
-    def replace(match: re.Match[str]) -> str:
-        escaped, name = match.group(1), match.group(2)
-        if escaped is not None:
-            return f"$({escaped})"
-        return env.get(name, match.group(0))
-
-    return re.sub(r"\$\$\(([A-Za-z_][\w.-]*)\)|\$\(([A-Za-z_][\w.-]*)\)", replace, value)
-
-
-def _rewrite_paths(value: str, mounts: dict[str, Path]) -> str:
-    """Replace each mount path (longest first) where it starts a path inside value by its local path."""
-    for mount_path in sorted(mounts, key=len, reverse=True):
-        pattern = r"(?:^|(?<=[=:,\s\"']))" + re.escape(mount_path.rstrip("/")) + r"(?=/|$|[\s,:;\"'])"
-        value = re.sub(pattern, str(mounts[mount_path]).replace("\\", "\\\\"), value)
-    return value
