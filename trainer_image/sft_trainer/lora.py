@@ -29,6 +29,7 @@ from transformers.initialization import no_init_weights
 from transformers.pytorch_utils import Conv1D
 
 from sft_trainer.config.schema import LoraConfig, LoraTarget
+from sft_trainer.models import ModelError
 
 if TYPE_CHECKING:  # peft is imported where it is used: full fine-tuning never pays for it
     import peft
@@ -50,8 +51,8 @@ TARGET_MODULES: dict[LoraTarget, tuple[str, ...]] = {
 }
 
 
-class LoraError(ValueError):
-    """LoRA cannot be applied or an adapter cannot be found or loaded."""
+class LoraError(ModelError):
+    """LoRA cannot be applied or an adapter cannot be found or loaded (a permanent model error)."""
 
 
 def _matches(module_name: str, suffix: str) -> bool:
@@ -160,6 +161,8 @@ def load_adapter(wrapped: nn.Module, model: nn.Module, directory: Path) -> None:
     """
     import peft
 
+    if not (directory / ADAPTER_WEIGHTS).is_file():
+        raise LoraError(f"{directory}: no {ADAPTER_WEIGHTS} (not a LoRA checkpoint; was it written by a full run?)")
     saved = peft.load_peft_weights(str(directory), device="cpu")
     by_key = {_peft_key(name): name for name in trainable_names(model)}
     missing, unexpected = sorted(set(by_key) - set(saved)), sorted(set(saved) - set(by_key))

@@ -149,3 +149,36 @@ def test_find_adapter_in_runs_finals_checkpoints_and_adapter_dirs(tmp_path: Path
     assert lora.find_adapter(tmp_path / "run2/checkpoints/step-3") == tmp_path / "run2/checkpoints/step-3/adapter"
     with pytest.raises(lora.LoraError, match="no LoRA adapter"):
         lora.find_adapter(tmp_path)
+
+
+def test_load_adapter_refuses_a_directory_without_one(tmp_path: Path) -> None:
+    model = lora.apply_lora(tiny_llama(), LoraConfig())
+    with pytest.raises(lora.LoraError, match="not a LoRA checkpoint"):
+        lora.load_adapter(model, model, tmp_path)
+
+
+def test_lora_errors_are_permanent_model_errors() -> None:
+    from sft_trainer.exit_codes import ExitCode
+    from sft_trainer.loop import exit_code_for
+
+    assert exit_code_for(lora.LoraError("x")) == ExitCode.MODEL_ERROR
+
+
+def test_the_schema_and_the_sftjob_crd_carry_the_lora_block() -> None:
+    import yaml
+    from pydantic import ValidationError
+
+    from sft_trainer.config.schema import TrainingConfig
+
+    parsed = TrainingConfig.model_validate(
+        {"method": "lora", "lora": {"rank": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["qkv", "down"]}}
+    )
+    assert (parsed.lora.rank, parsed.lora.alpha, parsed.lora.target_modules) == (8, 16.0, ["qkv", "down"])
+    with pytest.raises(ValidationError):
+        TrainingConfig.model_validate({"method": "lora", "lora": {"target_modules": ["mlp"]}})
+    crd = yaml.safe_load((Path(__file__).parents[3] / "crds" / "sftjob.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    training = spec["properties"]["training"]["properties"]["training"]["properties"]
+    assert training["method"]["enum"] == ["full", "lora"]
+    targets = training["lora"]["properties"]["target_modules"]["items"]["enum"]
+    assert set(targets) == {"qkv", "out", "up", "gate", "down", "all"}
