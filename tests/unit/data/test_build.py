@@ -172,3 +172,32 @@ def test_t0_packs_at_least_97_percent_full_at_4096(tmp_path: Path, gpt2_tok: Any
     )
     stats = build_datasets(config, gpt2_tok).stats
     assert stats["examples"] == 55185 and stats["fill_ratio"] >= 0.97
+
+
+@pytest.mark.parametrize("chat_format", ["nemo_chat", "hf_chat"])
+def test_chat_formats_pack_with_boundaries(tmp_path: Path, gpt2_tok: Any, chat_format: str) -> None:
+    from sft_trainer.data.converters import convert_oasst
+    from sft_trainer.data.jsonl import write_jsonl
+
+    groups, _ = convert_oasst(str(shared("chat/oasst_en_100_trees.jsonl")))
+    rows: list[dict[str, Any]] = groups["all"][:60]
+    knobs: dict[str, Any] = {}
+    if chat_format == "hf_chat":
+        role = {"User": "user", "Assistant": "assistant"}
+        rows = [{"messages": [{"role": role[t["from"]], "content": t["value"]} for t in r["conversations"]]} for r in rows]
+        knobs["chat_template"] = str(shared("chat_templates/Qwen-Qwen2.5-7B-Instruct.jinja"))
+    path = tmp_path / "chat.jsonl"
+    write_jsonl(path, rows)
+    config = run_config(
+        tmp_path, train_file=str(path), format=chat_format, packing=True, max_seq_length=2048, **knobs
+    )
+    splits = build_datasets(config, gpt2_tok)
+    examples = splits.stats["examples"]
+    assert examples + splits.stats["dropped"] == 60 and splits.stats["packed_sequences"] < examples
+    row = max(splits.train, key=lambda sample: len(sample.seq_lens))
+    assert len(row.seq_lens) > 1 and int(row.seq_lens.sum()) == len(row.input_ids) <= 2048
+    ends = np.cumsum(row.seq_lens) - 1
+    assert (row.labels[ends] == IGNORE_INDEX).all()
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    assert (row.position_ids[starts] == 0).all()
+    assert int(splits.train.loss_tokens.sum()) == splits.stats["answer_tokens"] > 0
