@@ -29,14 +29,19 @@ def _fail(message: str, code: ExitCode) -> typer.Exit:
 
 @export_app.command()
 def export(
-    source: Annotated[Path, typer.Argument(help="A run's output_dir, its final/, a checkpoint, or an adapter dir.")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RUN_OR_CHECKPOINT_DIR", help="A run's output_dir, its final/, a checkpoint, or an adapter dir."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write.")],
     merge: Annotated[bool, typer.Option("--merge", help="Write base + adapter as one full model.")] = False,
     base: Annotated[
         Path | None, typer.Option(help="Base model directory (default: the one recorded in adapter_config.json).")
     ] = None,
 ) -> None:
-    """`sft export RUN_OR_CHECKPOINT_DIR --out DIR [--merge] [--base DIR]`."""
+    """Copy a LoRA adapter out (PEFT files), or with --merge write base + adapter as one HF model."""
     from sft_trainer import lora
     from sft_trainer.models import ModelError
 
