@@ -131,6 +131,7 @@ class PodRun:
     extra_hosts: dict[str, str] = field(default_factory=dict)
     interfaces: tuple[str, str] = ("", "")
     host_network: bool = False
+    hostname: str = ""
     last_exit: dict[str, Any] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -457,6 +458,7 @@ class NodeAgent:
         ip = self.host_ip if host_network else self.ips.reserve(meta.namespace, meta.name)
         run = PodRun(meta.namespace, meta.name, meta.uid, ip, directory, directory / "container.log")
         run.host_network = host_network
+        run.hostname = pod.spec.hostname or meta.name
         with self._runs_lock:
             self.runs[meta.uid] = run
         threading.Thread(target=self._run_pod, args=(pod, run), name=f"pod-{meta.name}", daemon=True).start()
@@ -581,8 +583,10 @@ class NodeAgent:
             run.interfaces = self.network.interface_names()
             network = {"interface": run.interfaces[1], "ip": run.ip, "prefix": str(self.network.prefix),
                        "gateway": self.network.gateway}  # fmt: skip
-        spec_path.write_text(json.dumps({"mounts": mounts, "argv": argv, "cwd": cwd, "network": network}))
-        unshare = ["unshare", "--mount", *(["--net"] if network else []), "--propagation", "private", "--"]
+        hostname = run.hostname if network else None  # own UTS namespace: gethostname() is the pod's
+        spec = {"mounts": mounts, "argv": argv, "cwd": cwd, "network": network, "hostname": hostname}
+        spec_path.write_text(json.dumps(spec))
+        unshare = ["unshare", "--mount", *(["--net", "--uts"] if network else []), "--propagation", "private", "--"]
         return [*unshare, sys.executable, str(POD_EXEC), str(spec_path)]
 
     def _connect(self, run: PodRun) -> None:

@@ -2,7 +2,7 @@
 
 Started by the node agent as `unshare --mount [--net] --propagation private -- python pod_exec.py SPEC.json`
 (root only). SPEC is {"mounts": [[source, target, read_only], ...], "argv": [...], "cwd": "...",
-"network": {"interface", "ip", "prefix", "gateway"} or null}. With a network, it first waits for the
+"network": {"interface", "ip", "prefix", "gateway"} or null, "hostname": pod hostname or null}. With a network, it first waits for the
 agent to move its veth end in, and configures it (the pod's own network namespace). Then
 each source (a directory or file the agent materialised) is bind-mounted at its real mountPath
 (`/var/run/secrets/kubernetes.io/serviceaccount`, `/dev/termination-log`, `/etc/sft`...), visible to
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -64,6 +65,8 @@ def main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     if spec.get("network"):
         configure_network(spec["network"])
+    if spec.get("hostname"):
+        socket.sethostname(spec["hostname"])  # in the pod's own UTS namespace, as a kubelet does
     for source, target, read_only in sorted(spec["mounts"], key=lambda m: len(m[1])):
         bind(Path(source), Path(target), bool(read_only))
     cwd = Path(spec["cwd"])

@@ -562,3 +562,32 @@ def test_host_network_pod_shares_the_node_network(
     done = wait_phase(kube_cluster, namespace, "hostnet", {"Succeeded", "Failed"})
     assert done.status.phase == "Succeeded", node_agent.logs(namespace, "hostnet")
     assert done.status.pod_ip == done.status.host_ip == node_agent.host_ip
+
+
+TORCH_SCRIPT = """
+    import os, torch, torch.distributed as dist
+    dist.init_process_group("gloo", rank=int(os.environ["RANK"]), world_size=2)
+    value = torch.tensor([float(os.environ["RANK"]) + 1.0])
+    dist.all_reduce(value)
+    open("/dev/termination-log", "w").write(str(value.item()))
+    dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_two_pods_form_a_torch_gloo_group(kube_cluster: ControlPlane, node_agent: NodeAgent, namespace: str) -> None:
+    """Rank 1 starts first and finds rank 0 through MASTER_ADDR=<job>-0.<job> (as the operator renders it)."""
+    v1 = core(kube_cluster)
+    for rank in (1, 0):
+        env = [
+            {"name": "MASTER_ADDR", "value": "ddp-0.ddp"},
+            {"name": "MASTER_PORT", "value": "29500"},
+            {"name": "RANK", "value": str(rank)},
+        ]
+        pod = make_pod(f"ddp-{rank}", TORCH_SCRIPT, env=env)
+        pod["spec"].update({"hostname": f"ddp-{rank}", "subdomain": "ddp"})
+        v1.create_namespaced_pod(namespace, pod)
+    for rank in (0, 1):
+        done = wait_phase(kube_cluster, namespace, f"ddp-{rank}", {"Succeeded", "Failed"}, timeout=120)
+        assert done.status.phase == "Succeeded", node_agent.logs(namespace, f"ddp-{rank}")
+        assert terminated(done).message == "3.0"
