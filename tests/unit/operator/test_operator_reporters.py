@@ -147,3 +147,14 @@ def test_prometheus_reporter_exports_labelled_series() -> None:
     assert value("kube_sft_trainer_checkpoint_duration_seconds_count", labels) == 1
     assert value("kube_sft_trainer_data_wait_seconds_sum", labels) == 0.01
     assert value("kube_sft_trainer_finished", labels) == 1
+
+
+def test_tokens_carry_over_from_an_earlier_attempt() -> None:
+    assert k8s_report.tokens_so_far(lambda: {"progress": {"tokens": 5000}}) == 5000
+    assert k8s_report.tokens_so_far(lambda: {}) == 0
+
+    def broken() -> dict:
+        raise ConnectionError("down")
+
+    assert k8s_report.tokens_so_far(broken) == 0
+    assert k8s_report.StatusPatches(5000).step(step(1))["progress"]["tokens"] == 6000

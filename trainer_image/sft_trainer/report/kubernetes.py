@@ -73,8 +73,8 @@ def merge(into: Patch, update: Patch) -> Patch:
 class StatusPatches:
     """Turns trainer events into SFTJob status fragments (pure; no I/O)."""
 
-    def __init__(self) -> None:
-        self.tokens = 0
+    def __init__(self, tokens: int = 0) -> None:
+        self.tokens = tokens  # carried over from earlier attempts, so progress.tokens keeps counting
 
     def step(self, report: StepReport) -> Patch:
         """progress + metrics of one optimizer step."""
@@ -154,12 +154,13 @@ class KubernetesStatusReporter:
         termination_path: Path | None,
         min_interval_s: float = DEFAULT_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
+        tokens_so_far: int = 0,
     ) -> None:
         self.send = send
         self.termination_path = termination_path
         self.min_interval_s = min_interval_s
         self.clock = clock
-        self.patches = StatusPatches()
+        self.patches = StatusPatches(tokens_so_far)
         self._pending: Patch = {}
         self._last_sent = -math.inf
         self._lock = threading.Condition()
@@ -243,15 +244,15 @@ class KubernetesStatusReporter:
             log.warning("cannot write the termination message to %s: %s", self.termination_path, error)
 
 
-def status_sender(job: str, namespace: str, service_account_dir: Path) -> Sender:
-    """Merge-patch the job's status subresource with the pod's service-account token."""
+def status_client(job: str, namespace: str, service_account_dir: Path) -> tuple[Sender, Callable[[], Patch]]:
+    """(send, read): merge-patch / get the job's status subresource with the pod's service-account token."""
     from kubernetes import client
     from kubernetes.config.incluster_config import InClusterConfigLoader
 
     configuration = client.Configuration()
     InClusterConfigLoader(
         token_filename=str(service_account_dir / "token"), cert_filename=str(service_account_dir / "ca.crt")
-    ).load_and_set(configuration)
+    ).load_and_set(configuration)  # re-reads the token file when it rotates
     configuration.retries = 1
     api = client.CustomObjectsApi(client.ApiClient(configuration))
 
@@ -260,7 +261,22 @@ def status_sender(job: str, namespace: str, service_account_dir: Path) -> Sender
             GROUP, VERSION, namespace, PLURAL, job, {"status": patch}, _request_timeout=10
         )
 
-    return send
+    def read() -> Patch:
+        body = api.get_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, job, _request_timeout=3)
+        status: Patch = body.get("status") or {}
+        return status
+
+    return send, read
+
+
+def tokens_so_far(read: Callable[[], Patch]) -> int:
+    """`status.progress.tokens` written by an earlier attempt (0 when unknown)."""
+    try:
+        tokens = (read().get("progress") or {}).get("tokens", 0)
+    except Exception as error:
+        log.warning("cannot read the SFTJob status: %s", error)
+        return 0
+    return tokens if isinstance(tokens, int) and tokens > 0 else 0
 
 
 def create_reporter(config: SFTConfig) -> KubernetesStatusReporter | None:
@@ -275,9 +291,12 @@ def create_reporter(config: SFTConfig) -> KubernetesStatusReporter | None:
     if termination_path is not None and not termination_path.parent.is_dir():
         termination_path = None
     send: Sender
+    tokens = 0
     if env.get("KUBERNETES_SERVICE_HOST"):
         service_account_dir = Path(env.get("KUBE_SFT_SERVICEACCOUNT_DIR") or SERVICE_ACCOUNT_DIR)
-        send = status_sender(job, namespace, service_account_dir)
+        send, read = status_client(job, namespace, service_account_dir)
+        if env.get("SFT_JOB_ATTEMPT", "0") != "0":
+            tokens = tokens_so_far(read)
     else:
         log.warning("SFT_JOB_NAME is set but no API server is reachable: status is not patched")
 
@@ -285,4 +304,4 @@ def create_reporter(config: SFTConfig) -> KubernetesStatusReporter | None:
             del patch
 
     interval = float(env.get("SFT_STATUS_INTERVAL_SECONDS", DEFAULT_INTERVAL_S))
-    return KubernetesStatusReporter(send, termination_path, min_interval_s=interval)
+    return KubernetesStatusReporter(send, termination_path, min_interval_s=interval, tokens_so_far=tokens)
