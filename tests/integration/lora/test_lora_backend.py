@@ -153,3 +153,17 @@ def test_final_holds_the_merged_model_and_the_peft_adapter(tmp_path: Path) -> No
     with torch.no_grad():
         torch.testing.assert_close(unmerged(input_ids=ids).logits, in_memory, rtol=0, atol=0)
         torch.testing.assert_close(merged(input_ids=ids).logits, in_memory, rtol=0, atol=1e-5)
+
+
+def test_full_fine_tuning_keeps_whole_model_checkpoints(tmp_path: Path) -> None:
+    run = config(tmp_path)
+    run.training.method = "full"
+    b = backend(run)
+    assert not isinstance(b.hf_model, peft.PeftModel)
+    assert all(p.requires_grad for p in b.hf_model.parameters())
+    train(b, 1)
+    b.save_checkpoint(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / MODEL_SUBDIR / "config.json").is_file()
+    assert not (tmp_path / "ckpt" / lora.ADAPTER_SUBDIR).exists()
+    b.export_hf(tmp_path / "final")
+    assert not (tmp_path / "final" / lora.ADAPTER_SUBDIR).exists()
