@@ -48,7 +48,11 @@ def test_not_an_sftjob(tmp_path: Path) -> None:
         run_local.load_manifest(path)
 
 
-@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*/03-sftjob-*.yaml")), ids=lambda path: path.name)
+@pytest.mark.parametrize(
+    "example",
+    sorted([*EXAMPLES.glob("*/03-sftjob-*.yaml"), *EXAMPLES.glob("sftjob-*.yaml")]),
+    ids=lambda path: path.name,
+)
 def test_the_example_manifests_validate(example: Path) -> None:
     job = run_local.load_manifest(example)
     assert job.spec.training.trainer.num_nodes == job.spec.resources.num_nodes
