@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from sft_trainer import lora
 from sft_trainer.cli import app as sft_app
-from sft_trainer.cli_export import export, export_app
+from sft_trainer.cli_export import export_app
 from sft_trainer.models import load_hf
 from sft_trainer.tokenization import byte_tokenizer
 from tests.unit.lora.tiny_models import logits
@@ -21,11 +21,8 @@ MERGE_ATOL = 1e-5  # fp32 merged vs unmerged logits (measured: ~1e-6)
 
 
 def cli() -> typer.Typer:
-    """The `sft` CLI with `export` mounted as cli.py should: `app.command("export")(export)`."""
-    root = typer.Typer()
-    root.add_typer(sft_app)
-    root.command("export")(export)
-    return root
+    """The real `sft` command line (cli.py mounts `export` with `app.command("export")(export)`)."""
+    return sft_app
 
 
 @pytest.fixture(scope="module")
