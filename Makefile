@@ -27,7 +27,8 @@ env: $(VENV)/.installed  ## create .venv with the `sft` command and every depend
 
 demo: env  ## train the demo model locally on CPU and print held-out accuracy before/after
 	rm -rf runs/demo  # a fresh run every time (the config says checkpoint.resume: never)
-	$(BIN)/sft train --config examples/local/demo.yaml
+	# One thread: the demo model is tiny, and busy-waiting thread pools collapse on shared cores.
+	OMP_NUM_THREADS=1 $(BIN)/sft train --config examples/local/demo.yaml
 
 lint: env
 	$(BIN)/ruff check .
