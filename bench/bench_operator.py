@@ -1081,6 +1081,7 @@ class Run:
         operator.stop()
         for watch in (pod_watch, job_watch):
             watch.stop()
+        self.drop_namespace()
 
         jobs = [job for job in tracker.jobs.values() if job.applied is not None]
         lat = latencies(jobs)
@@ -1145,6 +1146,23 @@ class Run:
             time.sleep(2)
             left = leftovers()
         return {"seconds": round(time.monotonic() - t0, 1), "left_after": left, "timeout": timeout}
+
+    def drop_namespace(self, timeout: float = 600) -> None:
+        """Delete the run's namespace and wait until it is gone, so that no garbage collection of this run
+        overlaps the next operator's run."""
+        self.core.delete_namespace(self.namespace)
+
+        def gone() -> bool:
+            try:
+                self.core.read_namespace(self.namespace)
+            except ApiException as error:
+                return error.status == 404
+            return False
+
+        try:
+            wait_until(gone, timeout, f"namespace {self.namespace} deleted", interval=2.0)
+        except TimeoutError:
+            log(f"namespace {self.namespace} still terminating after {timeout}s")
 
 
 # ================================================================================================
