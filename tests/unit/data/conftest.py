@@ -1,5 +1,6 @@
 """Shared fixtures of the data tests: the real files in ../shared/data and the tokenizers."""
 
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,22 @@ from sft_trainer.tokenization import load_tokenizer
 
 REPO = Path(__file__).parents[3]
 SHARED_DATA = REPO / ".." / "shared" / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "shared_data: reads ../shared/data (fails, never skips, when it is missing)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every data test that reads ../shared/data, so `-m shared_data` selects them."""
+    here = Path(__file__).parent
+    for item in items:
+        if here not in Path(str(item.path)).parents:
+            continue
+        function = getattr(item, "function", None)
+        uses_fixture = {"gpt2_tok", "template_toks"} & set(getattr(item, "fixturenames", ()))
+        if function is not None and (uses_fixture or "shared(" in inspect.getsource(function)):
+            item.add_marker(pytest.mark.shared_data)
 
 
 def shared(relative: str) -> Path:

@@ -184,13 +184,13 @@ def test_chat_formats_pack_with_boundaries(tmp_path: Path, gpt2_tok: Any, chat_f
     knobs: dict[str, Any] = {}
     if chat_format == "hf_chat":
         role = {"User": "user", "Assistant": "assistant"}
-        rows = [{"messages": [{"role": role[t["from"]], "content": t["value"]} for t in r["conversations"]]} for r in rows]
+        rows = [
+            {"messages": [{"role": role[t["from"]], "content": t["value"]} for t in r["conversations"]]} for r in rows
+        ]
         knobs["chat_template"] = str(shared("chat_templates/Qwen-Qwen2.5-7B-Instruct.jinja"))
     path = tmp_path / "chat.jsonl"
     write_jsonl(path, rows)
-    config = run_config(
-        tmp_path, train_file=str(path), format=chat_format, packing=True, max_seq_length=2048, **knobs
-    )
+    config = run_config(tmp_path, train_file=str(path), format=chat_format, packing=True, max_seq_length=2048, **knobs)
     splits = build_datasets(config, gpt2_tok)
     examples = splits.stats["examples"]
     assert examples + splits.stats["dropped"] == 60 and splits.stats["packed_sequences"] < examples
