@@ -11,6 +11,7 @@ global batches without building any Sample.
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import overload
 
 import numpy as np
@@ -35,18 +36,18 @@ class TokenStore:
         """Examples stored."""
         return len(self.offsets) - 1
 
-    @property
+    @cached_property
     def lengths(self) -> Int64Array:
         """Tokens of each example."""
         return np.diff(self.offsets)
 
-    @property
+    @cached_property
     def loss_tokens(self) -> Int64Array:
         """Positions carrying loss in each example."""
         if self.num_examples == 0:
             return np.zeros(0, dtype=np.int64)
-        carries = (np.asarray(self.labels) != IGNORE_INDEX).astype(np.int64)
-        return np.add.reduceat(carries, np.asarray(self.offsets[:-1])) if len(carries) else carries
+        carries = np.asarray(self.labels) != IGNORE_INDEX
+        return np.add.reduceat(carries, np.asarray(self.offsets[:-1]), dtype=np.int64)
 
     def example(self, index: int) -> tuple[IntArray, IntArray]:
         """`(input_ids, labels)` of example `index` (views, no copy)."""

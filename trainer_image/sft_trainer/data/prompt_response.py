@@ -8,7 +8,7 @@ those are used up is the answer cut from its end. An example left with no target
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -117,11 +117,13 @@ def assemble(
         excess -= before - len(answer)
         if excess > 0:  # the fixed context alone is too long
             return None
-    prompt = specials.bos + [token for ids in context for token in ids] + specials.sep
-    input_ids = np.array(prompt + answer, dtype=np.int32)
+    prompt_length = len(specials.bos) + sum(map(len, context)) + len(specials.sep)
+    input_ids = np.fromiter(
+        chain(specials.bos, *context, specials.sep, answer), dtype=np.int32, count=prompt_length + len(answer)
+    )
     targets = np.zeros(len(input_ids), dtype=bool)
     if config.answer_only_loss:
-        targets[len(prompt) :] = True
+        targets[prompt_length:] = True
     else:
         targets[1:] = True
     if not targets[1:].any():
