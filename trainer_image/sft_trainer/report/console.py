@@ -64,6 +64,8 @@ class ConsoleReporter:
                 val=f"{self.val_loss:.4f}" if self.val_loss is not None else "-",
                 tps=f"{report.tokens_per_s:.0f}",
             )
+            if report.step == report.total_steps:
+                self.progress.refresh()
         elif report.step % self.every == 0 or report.step == report.total_steps:
             self.console.print(step_line(report, self.val_loss), highlight=False, soft_wrap=True)
 
