@@ -53,6 +53,13 @@ def train(
         lines = [str(ConfigProblem("", f"{p} (with {env.world_size} processes from WORLD_SIZE)")) for p in problems]
         raise _fail(["invalid configuration:", *(f"  {line}" for line in lines)], ExitCode.CONFIG_ERROR)
 
+    if run_config.world_size != env.world_size and env.is_rank_zero:
+        logging.getLogger("sft").warning(
+            "trainer.num_nodes x trainer.devices = %d, but %d process(es) run (WORLD_SIZE); "
+            "the real number is used (start several with torchrun)",
+            run_config.world_size,
+            env.world_size,
+        )
     from sft_trainer.loop import run_training
 
     summary = run_training(run_config, env)

@@ -212,6 +212,8 @@ class Trainer:
     def resume(self) -> LoopState:
         """Load the checkpoint `checkpoint.resume` points at (if any) and return its state."""
         path = ckpt.find_resume(self.output_dir, self.config.checkpoint.resume)
+        if path is None and ckpt.list_checkpoints(self.checkpoint_root):
+            log.warning("checkpoint.resume=never: starting fresh beside the checkpoints in %s", self.checkpoint_root)
         if path is None:
             if self.env.is_rank_zero:
                 truncate_metrics(self.output_dir / METRICS_FILE, 0)
