@@ -7,6 +7,7 @@ small models trained there), so CPU losses are exact and reproducible.
 """
 
 import contextlib
+import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ from sft_trainer.data.types import IGNORE_INDEX, MicroBatch
 from sft_trainer.distributed import DistributedEnv, all_reduce_sum
 from sft_trainer.models import load_hf
 
+log = logging.getLogger(__name__)
 MODEL_SUBDIR = "model"
 OPTIMIZER_FILE = "optimizer.pt"
 _FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -111,6 +113,8 @@ class TorchBackend:
         self.model: nn.Module = self._wrap(self.hf_model)
         self.optimizer = make_optimizer(self.model, config.optim, device)
         self.autocast = autocast_dtype(config.trainer.precision, device)
+        if self.autocast is None and config.trainer.precision != "fp32":
+            log.info("trainer.precision=%s on %s: computing in float32", config.trainer.precision, device.type)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast == torch.float16)
 
     def _wrap(self, model: PreTrainedModel) -> nn.Module:
