@@ -5,13 +5,14 @@ Needs ../shared/data/models/stories260K and ../shared/data/tokenizers/gpt2 (fail
 
 from pathlib import Path
 
+import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
 from sft_trainer.config import ArchitectureConfig, ModelConfig, TokenizerConfig
 from sft_trainer.generate import GenerationSettings, generate
 from sft_trainer.models import load_hf, load_llama2c, load_model, random_llama
-from sft_trainer.tokenization import load_tokenizer
+from sft_trainer.tokenization import byte_tokenizer, load_tokenizer
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 STORIES = SHARED / "models" / "stories260K"
@@ -56,6 +57,21 @@ def test_hf_llama_directory_loads_offline_with_its_tokenizer(tmp_path: Path) -> 
     assert tokenizer.encode("Once upon a time") == load_tokenizer(config.tokenizer, str(tmp_path)).encode(
         "Once upon a time"
     )
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2"])
+def test_hf_mistral_and_qwen2_directories_load_offline(tmp_path: Path, family: str) -> None:
+    shape = {"vocab_size": 259, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
+    shape |= {"num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64}
+    config = AutoConfig.for_model(family, **shape)
+    source = AutoModelForCausalLM.from_config(config)
+    source.save_pretrained(tmp_path)
+    byte_tokenizer().save_pretrained(tmp_path)
+    model_config = ModelConfig(source="hf", path=str(tmp_path))
+    model = load_model(model_config, vocab_size=259, seed=0)
+    assert type(model) is type(source) and model.config.model_type == family
+    ids = torch.tensor([load_tokenizer(model_config.tokenizer, model_config.path).encode("7+8=")])
+    assert torch.allclose(model(ids).logits, source.eval()(ids).logits)
 
 
 def test_hf_gpt2_directory_loads_offline(tmp_path: Path) -> None:
