@@ -201,3 +201,28 @@ def test_chat_formats_pack_with_boundaries(tmp_path: Path, gpt2_tok: Any, chat_f
     starts = np.concatenate([[0], ends[:-1] + 1])
     assert (row.position_ids[starts] == 0).all()
     assert int(splits.train.loss_tokens.sum()) == splits.stats["answer_tokens"] > 0
+
+
+def test_prompt_for_generation_in_every_format(gpt2_tok: Any) -> None:
+    from sft_trainer.config import DataConfig
+
+    plain = DataConfig(train_file="x.jsonl", prompt_template="Q: {question}\nA: {answer}", label_key="answer")
+    assert prompt_for_generation(plain, "2+2?") == "Q: 2+2?\nA:"
+    nemo = DataConfig(train_file="x.jsonl", format="nemo_chat")
+    assert prompt_for_generation(nemo, "hi", system="S") == "\x00System\nS\n\x11User\nhi\n\x11Assistant\n"
+    template = str(shared("chat_templates/Qwen-Qwen2.5-7B-Instruct.jinja"))
+    chat = DataConfig(train_file="x.jsonl", format="hf_chat", chat_template=template)
+    assert prompt_for_generation(chat, "hi", tokenizer=gpt2_tok, system="S") == (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    with pytest.raises(ValueError, match="tokenizer"):
+        prompt_for_generation(chat, "hi")
+
+
+def test_total_loss_tokens_reads_the_arrays(tmp_path: Path, byte_tok: Any) -> None:
+    from sft_trainer.data import total_loss_tokens
+
+    config = run_config(tmp_path, synthetic={"train_examples": 50, "validation_examples": 5})
+    train = build_datasets(config, byte_tok).train
+    indices = [3, 7, 11]
+    assert total_loss_tokens(train, indices) == sum(train[i].num_loss_tokens for i in indices)
