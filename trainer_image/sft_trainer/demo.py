@@ -4,10 +4,13 @@
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from rich.console import Console
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sft_trainer.config.data import DataConfig
+from sft_trainer.config.schema import SFTConfig
 from sft_trainer.generate import GenerationSettings, generate, prompt_token_ids
 
 MAX_EVAL_ROWS = 200
@@ -55,3 +58,30 @@ def held_out_rows(data: DataConfig) -> list[dict[str, str]]:
     assert data.synthetic is not None
     _, validation = synthetic_rows(data.synthetic)
     return [{key: str(value) for key, value in row.items()} for row in validation]
+
+
+class DemoAccuracy:
+    """Prints held-out exact-match accuracy before and after training (rank 0, synthetic tasks)."""
+
+    def __init__(self, config: SFTConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.rows = held_out_rows(config.data)
+
+    def _report(self, label: str, model: PreTrainedModel) -> None:
+        accuracy = exact_match(model, self.tokenizer, self.config.data, self.rows)
+        Console(stderr=True).print(
+            f"[bold]held-out exact match {label} training: {accuracy}", highlight=False, soft_wrap=True
+        )
+
+    def before(self) -> None:
+        """Accuracy of the initial weights (the same the backend starts from)."""
+        from sft_trainer.models import load_model
+
+        self._report("before", load_model(self.config.model, len(self.tokenizer), self.config.trainer.seed))
+
+    def after(self, final: Path) -> None:
+        """Accuracy of the exported final model, read back from disk."""
+        from sft_trainer.models import load_hf
+
+        self._report("after", load_hf(final))

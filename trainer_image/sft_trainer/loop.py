@@ -486,6 +486,7 @@ def run_training(config: SFTConfig, env: DistributedEnv) -> RunSummary:
 def _train(config: SFTConfig, env: DistributedEnv, device: torch.device, reporters: FanOut) -> RunSummary:
     from sft_trainer.backends import create_backend
     from sft_trainer.data import build_datasets, collate
+    from sft_trainer.demo import DemoAccuracy
     from sft_trainer.tokenization import load_tokenizer
 
     seed_everything(config.trainer.seed)
@@ -496,7 +497,7 @@ def _train(config: SFTConfig, env: DistributedEnv, device: torch.device, reporte
     if not env.is_rank_zero:
         splits = build_datasets(config, tokenizer)
     backend = create_backend(config, tokenizer, env, device)
-    demo = _Demo(config, tokenizer) if config.data.synthetic is not None and env.is_rank_zero else None
+    demo = DemoAccuracy(config, tokenizer) if config.data.synthetic is not None and env.is_rank_zero else None
     if demo is not None:
         demo.before()
     pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
@@ -510,36 +511,3 @@ def _train(config: SFTConfig, env: DistributedEnv, device: torch.device, reporte
     if demo is not None:
         demo.after(final)
     return summary
-
-
-class _Demo:
-    """Prints held-out exact-match accuracy before and after training (synthetic tasks)."""
-
-    def __init__(self, config: SFTConfig, tokenizer: Any) -> None:
-        from sft_trainer.demo import held_out_rows
-
-        self.config = config
-        self.tokenizer = tokenizer
-        self.rows = held_out_rows(config.data)
-
-    def _report(self, label: str, model: Any) -> None:
-        from rich.console import Console
-
-        from sft_trainer.demo import exact_match
-
-        accuracy = exact_match(model, self.tokenizer, self.config.data, self.rows)
-        Console(stderr=True).print(
-            f"[bold]held-out exact match {label} training: {accuracy}", highlight=False, soft_wrap=True
-        )
-
-    def before(self) -> None:
-        """Accuracy of the initial weights (the same the backend starts from)."""
-        from sft_trainer.models import load_model
-
-        self._report("before", load_model(self.config.model, len(self.tokenizer), self.config.trainer.seed))
-
-    def after(self, final: Path) -> None:
-        """Accuracy of the exported final model, read back from disk."""
-        from sft_trainer.models import load_hf
-
-        self._report("after", load_hf(final))
