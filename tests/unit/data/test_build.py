@@ -226,3 +226,12 @@ def test_total_loss_tokens_reads_the_arrays(tmp_path: Path, byte_tok: Any) -> No
     train = build_datasets(config, byte_tok).train
     indices = [3, 7, 11]
     assert total_loss_tokens(train, indices) == sum(train[i].num_loss_tokens for i in indices)
+
+
+def test_the_package_imports_neither_torch_nor_transformers() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, sft_trainer.data; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -1,6 +1,7 @@
 """The data pipeline: formats, converters, templates, answer-only masks, truncation, packing, cache.
 
-Torch-free (only `attention.py` imports torch). What the trainer uses:
+Imports neither torch nor transformers (only `attention.py` needs torch; tokenizers are passed in).
+What the trainer uses:
 
 - `build_datasets(config, tokenizer) -> DatasetSplits` (`.train`, `.validation`, `.stats`)
 - `collate(samples, pad_id, pad_to_multiple_of) -> MicroBatch`

@@ -5,10 +5,9 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from transformers import PreTrainedTokenizerBase
 
 from sft_trainer.config.data import DataConfig
 from sft_trainer.config.schema import SFTConfig
@@ -20,6 +19,9 @@ from sft_trainer.data.packing import bins_to_arrays, pack
 from sft_trainer.data.prompt_response import EncodeCounts, Example, encode_prompt_response
 from sft_trainer.data.synthetic import write_synthetic
 from sft_trainer.data.types import Sample
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 Dataset = ExampleDataset | PackedDataset
 
@@ -49,7 +51,7 @@ def cache_root(config: SFTConfig) -> Path:
 
 
 def encode_file(
-    path: str, config: DataConfig, tokenizer: PreTrainedTokenizerBase, bad_rows: BadRows | None, counts: EncodeCounts
+    path: str, config: DataConfig, tokenizer: "PreTrainedTokenizerBase", bad_rows: BadRows | None, counts: EncodeCounts
 ) -> Iterator[Example]:
     """Examples of one file in the configured format."""
     rows = read_jsonl(path, bad_rows)
@@ -64,7 +66,7 @@ def encode_file(
     return encode_hf_chat(rows, path, config, tokenizer, bad_rows, counts)
 
 
-def prepare_split(path: str, config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> CachedSplit:
+def prepare_split(path: str, config: DataConfig, tokenizer: "PreTrainedTokenizerBase") -> CachedSplit:
     """Encode one file and pack it (when configured): the content of one cache directory."""
     started = time.perf_counter()
     bad_rows = BadRows() if config.skip_bad_rows else None
@@ -100,7 +102,7 @@ def prepare_split(path: str, config: DataConfig, tokenizer: PreTrainedTokenizerB
 
 
 def load_or_prepare(
-    path: str, split: str, config: SFTConfig, tokenizer: PreTrainedTokenizerBase, tokenizer_hash: str
+    path: str, split: str, config: SFTConfig, tokenizer: "PreTrainedTokenizerBase", tokenizer_hash: str
 ) -> tuple[CachedSplit, bool]:
     """The split from the cache when its key matches, else prepared and cached. Returns (split, was_cached)."""
     if not Path(path).is_file():
@@ -123,7 +125,7 @@ def make_dataset(split: CachedSplit) -> Dataset:
     return ExampleDataset(split.store)
 
 
-def build_datasets(config: SFTConfig, tokenizer: PreTrainedTokenizerBase) -> DatasetSplits:
+def build_datasets(config: SFTConfig, tokenizer: "PreTrainedTokenizerBase") -> DatasetSplits:
     """Train (and validation, if any) datasets of the run, through the tokenized cache.
 
     `stats` holds the train split's numbers (`examples`, `tokens`, `answer_tokens`, `dropped`,

@@ -13,23 +13,25 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from sft_trainer.config.data import DataConfig
 from sft_trainer.data.dataset import Int64Array, TokenStore
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 CACHE_VERSION = 1
 ARRAYS = ("input_ids", "labels", "offsets", "order", "bin_offsets")
 _IGNORED_KNOBS = {"train_file", "validation_file", "synthetic", "cache_dir", "shuffle"}
 
 
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+def tokenizer_fingerprint(tokenizer: "PreTrainedTokenizerBase") -> str:
     """A hash of the tokenizer's vocabulary, rules and special tokens."""
     digest = hashlib.sha256(type(tokenizer).__name__.encode())
-    if isinstance(tokenizer, PreTrainedTokenizerFast):
+    if hasattr(tokenizer, "backend_tokenizer"):
         digest.update(tokenizer.backend_tokenizer.to_str().encode())
     else:
         digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())

@@ -1,27 +1,29 @@
 """Small helpers shared by the formats: batch tokenization, special ids, truncation arithmetic."""
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
-from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from sft_trainer.data.errors import DataError
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
-def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
+
+def encode_texts(tokenizer: "PreTrainedTokenizerBase", texts: Sequence[str]) -> list[list[int]]:
     """Token ids of each text, without special tokens; batched through the Rust backend when fast."""
     if not texts:
         return []
-    if isinstance(tokenizer, PreTrainedTokenizerFast):
+    if hasattr(tokenizer, "backend_tokenizer"):
         backend = tokenizer.backend_tokenizer
         encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
         return [encoding.ids for encoding in encode(list(texts), add_special_tokens=False)]
     return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
-def special_id(tokenizer: PreTrainedTokenizerBase, name: Literal["bos", "eos", "sep"], knob: str) -> int:
+def special_id(tokenizer: "PreTrainedTokenizerBase", name: Literal["bos", "eos", "sep"], knob: str) -> int:
     """The id of a special token the config asks to add; sep falls back to eos (most LLMs have none)."""
     value = getattr(tokenizer, f"{name}_token_id")
     if value is None and name == "sep":
@@ -60,11 +62,13 @@ def cut(ids: list[int], amount: int, method: Literal["left", "right"]) -> list[i
     return ids[amount:] if method == "left" else ids[: max(0, len(ids) - amount)]
 
 
-def encode_with_offsets(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+def encode_with_offsets(
+    tokenizer: "PreTrainedTokenizerBase", texts: Sequence[str]
+) -> list[tuple[list[int], list[int]]]:
     """`(ids, start_char_of_each_token)` per text, without special tokens (needs a fast tokenizer)."""
     if not texts:
         return []
-    if not isinstance(tokenizer, PreTrainedTokenizerFast):
+    if not hasattr(tokenizer, "backend_tokenizer"):
         raise DataError(f"chat formats need a fast tokenizer (offsets); got {type(tokenizer).__name__}")
     encodings = tokenizer.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False)
     return [(encoding.ids, [start for start, _ in encoding.offsets]) for encoding in encodings]

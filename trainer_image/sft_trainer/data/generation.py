@@ -1,16 +1,19 @@
 """Prompts for `sft generate`, rendered exactly as training renders the context of an example."""
 
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from sft_trainer.config.data import DataConfig
 from sft_trainer.data.prompt_response import prompt_text
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def prompt_for_generation(
     data_config: DataConfig,
     user_text: str,
     *,
-    tokenizer: PreTrainedTokenizerBase | None = None,
+    tokenizer: "PreTrainedTokenizerBase | None" = None,
     system: str = "",
 ) -> str:
     """The text a model continues to answer `user_text`, in the run's data format.

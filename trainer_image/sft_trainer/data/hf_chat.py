@@ -13,9 +13,7 @@ from collections.abc import Iterable, Iterator
 from functools import cache
 from itertools import islice
 from pathlib import Path
-from typing import Any
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from sft_trainer.config.data import DataConfig
 from sft_trainer.data.encoding import encode_with_offsets
@@ -23,6 +21,9 @@ from sft_trainer.data.errors import BadRows, DataError
 from sft_trainer.data.jsonl import Row
 from sft_trainer.data.nemo_chat import Span, finish
 from sft_trainer.data.prompt_response import CHUNK_ROWS, EncodeCounts, Example
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 Message = dict[str, Any]
 ROLES = ("system", "user", "assistant", "tool")
@@ -38,7 +39,7 @@ def _read_template(path: str) -> str:
         ) from None
 
 
-def chat_template(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> str:
+def chat_template(config: DataConfig, tokenizer: "PreTrainedTokenizerBase") -> str:
     """The Jinja template: `data.chat_template`'s file, else the tokenizer's own."""
     if config.chat_template:
         return _read_template(config.chat_template)
@@ -76,7 +77,7 @@ def parse_messages(row: Row, file: str, line: int) -> list[Message]:
     return messages
 
 
-def _render(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[Message], generation: bool) -> str:
+def _render(tokenizer: "PreTrainedTokenizerBase", template: str, messages: list[Message], generation: bool) -> str:
     text = tokenizer.apply_chat_template(
         messages, chat_template=template, tokenize=False, add_generation_prompt=generation
     )
@@ -85,7 +86,7 @@ def _render(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[Me
 
 
 def render_with_spans(
-    tokenizer: PreTrainedTokenizerBase, template: str, messages: list[Message]
+    tokenizer: "PreTrainedTokenizerBase", template: str, messages: list[Message]
 ) -> tuple[str, list[Span]]:
     """The rendered conversation and the character spans of its assistant messages (+ end-of-turn text)."""
     full = _render(tokenizer, template, messages, generation=False)
@@ -112,7 +113,7 @@ def render_with_spans(
     return full, spans
 
 
-def common_token_prefix(tokenizer: PreTrainedTokenizerBase, expected: str, actual: str) -> int:
+def common_token_prefix(tokenizer: "PreTrainedTokenizerBase", expected: str, actual: str) -> int:
     """How much of `expected` starts `actual`, in characters, backed off to a token boundary of `expected`.
 
     Finds how much of a message's end-of-turn text (`<|end|>\n<|endoftext|>` when the message is
@@ -129,7 +130,7 @@ def encode_hf_chat(
     rows: Iterable[tuple[int, Row]],
     file: str,
     config: DataConfig,
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: "PreTrainedTokenizerBase",
     bad_rows: BadRows | None = None,
     counts: EncodeCounts | None = None,
 ) -> Iterator[Example]:
@@ -160,6 +161,6 @@ def encode_hf_chat(
                 yield example
 
 
-def hf_chat_prompt(config: DataConfig, tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> str:
+def hf_chat_prompt(config: DataConfig, tokenizer: "PreTrainedTokenizerBase", messages: list[Message]) -> str:
     """The chat template rendered with the generation prompt: what the model continues."""
     return _render(tokenizer, chat_template(config, tokenizer), messages, generation=True)

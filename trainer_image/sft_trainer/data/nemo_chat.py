@@ -31,16 +31,18 @@ does. Too-long conversations are cut at `max_seq_length` from the end.
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from transformers import PreTrainedTokenizerBase
 
 from sft_trainer.config.data import ChatPromptTokens, DataConfig
 from sft_trainer.data.encoding import encode_with_offsets, special_id, targets_from_spans
 from sft_trainer.data.errors import BadRows, DataError
 from sft_trainer.data.jsonl import Row
 from sft_trainer.data.prompt_response import CHUNK_ROWS, EncodeCounts, Example
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 SYSTEM_NAME = "System"
 TYPES = ("VALUE_TO_TEXT", "TEXT_TO_VALUE")
@@ -150,7 +152,7 @@ def encode_nemo_chat(
     rows: Iterable[tuple[int, Row]],
     file: str,
     config: DataConfig,
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: "PreTrainedTokenizerBase",
     bad_rows: BadRows | None = None,
     counts: EncodeCounts | None = None,
 ) -> Iterator[Example]:

@@ -9,9 +9,9 @@ those are used up is the answer cut from its end. An example left with no target
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, islice
+from typing import TYPE_CHECKING
 
 import numpy as np
-from transformers import PreTrainedTokenizerBase
 
 from sft_trainer.config.data import DataConfig
 from sft_trainer.data.dataset import BoolArray
@@ -20,6 +20,9 @@ from sft_trainer.data.errors import BadRows, DataError
 from sft_trainer.data.jsonl import Row
 from sft_trainer.data.templates import TEMPLATE_KEY, PromptTemplate, parse_template
 from sft_trainer.data.types import IntArray
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 CHUNK_ROWS = 4096
 Example = tuple[IntArray, BoolArray]
@@ -41,7 +44,7 @@ class _Specials:
     eos: list[int] = field(default_factory=list)
 
 
-def _specials(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> _Specials:
+def _specials(config: DataConfig, tokenizer: "PreTrainedTokenizerBase") -> _Specials:
     return _Specials(
         bos=[special_id(tokenizer, "bos", "data.add_bos")] if config.add_bos else [],
         sep=[special_id(tokenizer, "sep", "data.add_sep")] if config.add_sep else [],
@@ -58,7 +61,7 @@ def encode_prompt_response(
     rows: Iterable[tuple[int, Row]],
     file: str,
     config: DataConfig,
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: "PreTrainedTokenizerBase",
     bad_rows: BadRows | None = None,
     counts: EncodeCounts | None = None,
 ) -> Iterator[Example]:
@@ -141,7 +144,7 @@ def prompt_text(config: DataConfig, user_text: str, fields: dict[str, str] | Non
 
 
 def prompt_ids(
-    config: DataConfig, tokenizer: PreTrainedTokenizerBase, user_text: str, fields: dict[str, str] | None = None
+    config: DataConfig, tokenizer: "PreTrainedTokenizerBase", user_text: str, fields: dict[str, str] | None = None
 ) -> list[int]:
     """The context token ids exactly as training builds them (piecewise tokenization, BOS, SEP)."""
     template = parse_template(config.prompt_template, config.label_key)
