@@ -235,3 +235,18 @@ def test_the_package_imports_neither_torch_nor_transformers() -> None:
     code = "import sys, sft_trainer.data; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_a_bad_template_fails_at_config_load(tmp_path: Path) -> None:
+    from sft_trainer.config import ConfigError, load_config
+
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "model: {source: random, architecture: {}, tokenizer: {type: byte}}\n"
+        "data:\n  train_file: x.jsonl\n  prompt_template: '{output} after {input}'\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"prompt_template: the label placeholder \{output\} must come last"
+    ) as caught:
+        load_config(config)
+    assert caught.value.problems[0].source == f"{config}:2"

@@ -4,9 +4,35 @@ Semantics follow NeMo-Aligner's SFT datasets (`model.data.train_ds.*` in `gpt_sf
 to one block because train and validation share everything but the file.
 """
 
+import string
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+def prompt_template_problem(template: str, label_key: str) -> str | None:
+    """Why `template` cannot train (None when it can): plain `{name}` placeholders, the label once and last."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as error:
+        return f"not a valid format string: {error}"
+    names: list[str] = []
+    trailing_text = False
+    for literal, name, spec, conversion in parsed:
+        trailing_text = bool(literal)
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            return f"placeholder {{{name}}} must be a plain {{field_name}}"
+        names.append(name)
+        trailing_text = False
+    if label_key not in names:
+        return f"the template has no label placeholder {{{label_key}}}"
+    if names.count(label_key) > 1:
+        return f"the label placeholder {{{label_key}}} appears more than once"
+    if names[-1] != label_key or trailing_text:
+        return f"the label placeholder {{{label_key}}} must come last in the template"
+    return None
 
 
 class _Strict(BaseModel):
@@ -101,4 +127,8 @@ class DataConfig(_Strict):
             raise ValueError("set data.train_file (or data.synthetic for a generated task)")
         if self.synthetic is not None and self.train_file is not None:
             raise ValueError("data.train_file and data.synthetic are exclusive: set one")
+        if self.format == "prompt_response":
+            problem = prompt_template_problem(self.prompt_template, self.label_key)
+            if problem:
+                raise ValueError(f"prompt_template: {problem}")
         return self

@@ -13,6 +13,7 @@ keeps byte-level BPE tokens (`Ġ42`) the same as in running text.
 import string
 from dataclasses import dataclass
 
+from sft_trainer.config.data import prompt_template_problem
 from sft_trainer.data.errors import DataError
 from sft_trainer.data.jsonl import Row, require_str
 
@@ -66,29 +67,20 @@ class PromptTemplate:
 def parse_template(text: str, label_key: str, *, source: str = "data.prompt_template") -> PromptTemplate:
     """Parse and validate a prompt template; DataError (naming `source`) when it cannot train.
 
-    Rules: only plain `{name}` placeholders; `{label_key}` appears exactly once and ends the template.
+    Rules (`prompt_template_problem`): only plain `{name}` placeholders; `{label_key}` appears
+    exactly once and ends the template.
     """
-    try:
-        parsed = list(string.Formatter().parse(text))
-    except ValueError as error:
-        raise DataError(f"not a valid format string: {error}", field=source) from None
+    problem = prompt_template_problem(text, label_key)
+    if problem:
+        raise DataError(problem, field=source)
     pieces: list[Piece] = []
-    for literal, name, spec, conversion in parsed:
+    for literal, name, _, _ in string.Formatter().parse(text):
         if name is None:
             if literal:
                 pieces.append(Piece(TEMPLATE_KEY, literal))
             continue
-        if not name.isidentifier() or spec or conversion:
-            raise DataError(f"placeholder {{{name}}} must be a plain {{field_name}}", field=source)
         stripped = literal.rstrip()
         if stripped:
             pieces.append(Piece(TEMPLATE_KEY, stripped))
         pieces.append(Piece(name, literal[len(stripped) :]))
-    names = [p.key for p in pieces if p.key != TEMPLATE_KEY]
-    if label_key not in names:
-        raise DataError(f"the template has no label placeholder {{{label_key}}}", field=source)
-    if names.count(label_key) > 1:
-        raise DataError(f"the label placeholder {{{label_key}}} appears more than once", field=source)
-    if pieces[-1].key != label_key:
-        raise DataError(f"the label placeholder {{{label_key}}} must come last in the template", field=source)
     return PromptTemplate(text=text, label_key=label_key, pieces=tuple(pieces))
