@@ -1,30 +1,24 @@
-"""The `sft` command line: `sft train`, `sft generate`, `sft data ...`, `sft report`.
+"""The `sft` command line: `sft train`, `sft run`, `sft generate`, `sft data ...`, `sft export`, `sft report`.
 
 `sft train` is torchrun-aware: it reads RANK / WORLD_SIZE / LOCAL_RANK and re-checks the
 configuration against the real number of processes. Its exit code follows
 `sft_trainer.exit_codes` so the operator can tell permanent from transient failures.
 """
 
-import importlib.util
 import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from sft_trainer.cli_data import data_app
+from sft_trainer.cli_export import export
 from sft_trainer.exit_codes import ExitCode
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Supervised fine-tuning of LLMs (kube-sft).")
-
-if importlib.util.find_spec("sft_trainer.cli_data") is not None:
-    from sft_trainer.cli_data import data_app
-
-    app.add_typer(data_app, name="data", help="Prepare, convert and inspect SFT data.")
-
-if importlib.util.find_spec("sft_trainer.cli_export") is not None:
-    from sft_trainer.cli_export import export
-
-    app.command("export")(export)
+app.add_typer(data_app, name="data", help="Prepare, convert and inspect SFT data.")
+# A command, not a group: a group's positional argument would stop option parsing.
+app.command("export")(export)
 
 
 def _fail(lines: list[str], code: ExitCode) -> typer.Exit:
@@ -66,6 +60,19 @@ def train(
     if summary.exit_code != ExitCode.OK and env.is_rank_zero:
         typer.echo(f"sft train: {summary.outcome}: {summary.message}", err=True)
     raise typer.Exit(summary.exit_code)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(
+    ctx: typer.Context,
+    manifest: Annotated[Path, typer.Argument(help="An SFTJob manifest (the file kubectl apply takes).")],
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="Trainer processes on this machine.")] = 1,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the command only.")] = False,
+) -> None:
+    """Run an SFTJob manifest on this machine, validated like `kubectl apply` (dotted.key=value overrides may follow)."""
+    from sft_operator.run_local import run_manifest
+
+    raise typer.Exit(run_manifest(manifest, list(ctx.args), nproc=nproc, dry_run=dry_run))
 
 
 @app.command()

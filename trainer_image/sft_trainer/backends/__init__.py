@@ -12,11 +12,15 @@ from sft_trainer.distributed import DistributedEnv
 __all__ = ["Backend", "EvalResult", "StepResult", "choose_backend", "create_backend"]
 
 
-def choose_backend(requested: str, cuda: bool, megatron_available: bool) -> str:
-    """`auto` means megatron on CUDA when megatron-core is installed, else torch."""
+def choose_backend(requested: str, cuda: bool, megatron_available: bool, method: str = "full") -> str:
+    """`auto` means megatron on CUDA when megatron-core is installed, else torch.
+
+    LoRA runs on the torch backend (peft) until the megatron backend has adapters, so `auto`
+    picks torch for them instead of refusing.
+    """
     if requested != "auto":
         return requested
-    return "megatron" if cuda and megatron_available else "torch"
+    return "megatron" if cuda and megatron_available and method == "full" else "torch"
 
 
 def _megatron_available() -> bool:
@@ -30,7 +34,9 @@ def create_backend(
     config: SFTConfig, tokenizer: PreTrainedTokenizerBase, env: DistributedEnv, device: torch.device
 ) -> Backend:
     """Build the model and optimizer for this process, on the backend the config picks."""
-    name = choose_backend(config.parallelism.backend, device.type == "cuda", _megatron_available())
+    name = choose_backend(
+        config.parallelism.backend, device.type == "cuda", _megatron_available(), config.training.method
+    )
     if name == "megatron":
         from sft_trainer.backends import megatron
         from sft_trainer.config import ConfigError, ConfigProblem

@@ -56,7 +56,7 @@ class TrainerConfig(Strict):
 
 
 class SchedulerConfig(Strict):
-    """Learning-rate schedule: linear warmup, constant hold, then cosine decay to min_lr."""
+    """Learning-rate schedule (NeMo CosineAnnealing): linear warmup, cosine decay to min_lr, then hold min_lr for constant_steps."""
 
     name: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = Field(default=0, ge=0)
