@@ -12,7 +12,7 @@ export UV_PYTHON_DOWNLOADS := never
 # Heavy, version-keyed builds (the Kubernetes control plane) live outside the repository.
 export KUBE_SFT_CACHE ?= $(HOME)/.cache/kube-sft
 
-.PHONY: help env demo test lint typecheck unit crds cluster-bins bench-data bench-train bench-operator gpu-test clean
+.PHONY: images help env demo test lint typecheck unit crds cluster-bins bench-data bench-train bench-operator gpu-test clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -61,6 +61,10 @@ bench-operator: env cluster-bins  ## operator at scale on KWOK -> bench/results/
 
 gpu-test:  ## the GPU tests (run on the device, after `source .gpu-rig/setup.sh`)
 	python3 -m pytest -m gpu tests/gpu
+
+images: env  ## build both images with the tags the chart deploys (needs a Docker engine)
+	docker build -f trainer_image/Dockerfile -t $$($(BIN)/python hack/image_names.py trainer) .
+	docker build -f operator/Dockerfile -t $$($(BIN)/python hack/image_names.py operator) .
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

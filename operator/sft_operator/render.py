@@ -8,6 +8,7 @@ creating them twice is harmless (409 AlreadyExists means done).
 """
 
 import hashlib
+import importlib.metadata
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,10 @@ CONFIG_DIR = "/etc/kube-sft"
 CONFIG_FILE = "config.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
-DEFAULT_IMAGE = "ghcr.io/kube-sft/trainer:0.1.0"
+# The chart passes its trainerImage to the operator; this default (used outside the chart, e.g. by
+# `kubectl sft generate`) follows the same rule: the repository the chart names, tagged with the
+# package version, which a test keeps equal to the chart's appVersion.
+DEFAULT_IMAGE = f"ghcr.io/kube-sft/trainer:{importlib.metadata.version('kube-sft')}"
 TRAINER_CONTAINER = "trainer"
 RUN_AS_USER = 1000
 
