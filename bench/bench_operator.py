@@ -840,7 +840,8 @@ def start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes]:
     """py-spy (dev extra) sampling `pid` at 50 Hz into collapsed stacks (`--format raw`), GIL-holding and idle
     threads both, so waiting on the API server shows up too."""
     py_spy = Path(sys.executable).with_name("py-spy")
-    argv = [str(py_spy), "record", "--pid", str(pid), "--rate", "50", "--format", "raw", "--idle", "-o", str(output)]
+    argv = [str(py_spy), "record", "--pid", str(pid), "--rate", "50", "--format", "raw", "--idle", "--nonblocking"]
+    argv += ["-o", str(output)]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
