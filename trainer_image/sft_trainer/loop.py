@@ -30,6 +30,7 @@ from sft_trainer.config.schema import SFTConfig, TrainerConfig
 from sft_trainer.data.types import MicroBatch, Sample
 from sft_trainer.distributed import DistributedEnv, all_reduce_sum, any_process, barrier
 from sft_trainer.exit_codes import ExitCode
+from sft_trainer.flops import effective_sequence_length, flops_per_token, mfu, peak_tflops
 from sft_trainer.report import METRICS_FILE, CheckpointReport, FanOut, RunSummary, StepReport, ValidationReport
 from sft_trainer.report.metrics_file import truncate_metrics
 from sft_trainer.schedule import learning_rate
@@ -193,6 +194,16 @@ class Trainer:
         self.stop = _StopFlag()
         self.last_loss: float | None = None
         self.config_hash = ckpt.config_hash(config)
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+        self.peak_tflops = peak_tflops(device_name, config.logging.peak_tflops_per_device)
+
+    def _mfu(self, rows: Rows, tokens_per_s: float) -> float | None:
+        """Model FLOPs utilisation of this step, or None when the device's peak is unknown."""
+        if self.peak_tflops is None:
+            return None
+        sequence = effective_sequence_length([int(length) for length in self.train.lengths[rows]])
+        per_token = flops_per_token(self.backend.model_config, sequence)
+        return mfu(tokens_per_s, per_token, self.peak_tflops, self.env.world_size)
 
     # -- data
 
@@ -326,6 +337,7 @@ class Trainer:
                 elapsed_s=time.perf_counter() - started,
                 last_lr=lr,
             )
+            tokens_per_s = tokens / seconds if seconds > 0 else 0.0
             self.reporters.step(
                 StepReport(
                     step=state.step,
@@ -336,10 +348,11 @@ class Trainer:
                     lr=lr,
                     grad_norm=result.grad_norm,
                     tokens=tokens,
-                    tokens_per_s=tokens / seconds if seconds > 0 else 0.0,
+                    tokens_per_s=tokens_per_s,
                     elapsed_s=state.elapsed_s,
                     eta_s=step_seconds * (self.total_steps - state.step),
                     data_wait_s=data_wait,
+                    mfu=self._mfu(rows, tokens_per_s),
                 )
             )
             injected = fault_signal(state.step, dict(os.environ))

@@ -218,3 +218,19 @@ def test_two_processes_match_one(tmp_path: Path, data_parallel: str) -> None:
     for (_, loss1, val1), (_, loss2, val2) in zip(ones, twos, strict=True):
         assert (loss1 is None) == (loss2 is None) and (val1 is None) == (val2 is None)
         assert abs((loss1 or 0) - (loss2 or 0)) < 1e-5 and abs((val1 or 0) - (val2 or 0)) < 1e-5
+
+
+def test_mfu_is_exported_when_the_device_peak_is_known(tmp_path: Path) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = write_config(tmp_path)
+    overrides = ["trainer.max_steps=3", f"logging.metrics_port={port}", "logging.peak_tflops_per_device=0.001"]
+    assert train(config, *overrides).exit_code == ExitCode.OK
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    mfu_lines = [line for line in body.splitlines() if line.startswith("kube_sft_trainer_mfu{")]
+    assert mfu_lines, body
+    assert 0.0 < float(mfu_lines[0].rsplit(" ", 1)[1]) < 10.0

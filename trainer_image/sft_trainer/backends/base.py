@@ -12,7 +12,7 @@ loss do not depend on the micro-batch size or the number of ranks.
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sft_trainer.data.types import MicroBatch
 
@@ -36,6 +36,11 @@ class EvalResult:
 
 class Backend(Protocol):
     """A model + optimizer that trains on micro-batches. Built by `backends.create_backend`."""
+
+    @property
+    def model_config(self) -> Any:
+        """The Hugging Face config of the model being trained (its architecture, for FLOP counting)."""
+        ...
 
     @property
     def data_parallel_rank(self) -> int:

@@ -133,6 +133,11 @@ class TorchBackend:
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     @property
+    def model_config(self) -> Any:
+        """The Hugging Face config of the model being trained."""
+        return self.hf_model.config
+
+    @property
     def data_parallel_rank(self) -> int:
         """This process's data-parallel rank (every process is a replica here)."""
         return self.env.rank

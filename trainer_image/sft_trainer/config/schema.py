@@ -218,6 +218,12 @@ class LoggingConfig(Strict):
     tensorboard: bool = False
     wandb: WandbConfig | None = None
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Serve Prometheus /metrics.")
+    peak_tflops_per_device: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="Peak dense TFLOP/s of one device for MFU; default: known GPUs' bf16 peak (H100/H200 989), "
+        "none on CPU (MFU is then not reported).",
+    )
 
 
 class SFTConfig(Strict):

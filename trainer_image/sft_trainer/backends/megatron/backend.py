@@ -129,6 +129,7 @@ class MegatronBackend:
         from megatron.core import tensor_parallel
 
         self.config = config
+        self.hf_config = hf_config
         par = config.parallelism
         if par.context_parallel_size > 1:
             raise NotImplementedError("context parallelism with packed THD batches is not wired yet")
@@ -250,6 +251,11 @@ class MegatronBackend:
                     m.start_param_sync(force_sync=True)
 
     # -- Backend protocol -----------------------------------------------------------------------
+
+    @property
+    def model_config(self) -> Any:
+        """The Hugging Face config the model was built from."""
+        return self.hf_config
 
     @property
     def data_parallel_rank(self) -> int:
