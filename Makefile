@@ -26,7 +26,8 @@ $(VENV)/.installed: pyproject.toml
 env: $(VENV)/.installed  ## create .venv with the `sft` command and every dependency
 
 demo: env  ## train the demo model locally on CPU and print held-out accuracy before/after
-	rm -rf runs/demo  # a fresh run every time (the config says checkpoint.resume: never)
+	@# A fresh run every time (the config says checkpoint.resume: never); an earlier run is kept aside.
+	@if [ -d runs/demo ]; then mv runs/demo runs/demo.$$(date +%Y%m%d-%H%M%S); fi
 	# One thread: the demo model is tiny, and busy-waiting thread pools collapse on shared cores.
 	OMP_NUM_THREADS=1 $(BIN)/sft train --config examples/local/demo.yaml
 
