@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import pytest
 import yaml
 
 from tests.e2e.harness import (
     CHART,
+    RELEASE,
+    SYSTEM_NAMESPACE,
     System,
     gsm8k_data,
     gsm8k_dir,
@@ -162,6 +165,15 @@ def happy_run(sft_system: System, tmp_path_factory: pytest.TempPathFactory) -> H
 def test_happy_path_trains_to_succeeded(happy_run: HappyRun, sft_system: System) -> None:
     """Running -> Succeeded, with step and loss moving in `kubectl get sftjobs`, and a usable model."""
     assert "Running" in happy_run.phases and happy_run.phases[-1] == "Succeeded", happy_run.phases
+    # The operator replicas are the chart's Deployment pods, with the chart's ServiceAccount, not admin.
+    for pod in sft_system.operator_pods():
+        assert pod.spec.service_account_name == RELEASE, pod.spec.service_account_name
+        assert pod.spec.containers[0].command == ["python", "-m", "sft_operator"]
+    rbac = kubernetes.client.RbacAuthorizationV1Api(sft_system.cluster.client)
+    for binding in rbac.list_cluster_role_binding().items:
+        subjects = [(s.kind, s.namespace, s.name) for s in binding.subjects or []]
+        if ("ServiceAccount", SYSTEM_NAMESPACE, RELEASE) in subjects:
+            assert binding.role_ref.name != "cluster-admin", binding.metadata.name
     steps = sorted({step for step, _ in happy_run.table_rows})
     losses = {loss for _, loss in happy_run.table_rows}
     assert len(steps) >= 2, f"kubectl get sftjobs showed steps {steps}"
