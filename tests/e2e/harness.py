@@ -107,7 +107,8 @@ def tiny_training(
         },
         "optim": {"lr": 3.0e-3, "sched": {"name": "cosine", "warmup_steps": 2, "min_lr": 1.0e-4}},
         "checkpoint": {"resume": "auto", "save_top_k": 1},
-        "logging": {"progress": "lines", "metrics_port": TRAINER_METRICS_PORT},
+        # A CPU has no known peak: give one, so that MFU is reported (dashboard panel, alert).
+        "logging": {"progress": "lines", "metrics_port": TRAINER_METRICS_PORT, "peak_tflops_per_device": 0.1},
     }
 
 
@@ -308,7 +309,10 @@ class System:
 
         address: str = self.wait(ip, timeout, f"rank 0 of {name} to get an IP", name)
         self.trainer_targets.add(f"{address}:{TRAINER_METRICS_PORT}")
-        self.prometheus.set_targets("kube-sft-trainer", sorted(self.trainer_targets))
+        # A tiny run trains for only seconds: scrape trainers 4x a second so that rate() gets samples.
+        self.prometheus.set_targets(
+            "kube-sft-trainer", sorted(self.trainer_targets), scrape_interval="250ms", scrape_timeout="200ms"
+        )
         return address
 
     def delete(self, name: str, timeout: float = 60) -> None:

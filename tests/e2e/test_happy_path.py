@@ -40,10 +40,6 @@ DASHBOARD = CHART / "files" / "dashboard.json"
 ALERTS = CHART / "files" / "alerts.yaml"
 JOB = "happy"
 TEMPLATE_VALUES = {"sftjob": ".*", "namespace": ".*", "datasource": "prometheus"}
-MFU_BUG = (
-    "kube_sft_trainer_mfu is never set: sft_trainer/loop.py builds StepReport without mfu (it stays None), "
-    "so the MFU panel and KubeSFTTrainerLowMFU never have data"
-)
 
 
 def dashboard_expressions() -> list[tuple[str, str]]:
@@ -72,12 +68,11 @@ def alert_expressions() -> list[tuple[str, str]]:
 
 
 def expression_params() -> list[Any]:
-    """pytest params of every dashboard and alert expression; MFU ones are a known trainer bug."""
+    """pytest params of every dashboard and alert expression."""
     params = []
     for source, items in (("dashboard", dashboard_expressions()), ("alert", alert_expressions())):
         for title, expr in items:
-            marks = [pytest.mark.xfail(strict=True, reason=MFU_BUG)] if "kube_sft_trainer_mfu" in expr else []
-            params.append(pytest.param(expr, id=f"{source}:{title}:{expr[:60]}", marks=marks))
+            params.append(pytest.param(expr, id=f"{source}:{title}:{expr[:60]}"))
     return params
 
 
