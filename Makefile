@@ -57,7 +57,8 @@ bench-data: env  ## data pipeline vs TRL's preparation on T0 -> bench/results/da
 bench-train:  ## training throughput vs TRL (run on the GPU device)
 	python3 -m bench.bench_train
 
-bench-operator: env cluster-bins  ## operator at scale on KWOK -> bench/results/operator.json
+bench-operator: env cluster-bins  ## operator at scale on KWOK vs Kubeflow's training-operator -> bench/results/operator.json
+	hack/training-operator/build.sh
 	$(BIN)/python -m bench.bench_operator
 
 gpu-test:  ## the GPU tests (run on the device, after `source .gpu-rig/setup.sh`)
