@@ -11,7 +11,6 @@ template renders before it, plus the end-of-turn text the template appends to it
 import os
 from collections.abc import Iterable, Iterator
 from functools import cache
-from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +18,8 @@ from sft_trainer.config.data import DataConfig
 from sft_trainer.data.encoding import encode_with_offsets
 from sft_trainer.data.errors import BadRows, DataError
 from sft_trainer.data.jsonl import Row
-from sft_trainer.data.nemo_chat import Span, finish
-from sft_trainer.data.prompt_response import CHUNK_ROWS, EncodeCounts, Example
+from sft_trainer.data.nemo_chat import Span, encode_rendered
+from sft_trainer.data.prompt_response import EncodeCounts, Example
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -135,30 +134,16 @@ def encode_hf_chat(
     counts: EncodeCounts | None = None,
 ) -> Iterator[Example]:
     """Encode `messages` rows into `(input_ids, targets)` examples with assistant-only targets."""
-    counts = counts if counts is not None else EncodeCounts()
     template = chat_template(config, tokenizer)
-    iterator = iter(rows)
-    while chunk := list(islice(iterator, CHUNK_ROWS)):
-        rendered: list[tuple[str, list[Span]]] = []
-        for line, row in chunk:
-            try:
-                messages = parse_messages(row, file, line)
-                try:
-                    rendered.append(render_with_spans(tokenizer, template, messages))
-                except Exception as error:  # jinja2's raise_exception and template errors
-                    raise DataError(f"chat template failed: {error}", file=file, line=line, field="messages") from None
-            except DataError as error:
-                if bad_rows is None:
-                    raise
-                bad_rows.add(error)
-        encoded = encode_with_offsets(tokenizer, [text for text, _ in rendered])
-        for (_, spans), (ids, starts) in zip(rendered, encoded, strict=True):
-            counts.rows += 1
-            example = finish(ids, starts, spans, [], config, counts)
-            if example is None:
-                counts.dropped += 1
-            else:
-                yield example
+
+    def render_row(row: Row, line: int) -> tuple[str, list[Span]]:
+        messages = parse_messages(row, file, line)
+        try:
+            return render_with_spans(tokenizer, template, messages)
+        except Exception as error:  # jinja2's raise_exception and template errors
+            raise DataError(f"chat template failed: {error}", file=file, line=line, field="messages") from None
+
+    return encode_rendered(rows, render_row, [], config, tokenizer, bad_rows, counts)
 
 
 def hf_chat_prompt(config: DataConfig, tokenizer: "PreTrainedTokenizerBase", messages: list[Message]) -> str:

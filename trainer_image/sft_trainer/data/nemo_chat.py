@@ -28,7 +28,7 @@ on with a zero denominator; `add_eos`/`add_sep` do not apply (the format ends tu
 does. Too-long conversations are cut at `max_seq_length` from the end.
 """
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -157,14 +157,33 @@ def encode_nemo_chat(
     counts: EncodeCounts | None = None,
 ) -> Iterator[Example]:
     """Encode NeMo chat rows into `(input_ids, targets)` examples."""
-    counts = counts if counts is not None else EncodeCounts()
     bos = [special_id(tokenizer, "bos", "data.add_bos")] if config.add_bos else []
+
+    def render_row(row: Row, line: int) -> tuple[str, list[Span]]:
+        return render(parse_conversation(row, file, line), config.chat_prompt_tokens)
+
+    return encode_rendered(rows, render_row, bos, config, tokenizer, bad_rows, counts)
+
+
+def encode_rendered(
+    rows: Iterable[tuple[int, Row]],
+    render_row: Callable[[Row, int], tuple[str, list[Span]]],
+    bos: list[int],
+    config: DataConfig,
+    tokenizer: "PreTrainedTokenizerBase",
+    bad_rows: BadRows | None,
+    counts: EncodeCounts | None,
+) -> Iterator[Example]:
+    """The chat formats' shared path: render each row to (text, trained spans), tokenize a chunk
+    of rows at once, and turn spans into targets. `render_row` raises DataError for a bad row,
+    which is counted in `bad_rows` when given, else raised."""
+    counts = counts if counts is not None else EncodeCounts()
     iterator = iter(rows)
     while chunk := list(islice(iterator, CHUNK_ROWS)):
         rendered: list[tuple[str, list[Span]]] = []
         for line, row in chunk:
             try:
-                rendered.append(render(parse_conversation(row, file, line), config.chat_prompt_tokens))
+                rendered.append(render_row(row, line))
             except DataError as error:
                 if bad_rows is None:
                     raise

@@ -1,0 +1,34 @@
+"""`sft run` and `sft report` through the real `sft` command line."""
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from sft_trainer.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_sft_run_validates_a_manifest_and_prints_the_train_command() -> None:
+    result = CliRunner().invoke(app, ["run", str(ROOT / "examples" / "sftjob-demo.yaml"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "sft_trainer.cli train --config" in result.output
+
+
+def test_sft_run_refuses_a_bad_manifest_with_the_config_exit_code(tmp_path: Path) -> None:
+    manifest = (ROOT / "examples" / "sftjob-demo.yaml").read_text().replace("max_steps:", "max_stepz:")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(manifest)
+    result = CliRunner().invoke(app, ["run", str(bad), "--dry-run"])
+    assert result.exit_code == 10, result.output
+    assert "max_stepz" in result.output
+
+
+def test_sft_report_writes_the_png_and_prints_the_summary(tmp_path: Path) -> None:
+    rows = [{"step": s, "loss": 2.0 / s, "lr": 1e-3, "tokens_per_s": 100.0} for s in range(1, 4)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "steps: 3" in result.output
+    assert (tmp_path / "report.png").is_file()
