@@ -27,9 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -101,22 +98,6 @@ def panel_queries(dashboard: dict[str, Any], values: dict[str, str]) -> list[tup
         if targets:
             found.append((panel.get("title", ""), targets))
     return found
-
-
-# --- Prometheus ----------------------------------------------------------------------------------
-
-
-def query_range(url: str, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
-    """Prometheus /api/v1/query_range; raises ValueError on a PromQL error."""
-    params = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": step})
-    try:
-        with urllib.request.urlopen(f"{url}/api/v1/query_range?{params}", timeout=30) as response:
-            body = json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        raise ValueError(f"{expr}: {error.read().decode(errors='replace')}") from None
-    if body.get("status") != "success":
-        raise ValueError(f"{expr}: {body}")
-    return list(body["data"]["result"])
 
 
 # --- drawing -------------------------------------------------------------------------------------
@@ -233,6 +214,8 @@ def wait_phase(custom: Any, namespace: str, phases: set[str], timeout: float) ->
 
 def collect(dashboard: dict[str, Any], url: str, start: float, end: float, step: float) -> Series:
     """Every panel's series over [start, end], by panel title; prints what each query returned."""
+    from tests.cluster.prometheus import query_range
+
     values = {"sftjob": ".*", "namespace": ".*", "datasource": "prometheus"}
     series: Series = {}
     for title, targets in panel_queries(dashboard, values):

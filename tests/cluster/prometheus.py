@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.error
 import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,19 @@ import yaml
 
 from tests.cluster.binaries import find_tool
 from tests.cluster.procs import ManagedProcess, free_port, wait_until
+
+
+def query_range(url: str, expr: str, start: float, end: float, step: float = 1.0) -> list[dict[str, Any]]:
+    """Prometheus /api/v1/query_range at `url`: the result matrix; raises ValueError on a PromQL error."""
+    params = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": step})
+    try:
+        with urllib.request.urlopen(f"{url}/api/v1/query_range?{params}", timeout=30) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        raise ValueError(f"{expr}: {error.read().decode(errors='replace')}") from None
+    if body.get("status") != "success":
+        raise ValueError(f"{expr}: {body}")
+    return list(body["data"]["result"])
 
 
 class PrometheusServer:

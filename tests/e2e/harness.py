@@ -376,22 +376,6 @@ def host_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-# --- Prometheus ----------------------------------------------------------------------------------------------
-
-
-def query_range(url: str, expr: str, start: float, end: float, step: float = 1.0) -> list[dict[str, Any]]:
-    """/api/v1/query_range; raises ValueError on a PromQL error."""
-    params = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": step})
-    try:
-        with urllib.request.urlopen(f"{url}/api/v1/query_range?{params}", timeout=30) as response:
-            body = json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        raise ValueError(f"{expr}: {error.read().decode(errors='replace')}") from None
-    if body.get("status") != "success":
-        raise ValueError(f"{expr}: {body}")
-    return list(body["data"]["result"])
-
-
 def poll_until(check: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T | None:
     """Like wait_until but returns None instead of raising."""
     deadline = time.monotonic() + timeout

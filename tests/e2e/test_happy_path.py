@@ -19,6 +19,7 @@ import kubernetes
 import pytest
 import yaml
 
+from tests.cluster.prometheus import query_range
 from tests.e2e.harness import (
     CHART,
     RELEASE,
@@ -26,7 +27,6 @@ from tests.e2e.harness import (
     System,
     gsm8k_data,
     gsm8k_dir,
-    query_range,
     sft_system,
     sftjob,
     tiny_training,
