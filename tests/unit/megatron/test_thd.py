@@ -60,3 +60,58 @@ def test_importing_the_backend_package_needs_no_megatron() -> None:
         "assert not any(k.startswith(('megatron', 'transformer_engine')) for k in sys.modules), 'megatron imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------- context parallelism
+
+
+def test_examples_padded_to_twice_cp_and_stream_to_the_stream_multiple() -> None:
+    from sft_trainer.backends.megatron.thd import stream_multiple
+
+    batch = collate([_sample([3, 2]), _sample([5], start=100)], pad_id=0)
+    multiple = stream_multiple(token_multiple=1, cp=2)
+    assert multiple == 4 and stream_multiple(token_multiple=2, cp=2) == 4 and stream_multiple(16, 2) == 32
+    thd = to_thd(batch, multiple=multiple, example_multiple=4)
+    # 3 -> 4, 2 -> 4, 5 -> 8: 16 tokens, already a multiple of 4: no dummy example
+    assert thd.cu_seqlens.tolist() == [0, 4, 8, 16] and len(thd.tokens) == 16 == thd_length(batch, 4, 4)
+    assert thd.tokens.tolist()[:8] == [1, 2, 3, 0, 4, 5, 0, 0]
+    assert thd.position_ids.tolist() == [0, 1, 2, 3, 0, 1, 2, 3, *range(8)]
+    assert thd.max_seqlen == 8
+    # real tokens keep their targets; the padding inside an example carries no loss
+    assert thd.num_loss_tokens == batch.num_loss_tokens
+    assert thd.loss_mask.tolist()[:8] == [0, 1, 1, 0, 1, 1, 0, 0]
+    with pytest.raises(ValueError, match="example_multiple"):
+        to_thd(batch, multiple=2, example_multiple=4)
+
+
+def test_cp_stream_with_dummy_example_keeps_every_length_divisible() -> None:
+    batch = collate([_sample([3])], pad_id=0)
+    thd = to_thd(batch, multiple=8, example_multiple=4, length=24)
+    assert thd.cu_seqlens.tolist() == [0, 4, 24]
+    assert all(n % 4 == 0 for n in np.diff(thd.cu_seqlens))
+
+
+def test_cp_partition_indices_are_te_dual_chunks() -> None:
+    from sft_trainer.backends.megatron.thd import cp_partition_indices
+
+    cu = np.asarray([0, 8, 12], dtype=np.int32)  # examples of 8 and 4 tokens, CP = 2: chunks of 2 and 1
+    assert cp_partition_indices(cu, 2, 0).tolist() == [0, 1, 6, 7, 8, 11]
+    assert cp_partition_indices(cu, 2, 1).tolist() == [2, 3, 4, 5, 9, 10]
+    with pytest.raises(ValueError, match="multiple of 2 x CP"):
+        cp_partition_indices(np.asarray([0, 6], dtype=np.int32), 2, 0)
+
+
+@pytest.mark.parametrize("cp", [2, 4])
+def test_cp_shards_partition_the_stream_and_its_loss(cp: int) -> None:
+    from sft_trainer.backends.megatron.thd import cp_partition_indices, cp_shard, stream_multiple
+
+    rng = np.random.default_rng(0)
+    samples = [_sample([int(n) for n in rng.integers(1, 40, size=3)], start=10 * i) for i in range(3)]
+    thd = to_thd(collate(samples, pad_id=0), multiple=stream_multiple(1, cp), example_multiple=2 * cp)
+    shards = [cp_shard(thd, cp, rank) for rank in range(cp)]
+    every = np.sort(np.concatenate([cp_partition_indices(thd.cu_seqlens, cp, r) for r in range(cp)]))
+    assert every.tolist() == list(range(len(thd.tokens)))  # each position on exactly one rank
+    assert all(len(s.tokens) == len(thd.tokens) // cp for s in shards)  # equal shares
+    assert sum(s.num_loss_tokens for s in shards) == thd.num_loss_tokens
+    assert all(s.cu_seqlens is thd.cu_seqlens and s.max_seqlen == thd.max_seqlen for s in shards)
+    assert cp_shard(thd, 1, 0) is thd
