@@ -1,0 +1,766 @@
+"""Training throughput benchmark (issue 10): our trainer vs TRL's SFTTrainer, on the GPU device.
+
+Data: T0 (55,185 prompt/completion pairs), GPT-2 tokenizer, answer-only loss, max_seq_length 4096.
+Models: random-init real shapes `llama-1b` (Llama-3.2-1B) and `llama-8b` (Llama-3-8B).
+
+- ours: the real trainer path. `build_datasets` (tokenize, mask, pack into 4096-token rows, cache)
+  -> `loop.Trainer` (global batches, collate, data-wait measurement) -> `MegatronBackend` (every
+  micro-batch one packed THD stream, TE attention with `cu_seqlens`, bf16 or FP8). The model is
+  built with megatron's own random init on the GPU (`hf_state_dict=None`) instead of a CPU
+  Hugging Face init: same shapes, minutes less per run. No checkpoints are written.
+- peer: TRL 1.16 `SFTTrainer`, sdpa, bf16, completion-only loss, max_length 4096: padded batches,
+  `packing=True` (bfd, padding-free) and `packing_strategy="wrapped"`, several batch sizes each.
+- LoRA: `llama-8b`, `training.method: lora`, one GPU, through `backends.create_backend` (whatever
+  backend the project picks for LoRA) and the same loop.
+
+Each configuration runs a fixed number of steps; the first `--warmup` are dropped. Independent
+single-GPU runs go to separate GPUs at once. Results: `$OUT/train-<card>.json` (or
+bench/results/), a table at the end of the output.
+
+    python -m bench.bench_train                      # every stage (make bench-train)
+    python -m bench.bench_train --stages s1,s2       # some stages
+    python -m bench.bench_train worker ours --model llama-1b --mbs 1,2 ...   # one worker (used by the above)
+"""
+
+import argparse
+import gc
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from bench import train_metrics as tm
+
+REPO = Path(__file__).resolve().parents[1]
+SEQ = 4096
+WORK = Path(os.environ.get("BENCH_WORK", "/tmp/bench-train"))
+T0_NAME = "t0_prompt_completion_55k.jsonl.gz"
+
+
+# ---------------------------------------------------------------------------- data locations
+
+
+def find_data(name: str) -> Path:
+    """A data file from `.gpudata/` (what travels to the device) or `../shared/data`."""
+    for root in (REPO / ".gpudata", REPO.parent / "shared" / "data"):
+        for candidate in (root / name, root / "instruct" / name, root / "tokenizers" / "gpt2" / name):
+            if candidate.exists():
+                return candidate
+    raise FileNotFoundError(f"{name}: not in .gpudata/ or ../shared/data")
+
+
+def tokenizer_dir() -> Path:
+    """The directory holding the GPT-2 `encoder.json` + `vocab.bpe`."""
+    return find_data("encoder.json").parent
+
+
+# ---------------------------------------------------------------------------- configs
+
+
+def sft_config(
+    model: str,
+    *,
+    mbs: int,
+    gbs: int,
+    steps: int,
+    world: int,
+    tp: int = 1,
+    sp: bool = False,
+    fp8: str = "none",
+    fp8_recipe: str = "tensorwise",
+    packing: bool = True,
+    method: str = "full",
+    backend: str = "megatron",
+    run: str = "run",
+) -> Any:
+    """The run's `SFTConfig`: T0, GPT-2 BPE, answer-only loss, 4096-token packing, the model's real shape."""
+    from sft_trainer.config.schema import SFTConfig
+
+    shape = tm.MODELS[model]
+    arch = {
+        "hidden_size": shape["hidden_size"],
+        "num_layers": shape["num_layers"],
+        "num_attention_heads": shape["num_attention_heads"],
+        "num_key_value_heads": shape["num_key_value_heads"],
+        "intermediate_size": shape["intermediate_size"],
+        "vocab_size": shape["vocab_size"],
+        "tie_word_embeddings": shape["tie_word_embeddings"],
+        "rope_theta": shape["rope_theta"],
+        "max_position_embeddings": SEQ,
+    }
+    return SFTConfig.model_validate(
+        {
+            "name": "bench",
+            "output_dir": str(WORK / "runs" / run),
+            "model": {
+                "source": "random",
+                "architecture": arch,
+                "tokenizer": {"type": "gpt2_bpe", "path": str(tokenizer_dir())},
+            },
+            "data": {
+                "train_file": str(find_data(T0_NAME)),
+                "prompt_template": "{prompt}{completion}",
+                "label_key": "completion",
+                "truncation_field": "prompt",
+                "max_seq_length": SEQ,
+                "answer_only_loss": True,
+                "packing": packing,
+                "cache_dir": str(WORK / "cache"),
+            },
+            "trainer": {
+                "max_steps": steps,
+                "micro_batch_size": mbs,
+                "global_batch_size": gbs,
+                "devices": world,
+                "val_check_interval": 100_000,
+                "save_interval": 100_000,
+                "precision": "bf16",
+            },
+            "optim": {"lr": 1e-5},
+            "training": {"method": method},
+            "parallelism": {
+                "backend": backend,
+                "tensor_model_parallel_size": tp,
+                "sequence_parallel": sp,
+                "fp8": fp8,
+                "fp8_recipe": fp8_recipe,
+            },
+            "checkpoint": {"resume": "never"},
+            "logging": {"progress": "none"},
+        }
+    )
+
+
+def dataset_lengths(config: Any) -> dict[str, Any]:
+    """`lengths_of` the run's training set (built, or read from the cache)."""
+    from sft_trainer.data import build_datasets
+    from sft_trainer.tokenization import load_tokenizer
+
+    return lengths_of(build_datasets(config, load_tokenizer(config.model.tokenizer)).train)
+
+
+def lengths_of(train: Any) -> dict[str, Any]:
+    """Token counts of the epoch and the effective attention lengths for the FLOP formula."""
+    from sft_trainer.flops import effective_sequence_length
+
+    examples = [int(n) for n in train.store.lengths]
+    rows = [int(n) for n in train.lengths]
+    return {
+        "examples": len(examples),
+        "epoch_tokens": int(sum(examples)),
+        "rows": len(rows),
+        "seq_per_example": effective_sequence_length(examples),
+        "seq_per_row": effective_sequence_length(rows),
+    }
+
+
+# ---------------------------------------------------------------------------- our trainer
+
+
+class StepCapture:
+    """A loop reporter that keeps every step's report (rank 0)."""
+
+    def __init__(self) -> None:
+        self.steps: list[Any] = []
+
+    def step(self, report: Any) -> None:
+        """Keep the step."""
+        self.steps.append(report)
+
+    def validation(self, report: Any) -> None:
+        """Unused (no validation set)."""
+
+    def checkpoint(self, report: Any) -> None:
+        """Unused (no checkpoints)."""
+
+    def finish(self, summary: Any) -> None:
+        """Unused."""
+
+
+class ProfiledBackend:
+    """Wraps a backend: `torch.profiler` (CUDA kernels) around train steps `start`..`start + count - 1`."""
+
+    def __init__(self, inner: Any, start: int, count: int, trace: Path) -> None:
+        self.inner, self.start, self.count, self.trace = inner, start, count, trace
+        self.calls = 0
+        self.profiler: Any = None
+        self.summary: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def train_step(self, micro_batches: Any, global_loss_tokens: int, lr: float) -> Any:
+        """The inner step, profiled when due."""
+        import torch
+
+        self.calls += 1
+        if self.calls == self.start:
+            torch.cuda.synchronize()
+            self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+            self.profiler.__enter__()
+        result = self.inner.train_step(micro_batches, global_loss_tokens, lr)
+        if self.profiler is not None and self.calls == self.start + self.count - 1:
+            torch.cuda.synchronize()
+            self.profiler.__exit__(None, None, None)
+            self.profiler.export_chrome_trace(str(self.trace))
+            self.summary = tm.kernel_summary(tm.trace_kernels(json.loads(self.trace.read_text())))
+            self.summary["steps"] = self.count
+            self.profiler = None
+        return result
+
+
+def run_loop(config: Any, backend: Any, train: Any, pad_id: int, env: Any) -> list[Any]:
+    """The project's training loop for `config.trainer.max_steps` steps; returns rank 0's step reports."""
+    import torch
+
+    from sft_trainer.data import collate
+    from sft_trainer.loop import LoopState, Trainer
+    from sft_trainer.report import FanOut
+
+    class BenchTrainer(Trainer):
+        def save(self, state: LoopState) -> Path:  # the benchmark measures steps, not checkpoints
+            return self.checkpoint_root
+
+    capture = StepCapture()
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    trainer = BenchTrainer(config, env, backend, train, None, collate, pad_id, FanOut([capture]), device)
+    trainer.run(LoopState())
+    return capture.steps
+
+
+def peak_memory_gb() -> float:
+    """Largest peak allocated GPU memory over the ranks, in GB (all-reduce MAX when distributed)."""
+    import torch
+    import torch.distributed as dist
+
+    value = torch.tensor([torch.cuda.max_memory_allocated() / 1e9], device="cuda")
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return round(float(value), 2)
+
+
+def measured(steps: Sequence[Any], warmup: int, world: int, flops_token: float, epoch_tokens: int) -> dict[str, Any]:
+    """Throughput numbers of a list of loop step reports."""
+    seconds = [r.tokens / r.tokens_per_s for r in steps]
+    stats = tm.summarize_steps(seconds, [r.tokens for r in steps], [r.data_wait_s for r in steps], warmup)
+    out: dict[str, Any] = dict(tm.throughput(stats, world, flops_token, epoch_tokens))
+    out.update(steps=stats.steps, median_step_s=round(stats.median_step_s, 4), tokens_measured=stats.tokens)
+    out["loss_first_last"] = [round(steps[0].loss, 4), round(steps[-1].loss, 4)]
+    return out
+
+
+def worker_ours(args: argparse.Namespace) -> dict[str, Any]:
+    """Our trainer on this torchrun world: one backend, then one loop run per micro-batch size."""
+    import torch
+
+    from sft_trainer.backends.megatron.backend import MegatronBackend, MegatronTuning
+    from sft_trainer.data import build_datasets
+    from sft_trainer.distributed import current_env
+    from sft_trainer.models import llama_config
+    from sft_trainer.tokenization import load_tokenizer
+
+    env = current_env()
+    torch.cuda.set_device(env.local_rank)
+    dp = env.world_size // args.tp
+    mbs_list = [int(m) for m in args.mbs.split(",")]
+    gbs = args.rows_per_gpu * dp
+    steps = args.warmup + args.steps
+
+    def config_for(mbs: int, n_steps: int = steps) -> Any:
+        return sft_config(
+            args.model, mbs=mbs, gbs=gbs, steps=n_steps, world=env.world_size, tp=args.tp, sp=args.sp,
+            fp8=args.fp8, fp8_recipe=args.fp8_recipe, run=f"{args.name}-{env.rank}",
+        )  # fmt: skip
+
+    base = config_for(mbs_list[0])
+    tuning = MegatronTuning(
+        gradient_accumulation_fusion=args.gaf,
+        grad_reduce_in_fp32=not args.bf16_grads,
+        transformer_overrides=json.loads(args.overrides) if args.overrides else {},
+    )
+    started = time.perf_counter()
+    backend = MegatronBackend(base, llama_config(base.model.architecture, 50257), None, tuning=tuning)
+    init_s = time.perf_counter() - started
+    tokenizer = load_tokenizer(base.model.tokenizer)
+    splits = build_datasets(base, tokenizer)
+    lengths = lengths_of(splits.train)
+    flops_example = tm.model_flops_per_token(args.model, lengths["seq_per_example"])
+    flops_row = tm.model_flops_per_token(args.model, lengths["seq_per_row"])
+    pad_id = int(tokenizer.pad_token_id)
+    runs: list[dict[str, Any]] = []
+    for mbs in mbs_list:
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            reports = run_loop(config_for(mbs), backend, splits.train, pad_id, env)
+        except torch.OutOfMemoryError as error:
+            runs.append({"mbs": mbs, "error": f"OOM: {str(error)[:200]}"})
+            gc.collect()
+            torch.cuda.empty_cache()
+            continue
+        result = measured(reports, args.warmup, env.world_size, flops_example, lengths["epoch_tokens"])
+        result["mfu_row_seq"] = round(result["mfu"] * flops_row / flops_example, 4)
+        result.update(mbs=mbs, tokens_per_micro_batch=mbs * SEQ, peak_mem_gb=peak_memory_gb())
+        runs.append(result)
+        if env.rank == 0:
+            print(f"[{args.name}] mbs {mbs}: {json.dumps(result)}", flush=True)
+    profile: dict[str, Any] = {}
+    good = [r for r in runs if "error" not in r]
+    if args.profile and good:
+        best_mbs = int(max(good, key=lambda r: float(r["tokens_per_s_per_gpu"]))["mbs"])
+        trace = WORK / f"trace-{args.name}-rank{env.rank}.json"
+        profiled = ProfiledBackend(backend, start=3, count=2, trace=trace)
+        run_loop(config_for(best_mbs, 4), profiled, splits.train, pad_id, env)
+        profile = {"mbs": best_mbs, **profiled.summary}
+    return {
+        "system": "ours",
+        "model": args.model,
+        "gpus": env.world_size,
+        "layout": {"tp": args.tp, "sp": args.sp, "dp": dp, "fp8": args.fp8, "fp8_recipe": args.fp8_recipe},
+        "tuning": {
+            "gradient_accumulation_fusion": args.gaf,
+            "bf16_grads": args.bf16_grads,
+            "overrides": args.overrides,
+        },
+        "rows_per_gpu_per_step": args.rows_per_gpu,
+        "init_s": round(init_s, 1),
+        "data": lengths,
+        "flops_per_token": flops_example,
+        "runs": runs,
+        "profile": profile,
+    }
+
+
+def worker_lora(args: argparse.Namespace) -> dict[str, Any]:
+    """`training.method: lora` through `backends.create_backend` (the backend the project picks) and the loop."""
+    import torch
+
+    from sft_trainer.backends import choose_backend, create_backend
+    from sft_trainer.data import build_datasets
+    from sft_trainer.distributed import current_env
+    from sft_trainer.tokenization import load_tokenizer
+
+    env = current_env()
+    torch.cuda.set_device(env.local_rank)
+    device = torch.device("cuda", env.local_rank)
+    mbs = int(args.mbs.split(",")[0])
+    config = sft_config(
+        args.model, mbs=mbs, gbs=args.rows_per_gpu, steps=args.warmup + args.steps, world=1, packing=args.packing,
+        method="lora", backend="auto", run=f"{args.name}",
+    )  # fmt: skip
+    import importlib.util
+
+    picked = choose_backend("auto", True, importlib.util.find_spec("megatron.core") is not None, "lora")
+    tokenizer = load_tokenizer(config.model.tokenizer)
+    splits = build_datasets(config, tokenizer)
+    started = time.perf_counter()
+    with torch.device(device):  # random init on the GPU (the CPU init of 8 B parameters takes minutes)
+        backend = create_backend(config, tokenizer, env, device)
+    init_s = time.perf_counter() - started
+    lengths = lengths_of(splits.train)
+    flops = tm.model_flops_per_token(args.model, lengths["seq_per_example"])
+    torch.cuda.reset_peak_memory_stats()
+    reports = run_loop(config, backend, splits.train, int(tokenizer.pad_token_id), env)
+    result = measured(reports, args.warmup, 1, flops, lengths["epoch_tokens"])
+    result.update(mbs=mbs, peak_mem_gb=peak_memory_gb())
+    trainable = sum(p.numel() for p in backend.model.parameters() if p.requires_grad)  # type: ignore[attr-defined]
+    return {
+        "system": "ours-lora",
+        "model": args.model,
+        "gpus": 1,
+        "backend": type(backend).__name__,
+        "backend_picked": picked,
+        "packing": args.packing,
+        "trainable_parameters": int(trainable),
+        "init_s": round(init_s, 1),
+        "note": "MFU here counts the full-fine-tuning FLOPs (6 x params); LoRA does ~2/3 of them",
+        "runs": [result],
+    }
+
+
+# ---------------------------------------------------------------------------- TRL peer
+
+
+def trl_subset(rows: int, seed: int = 0) -> Path:
+    """A random `rows`-row sample of T0 as JSONL (the peer's steps draw from the same length mix)."""
+    import gzip
+
+    target = WORK / f"t0-sample-{rows}.jsonl"
+    if target.exists():
+        return target
+    with gzip.open(find_data(T0_NAME), "rt", encoding="utf-8") as handle:
+        lines = handle.readlines()
+    chosen = random.Random(seed).sample(lines, rows)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text("".join(chosen), encoding="utf-8")
+    tmp.replace(target)
+    return target
+
+
+TRL_MODES: dict[str, dict[str, Any]] = {
+    "padded": {"packing": False},
+    "bfd": {"packing": True, "packing_strategy": "bfd"},
+    "wrapped": {"packing": True, "packing_strategy": "wrapped"},
+}
+
+
+def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
+    """TRL SFTTrainer (sdpa, bf16, completion-only loss) at each batch size; real tokens/s per step."""
+    import datasets
+    import torch
+    from transformers import LlamaForCausalLM, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from sft_trainer.models import llama_config
+    from sft_trainer.tokenization import load_tokenizer
+
+    datasets.disable_progress_bars()
+    torch.cuda.set_device(0)
+    base = sft_config(args.model, mbs=1, gbs=1, steps=1, world=1)
+    tokenizer = load_tokenizer(base.model.tokenizer)
+    data = datasets.load_dataset("json", data_files=str(trl_subset(args.trl_rows)), split="train")
+    lengths = dataset_lengths(base)
+    flops = tm.model_flops_per_token(args.model, lengths["seq_per_example"])
+
+    class Timer(TrainerCallback):
+        def __init__(self) -> None:
+            self.marks: list[float] = []
+
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            if not self.marks:
+                torch.cuda.synchronize()
+                self.marks.append(time.perf_counter())
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            torch.cuda.synchronize()
+            self.marks.append(time.perf_counter())
+
+    class TimedSFTTrainer(SFTTrainer):
+        real_tokens: ClassVar[list[int]] = []
+
+        def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+            mask = inputs.get("attention_mask")
+            self.real_tokens.append(int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel()))
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    runs = []
+    for batch in [int(b) for b in args.batch.split(",")]:
+        model = trainer = None
+        try:
+            with torch.device("cuda"):
+                model = LlamaForCausalLM(llama_config(base.model.architecture, 50257))
+            model = model.to(dtype=torch.bfloat16)  # type: ignore[call-arg]
+            model.set_attn_implementation("sdpa")
+            sft_args = SFTConfig(
+                output_dir=str(WORK / "trl" / f"{args.name}-{batch}"),
+                max_length=SEQ,
+                per_device_train_batch_size=batch,
+                gradient_accumulation_steps=1,
+                max_steps=args.warmup + args.steps,
+                learning_rate=1e-5,
+                lr_scheduler_type="constant",
+                bf16=True,
+                gradient_checkpointing=False,
+                completion_only_loss=True,
+                logging_steps=100_000,
+                save_strategy="no",
+                report_to=[],
+                disable_tqdm=True,
+                dataset_num_proc=8,
+                seed=1234,
+                **TRL_MODES[args.trl_mode],
+            )
+            timer = Timer()
+            TimedSFTTrainer.real_tokens = []
+            trainer = TimedSFTTrainer(
+                model=model, args=sft_args, train_dataset=data, processing_class=tokenizer, callbacks=[timer]
+            )
+            torch.cuda.reset_peak_memory_stats()
+            trainer.train()
+            seconds = [b - a for a, b in zip(timer.marks, timer.marks[1:], strict=False)]
+            tokens = TimedSFTTrainer.real_tokens[: len(seconds)]
+            stats = tm.summarize_steps(seconds, tokens, [0.0] * len(seconds), args.warmup)
+            result: dict[str, Any] = tm.throughput(stats, 1, flops, lengths["epoch_tokens"])
+            result.update(batch=batch, steps=stats.steps, median_step_s=round(stats.median_step_s, 4))
+            result["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+            result["data_wait_pct"] = None  # not separated from the step for the peer
+        except torch.OutOfMemoryError as error:
+            result = {"batch": batch, "error": f"OOM: {str(error)[:160]}"}
+        runs.append(result)
+        print(f"[{args.name}] batch {batch}: {json.dumps(result)}", flush=True)
+        del model, trainer
+        gc.collect()
+        torch.cuda.empty_cache()
+    return {
+        "system": "trl",
+        "model": args.model,
+        "gpus": 1,
+        "mode": args.trl_mode,
+        "trl_rows": args.trl_rows,
+        "cross_example_attention": args.trl_mode == "wrapped",
+        "flops_per_token": flops,
+        "runs": runs,
+    }
+
+
+# ---------------------------------------------------------------------------- orchestration
+
+
+def worker_command(gpus: int, *worker_args: str) -> list[str]:
+    """`python -m bench.bench_train worker ...`, under torchrun when `gpus` > 1."""
+    if gpus == 1:
+        return [sys.executable, "-m", "bench.bench_train", "worker", *worker_args]
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
+        "-m", "bench.bench_train", "worker", *worker_args,
+    ]  # fmt: skip
+
+
+def launch(name: str, devices: str, args: list[str], gpus: int) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start one worker on `devices` (CUDA_VISIBLE_DEVICES); its log goes to WORK/<name>.log."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=devices, PYTHONUNBUFFERED="1")
+    result = WORK / f"{name}.json"
+    result.unlink(missing_ok=True)
+    log = (WORK / f"{name}.log").open("wb")
+    command = worker_command(gpus, *args, "--name", name, "--result", str(result))
+    return name, subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_all(procs: list[tuple[str, subprocess.Popen[bytes]]], timeout: float) -> None:
+    """Wait for the stage's workers; kill (by pid) what outlives `timeout`."""
+    deadline = time.monotonic() + timeout
+    for name, proc in procs:
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"[bench] {name}: timed out, killed", flush=True)
+            proc.kill()
+            proc.wait()
+        if proc.returncode:
+            tail = (WORK / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
+            print(f"[bench] {name}: exit {proc.returncode}\n  " + "\n  ".join(tail), flush=True)
+
+
+def stage_plan(model_1b_mbs: str, steps: int, warmup: int) -> dict[str, list[tuple[str, str, list[str], int]]]:
+    """The stages: name -> [(worker name, CUDA devices, worker args, gpus)]."""
+    common = ["--steps", str(steps), "--warmup", str(warmup)]
+    ours_1b = ["ours", "--model", "llama-1b", "--rows-per-gpu", "16", *common]
+    return {
+        "s1": [  # 1 GPU each, in parallel: ours (mbs sweep + GAF + profile) and the three TRL configs
+            ("ours-1b-1gpu", "0", [*ours_1b, "--mbs", model_1b_mbs, "--profile"], 1),
+            ("trl-padded", "1", ["trl", "--model", "llama-1b", "--trl-mode", "padded", "--batch", "16,32,64", *common], 1),
+            ("trl-bfd", "2", ["trl", "--model", "llama-1b", "--trl-mode", "bfd", "--batch", "2,4,8", *common], 1),
+            ("trl-wrapped", "3", ["trl", "--model", "llama-1b", "--trl-mode", "wrapped", "--batch", "2,4,8", *common], 1),
+        ],
+        "s1b": [  # tuning variants of ours, 1 GPU each, in parallel
+            ("ours-1b-1gpu-gaf", "0", [*ours_1b, "--mbs", model_1b_mbs, "--gaf"], 1),
+            ("ours-1b-1gpu-gaf-bf16grads", "1", [*ours_1b, "--mbs", model_1b_mbs, "--gaf", "--bf16-grads"], 1),
+        ],
+        "s2": [  # data parallel 2 and the 8B LoRA, side by side
+            ("ours-1b-dp2", "0,1", [*ours_1b, "--mbs", model_1b_mbs], 2),
+            ("lora-8b-1gpu", "2", ["lora", "--model", "llama-8b", "--mbs", "8", "--rows-per-gpu", "32", *common], 1),
+        ],
+        "s3": [("ours-1b-dp4", "0,1,2,3", [*ours_1b, "--mbs", model_1b_mbs, "--profile"], 4)],
+        "s4": [
+            (
+                "ours-8b-tp2sp-bf16",
+                "0,1,2,3",
+                ["ours", "--model", "llama-8b", "--tp", "2", "--sp", "--rows-per-gpu", "16", "--mbs", "1,2", *common, "--profile"],
+                4,
+            )
+        ],
+        "s5": [
+            (
+                "ours-8b-tp2sp-fp8",
+                "0,1,2,3",
+                ["ours", "--model", "llama-8b", "--tp", "2", "--sp", "--fp8", "hybrid", "--rows-per-gpu", "16", "--mbs", "1,2", *common],
+                4,
+            )
+        ],
+    }  # fmt: skip
+
+
+def prepare_data() -> None:
+    """Tokenize + pack T0 once into the shared cache (workers then hit it)."""
+    config = sft_config("llama-1b", mbs=1, gbs=1, steps=1, world=1)
+    started = time.perf_counter()
+    info = dataset_lengths(config)
+    print(f"[bench] data ready in {time.perf_counter() - started:.1f}s: {json.dumps(info)}", flush=True)
+
+
+def card_name() -> str:
+    """The GPU's name, from nvidia-smi (the orchestrator never initialises CUDA itself)."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return "unknown"
+
+
+def collect(names: Sequence[str]) -> dict[str, Any]:
+    """Every worker result present under WORK."""
+    results = {}
+    for name in names:
+        path = WORK / f"{name}.json"
+        if path.exists():
+            results[name] = json.loads(path.read_text())
+    return results
+
+
+def table_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per measured configuration."""
+    rows = []
+    for name, result in results.items():
+        for run in result.get("runs", []):
+            if "error" in run:
+                continue
+            knob = f"mbs {run['mbs']}" if "mbs" in run else f"batch {run.get('batch')}"
+            rows.append({"system": result["system"], "config": f"{name} {knob}", "gpus": result["gpus"], **run})
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stages", default="s1,s1b,s2,s3,s4,s5")
+    parser.add_argument("--mbs-1b", default="1,2,4")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--stage-timeout", type=float, default=240.0)
+    parser.add_argument("--output", type=Path, default=None, help="default: $OUT or bench/results")
+    options = parser.parse_args(argv)
+    WORK.mkdir(parents=True, exist_ok=True)
+    plan = stage_plan(options.mbs_1b, options.steps, options.warmup)
+    card = card_name()
+    print(f"[bench] card: {card}", flush=True)
+    started = time.perf_counter()
+    prepare_data()
+    names: list[str] = []
+    timings = {}
+    for stage in options.stages.split(","):
+        stage_started = time.perf_counter()
+        procs = [launch(name, devices, args, gpus) for name, devices, args, gpus in plan[stage]]
+        names += [name for name, *_ in plan[stage]]
+        wait_all(procs, options.stage_timeout)
+        timings[stage] = round(time.perf_counter() - stage_started, 1)
+        print(f"[bench] stage {stage} done in {timings[stage]}s", flush=True)
+    results = collect(names)
+    report = summarize(results, card, timings)
+    output = options.output or Path(os.environ.get("OUT") or REPO / "bench" / "results")
+    output.mkdir(parents=True, exist_ok=True)
+    slug = card.lower().replace("nvidia ", "").replace(" ", "-")
+    path = output / f"train-{slug}.json"
+    path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    print(tm.format_table(report["table"]))
+    for line in report["goals"]:
+        print(f"goal {'MET ' if line['met'] else 'MISS'} {line['goal']}: {line['measured']} (target {line['target']})")
+    print(f"[bench] {time.perf_counter() - started:.0f}s -> {path}", flush=True)
+
+
+def summarize(results: dict[str, Any], card: str, timings: dict[str, float]) -> dict[str, Any]:
+    """The results JSON: card, per-config table, goals."""
+    rows = table_rows(results)
+    return {
+        "card": card,
+        "data": "T0 55,185 prompt/completion pairs, GPT-2 BPE, answer-only loss, max_seq_length 4096",
+        "peak_tflops": tm.PEAK_TFLOPS,
+        "stage_seconds": timings,
+        "table": rows,
+        "goals": evaluate_goals(rows),
+        "results": results,
+    }
+
+
+def _best_of(rows: Sequence[dict[str, Any]], predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    chosen = tm.best(r for r in rows if predicate(r))
+    return dict(chosen) if chosen else None
+
+
+def evaluate_goals(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 10's goals from the table rows (a goal whose run is missing reads `measured: null`)."""
+
+    def named(prefix: str) -> Callable[[dict[str, Any]], bool]:
+        return lambda r: str(r["config"]).startswith(prefix)
+
+    ours_1 = _best_of(rows, named("ours-1b-1gpu"))
+    ours_2 = _best_of(rows, named("ours-1b-dp2"))
+    ours_4 = _best_of(rows, named("ours-1b-dp4"))
+    trl_correct = _best_of(rows, lambda r: named("trl-padded")(r) or named("trl-bfd")(r))
+    trl_wrapped = _best_of(rows, named("trl-wrapped"))
+    bf16_8b = _best_of(rows, named("ours-8b-tp2sp-bf16"))
+    fp8_8b = _best_of(rows, named("ours-8b-tp2sp-fp8"))
+
+    def tps(row: dict[str, Any] | None) -> float | None:
+        return None if row is None else float(row["tokens_per_s_per_gpu"])
+
+    def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
+        return None if a is None or b is None else tps(a) / tps(b)  # type: ignore[operator]
+
+    per_gpu = {w: tps(r) for w, r in ((1, ours_1), (2, ours_2), (4, ours_4)) if r is not None}
+    steps = tm.step_efficiency({w: v for w, v in per_gpu.items() if v is not None})
+    waits = [float(r["data_wait_pct"]) for r in rows if str(r["system"]).startswith("ours")]
+    return [
+        tm.goal("llama-1b 1 GPU MFU", None if ours_1 is None else ours_1["mfu"], 0.50),
+        tm.goal("llama-1b vs TRL best correct (padded/bfd)", ratio(ours_1, trl_correct), 2.0, "x"),
+        tm.goal("llama-1b vs TRL wrapped", ratio(ours_1, trl_wrapped), 1.3, "x"),
+        tm.goal("llama-8b 4 GPUs bf16 MFU", None if bf16_8b is None else bf16_8b["mfu"], 0.50),
+        tm.goal("llama-8b FP8 / bf16 tokens/s", ratio(fp8_8b, bf16_8b), 1.3, "x"),
+        tm.goal("scaling 1->2 per-GPU efficiency", steps.get("1->2"), 0.90),
+        tm.goal("scaling 2->4 per-GPU efficiency", steps.get("2->4"), 0.90),
+        tm.goal("data wait % of step (worst of ours)", max(waits) if waits else None, 2.0, "%", lower_is_better=True),
+    ]
+
+
+def worker_main(argv: Sequence[str]) -> None:
+    """One worker: run, then rank 0 writes its JSON to --result."""
+    parser = argparse.ArgumentParser(prog="bench_train worker")
+    parser.add_argument("kind", choices=["ours", "trl", "lora"])
+    parser.add_argument("--model", default="llama-1b", choices=sorted(tm.MODELS))
+    parser.add_argument("--name", default="worker")
+    parser.add_argument("--result", type=Path, required=True)
+    parser.add_argument("--mbs", default="1")
+    parser.add_argument("--rows-per-gpu", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--sp", action="store_true")
+    parser.add_argument("--fp8", default="none", choices=["none", "hybrid", "e4m3"])
+    parser.add_argument("--fp8-recipe", default="tensorwise", choices=["tensorwise", "delayed", "blockwise"])
+    parser.add_argument("--gaf", action="store_true", help="gradient-accumulation fusion")
+    parser.add_argument("--bf16-grads", action="store_true", help="main grads and their reduction in bf16")
+    parser.add_argument("--overrides", default="", help="JSON of extra TransformerConfig fields")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--packing", action=argparse.BooleanOptionalAction, default=False, help="lora: pack rows")
+    parser.add_argument("--trl-mode", default="padded", choices=sorted(TRL_MODES))
+    parser.add_argument("--batch", default="8")
+    parser.add_argument("--trl-rows", type=int, default=8000)
+    args = parser.parse_args(argv)
+    run = {"ours": worker_ours, "trl": worker_trl, "lora": worker_lora}[args.kind]
+    started = time.perf_counter()
+    try:
+        result = run(args)
+    except Exception as error:  # the orchestrator reports it; the other workers carry on
+        import traceback
+
+        traceback.print_exc()
+        result = {"system": args.kind, "model": args.model, "gpus": 0, "error": repr(error)[:500], "runs": []}
+    result["worker_s"] = round(time.perf_counter() - started, 1)
+    if int(os.environ.get("RANK", "0")) == 0:
+        args.result.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        worker_main(sys.argv[2:])
+    else:
+        main()
