@@ -9,8 +9,9 @@ def test_auto_picks_megatron_only_on_cuda_with_megatron_installed() -> None:
     assert choose_backend("auto", cuda=True, megatron_available=False) == "torch"
 
 
-def test_auto_keeps_lora_on_the_torch_backend() -> None:
-    assert choose_backend("auto", cuda=True, megatron_available=True, method="lora") == "torch"
+def test_auto_picks_megatron_for_lora_too() -> None:
+    assert choose_backend("auto", cuda=True, megatron_available=True, method="lora") == "megatron"
+    assert choose_backend("auto", cuda=False, megatron_available=True, method="lora") == "torch"
 
 
 def test_an_explicit_choice_is_kept() -> None:

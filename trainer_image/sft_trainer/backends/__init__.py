@@ -13,14 +13,11 @@ __all__ = ["Backend", "EvalResult", "StepResult", "choose_backend", "create_back
 
 
 def choose_backend(requested: str, cuda: bool, megatron_available: bool, method: str = "full") -> str:
-    """`auto` means megatron on CUDA when megatron-core is installed, else torch.
-
-    LoRA runs on the torch backend (peft) until the megatron backend has adapters, so `auto`
-    picks torch for them instead of refusing.
-    """
+    """`auto` means megatron on CUDA when megatron-core is installed, else torch (full and LoRA alike:
+    `method` is accepted for callers that pass it; both backends train adapters)."""
     if requested != "auto":
         return requested
-    return "megatron" if cuda and megatron_available and method == "full" else "torch"
+    return "megatron" if cuda and megatron_available else "torch"
 
 
 def _megatron_available() -> bool:
@@ -39,11 +36,7 @@ def create_backend(
     )
     if name == "megatron":
         from sft_trainer.backends import megatron
-        from sft_trainer.config import ConfigError, ConfigProblem
 
-        if config.training.method != "full":
-            problem = "lora is not implemented by the megatron backend yet; set parallelism.backend=torch"
-            raise ConfigError([ConfigProblem("training.method", problem)])
         return megatron.create_backend(config, tokenizer, env, device)
     from sft_trainer.backends.torch_backend import TorchBackend
     from sft_trainer.models import load_model

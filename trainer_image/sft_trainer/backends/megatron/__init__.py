@@ -31,4 +31,8 @@ def create_backend(
     if config.model.source == "megatron":
         raise NotImplementedError("model.source=megatron: start from an HF model and resume from the checkpoint")
     model = load_model(config.model, vocab_size=len(tokenizer), seed=config.trainer.seed)
+    if config.training.method == "lora":  # frozen base + adapters (backends/megatron/lora.py)
+        from sft_trainer.backends.megatron.lora import MegatronLoraBackend
+
+        return MegatronLoraBackend(config, model.config, model.state_dict())
     return MegatronBackend(config, model.config, model.state_dict())
