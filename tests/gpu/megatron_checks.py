@@ -188,7 +188,7 @@ def hf_model(config: Any, seed: int = 1234) -> Any:
 
 def sft_config(tp: int = 1, pp: int = 1, vpp: int | None = None, world: int = 1, **parallel: Any) -> SFTConfig:
     """An SFTConfig for the checks (the data block is not read: batches are built here)."""
-    dp = world // (tp * pp)
+    dp = world // (tp * pp * parallel.get("context_parallel_size", 1))
     return SFTConfig.model_validate(
         {
             "model": {"source": "random", "architecture": {"hidden_size": 512}, "tokenizer": {"type": "byte"}},
@@ -460,6 +460,9 @@ def run_layout(
         backend.load_checkpoint(Path(load))
         first = save_at or 0
     losses: list[float] = []
+    extra: dict[str, Any] = {}
+    if parallel.get("context_parallel_size", 1) > 1:
+        extra["cp_indices_match_te"] = cp_indices_match_te(backend, batches[first])
     start = time.perf_counter()
     for step in range(first, steps):
         losses.append(backend.train_step(batches[step], global_tokens(samples, step), lr_at(step)).loss)
@@ -475,7 +478,24 @@ def run_layout(
         "losses": losses,
         "seconds": seconds,
         **parallel,
+        **extra,
     }
+
+
+def cp_indices_match_te(backend: Any, micro_batches: list[MicroBatch]) -> bool:
+    """`thd.cp_partition_indices` (numpy) == TE's `thd_get_partitioned_indices` on this step's streams."""
+    import transformer_engine_torch as tex
+    from megatron.core import parallel_state as ps
+
+    from sft_trainer.backends.megatron.thd import cp_partition_indices
+
+    cp, rank = ps.get_context_parallel_world_size(), ps.get_context_parallel_rank()
+    for thd in backend._thd_batches(micro_batches):
+        cu = torch.from_numpy(thd.cu_seqlens).cuda()
+        theirs = tex.thd_get_partitioned_indices(cu, len(thd.tokens), cp, rank).cpu().numpy()
+        if not np.array_equal(theirs, cp_partition_indices(thd.cu_seqlens, cp, rank)):
+            return False
+    return True
 
 
 def device_name() -> str:
@@ -494,6 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     layout.add_argument("out")
     layout.add_argument("--tp", type=int, default=1)
     layout.add_argument("--pp", type=int, default=1)
+    layout.add_argument("--cp", type=int, default=1)
     layout.add_argument("--vpp", type=int, default=None)
     layout.add_argument("--steps", type=int, default=40)
     layout.add_argument("--save-at", type=int, default=None)
@@ -510,7 +531,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import megatron.core  # noqa: F401  (TE before any cuDNN use by PyTorch: see prefer_torch_cudnn)
 
     if args.command == "layout":
-        extra = {"sequence_parallel": args.sequence_parallel, "fp8": args.fp8, "activation_recompute": args.recompute}
+        extra = {
+            "sequence_parallel": args.sequence_parallel,
+            "fp8": args.fp8,
+            "activation_recompute": args.recompute,
+            "context_parallel_size": args.cp,
+        }
         try:
             result = run_layout(args.tp, args.pp, args.vpp, args.steps, args.save_at, args.load, args.save, **extra)
         except Exception:

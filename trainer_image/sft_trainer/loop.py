@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -249,33 +250,57 @@ class Trainer:
         )
 
     def save(self, state: LoopState) -> Path:
-        """Write checkpoint `state.step` atomically, then apply retention (rank 0 touches the files)."""
+        """Write checkpoint `state.step` atomically, then apply retention (rank 0 touches the files).
+
+        A backend with `supports_async_save` writes in the background: the checkpoint is published
+        (meta.json, rename into place, retention) only once every rank has written it, from
+        `finish_saves`; until then the previous checkpoint is the newest, so a crash mid-save loses
+        nothing that was published. Returns where the checkpoint is (or will be) published.
+        """
+        self.finish_saves(blocking=True)  # one save in flight: retention must not meet a live staging dir
         started = time.perf_counter()
         staging = ckpt.staging_dir(self.checkpoint_root, state.step)
         if self.env.is_rank_zero:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
         barrier()
-        self.backend.save_checkpoint(staging)
-        final = self.checkpoint_root / f"step-{state.step}"
-        if self.env.is_rank_zero:
-            meta = ckpt.CheckpointMeta(
-                step=state.step,
-                consumed_samples=state.consumed_samples,
-                data_position=state.position,
-                total_steps=self.total_steps,
-                lr=state.last_lr,
-                val_loss=state.last_val_loss if state.last_val_step == state.step else None,
-                best_val_loss=state.best_val_loss,
-                elapsed_s=state.elapsed_s,
-                config_hash=self.config_hash,
-                rng=ckpt.capture_rng(),
-            )
-            final = ckpt.publish(self.checkpoint_root, staging, meta, self.config.checkpoint.save_last)
-            ckpt.apply_retention(self.checkpoint_root, self.config.checkpoint.save_top_k)
-            self.reporters.checkpoint(CheckpointReport(state.step, str(final), time.perf_counter() - started))
-        barrier()
-        return final
+        meta = self._checkpoint_meta(state) if self.env.is_rank_zero else None  # RNG and step as of now
+        publish = partial(self._publish, staging, meta, started)
+        if getattr(self.backend, "supports_async_save", False):
+            self.backend.save_checkpoint_async(staging, publish)  # type: ignore[attr-defined]
+        else:
+            self.backend.save_checkpoint(staging)
+            publish()
+            barrier()
+        return self.checkpoint_root / f"step-{state.step}"
+
+    def finish_saves(self, blocking: bool) -> None:
+        """Publish the background saves that every rank has finished (all of them when `blocking`); every rank calls it."""
+        finish = getattr(self.backend, "finalize_saves", None)
+        if finish is not None:
+            finish(blocking=blocking)
+
+    def _checkpoint_meta(self, state: LoopState) -> ckpt.CheckpointMeta:
+        return ckpt.CheckpointMeta(
+            step=state.step,
+            consumed_samples=state.consumed_samples,
+            data_position=state.position,
+            total_steps=self.total_steps,
+            lr=state.last_lr,
+            val_loss=state.last_val_loss if state.last_val_step == state.step else None,
+            best_val_loss=state.best_val_loss,
+            elapsed_s=state.elapsed_s,
+            config_hash=self.config_hash,
+            rng=ckpt.capture_rng(),
+        )
+
+    def _publish(self, staging: Path, meta: ckpt.CheckpointMeta | None, started: float) -> None:
+        """Rank 0: meta.json, atomic rename to `step-<N>`, `last`, retention, report (no-op elsewhere)."""
+        if meta is None:
+            return
+        final = ckpt.publish(self.checkpoint_root, staging, meta, self.config.checkpoint.save_last)
+        ckpt.apply_retention(self.checkpoint_root, self.config.checkpoint.save_top_k)
+        self.reporters.checkpoint(CheckpointReport(meta.step, str(final), time.perf_counter() - started))
 
     # -- validation
 
@@ -322,6 +347,7 @@ class Trainer:
             result = self.backend.train_step(micro_batches, global_loss_tokens, lr)
             if result.skipped or not math.isfinite(result.loss):
                 path = self.save(state) if saved_step != state.step else self.checkpoint_root / f"step-{state.step}"
+                self.finish_saves(blocking=True)
                 raise NonFiniteLossError(
                     f"non-finite loss ({result.loss}) or gradient norm ({result.grad_norm}) at step "
                     f"{state.step + 1}; the last good state is checkpointed at {path}"
@@ -363,10 +389,13 @@ class Trainer:
             if is_due(state.step, t.save_interval, self.total_steps):
                 self.save(state)
                 saved_step = state.step
+            self.finish_saves(blocking=False)
             if any_process(self.stop.requested, self.device):
                 if saved_step != state.step:
                     self.save(state)
+                self.finish_saves(blocking=True)
                 return self._finish(state, "interrupted", ExitCode.INTERRUPTED, "stopped by SIGTERM; checkpoint saved")
+        self.finish_saves(blocking=True)
         return self._finish(state, "succeeded", ExitCode.OK, "training complete")
 
     def _validation(self, state: LoopState) -> LoopState:
@@ -419,9 +448,26 @@ def exit_code_for(error: BaseException) -> ExitCode:
         return ExitCode.NON_FINITE_LOSS
     if isinstance(error, torch.OutOfMemoryError):
         return ExitCode.OUT_OF_MEMORY
-    if isinstance(error, torch.distributed.DistError):
+    if is_lost_peer(error):
         return ExitCode.DISTRIBUTED_TIMEOUT
     return ExitCode.UNEXPECTED
+
+
+# What a collective raises when a peer process is gone but PyTorch does not wrap it in a DistError
+# (gloo's TCP pairs: RuntimeError "Connection closed by peer"; NCCL's watchdog and aborted communicators).
+LOST_PEER_MARKERS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "NCCL communicator was aborted",
+    "Watchdog caught collective operation timeout",
+)
+
+
+def is_lost_peer(error: BaseException) -> bool:
+    """A failed or timed-out collective: another rank vanished (transient: the whole group restarts)."""
+    if isinstance(error, torch.distributed.DistError):
+        return True
+    return isinstance(error, RuntimeError) and any(marker in str(error) for marker in LOST_PEER_MARKERS)
 
 
 def sft_metadata(config: SFTConfig, summary: RunSummary, data_stats: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ Per optimizer step (`train_step`):
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -29,7 +29,15 @@ import torch.distributed as dist
 from sft_trainer.backends.base import EvalResult, StepResult
 from sft_trainer.backends.megatron import conversion
 from sft_trainer.backends.megatron.model import ModelPlan, build_model_chunks, make_plan, transformer_config
-from sft_trainer.backends.megatron.thd import ThdBatch, empty_thd, round_up, thd_length, to_thd
+from sft_trainer.backends.megatron.thd import (
+    ThdBatch,
+    cp_shard,
+    empty_thd,
+    round_up,
+    stream_multiple,
+    thd_length,
+    to_thd,
+)
 from sft_trainer.config.schema import SFTConfig
 from sft_trainer.data.types import MicroBatch
 
@@ -45,6 +53,22 @@ class _DeviceBatch:
     labels: torch.Tensor  # [1, N]
     loss_mask: torch.Tensor  # [N] float32
     packed: Any  # megatron.core.packed_seq_params.PackedSeqParams
+
+
+@dataclass(frozen=True)
+class MegatronTuning:
+    """Throughput knobs beyond `SFTConfig.parallelism` (measured by `bench/bench_train.py`; defaults = off).
+
+    - `gradient_accumulation_fusion`: TE's weight-gradient GEMMs accumulate straight into the fp32
+      `main_grad` buffer (no bf16 `.grad` + add per micro-batch). Megatron's own output layer needs
+      APEX for it, so that one layer keeps the unfused path.
+    - `grad_reduce_in_fp32`: main grads and their data-parallel reduction in fp32 (else bf16).
+    - `transformer_overrides`: extra `TransformerConfig` fields (fusions, recipes) for experiments.
+    """
+
+    gradient_accumulation_fusion: bool = False
+    grad_reduce_in_fp32: bool = True
+    transformer_overrides: Mapping[str, Any] = field(default_factory=dict)
 
 
 def prefer_torch_cudnn() -> None:
@@ -123,16 +147,21 @@ class MegatronBackend:
     environment (or creates a world of one) and initialises megatron's parallel state.
     """
 
-    def __init__(self, config: SFTConfig, hf_config: Any, hf_state_dict: Mapping[str, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        config: SFTConfig,
+        hf_config: Any,
+        hf_state_dict: Mapping[str, torch.Tensor] | None = None,
+        tuning: MegatronTuning | None = None,
+    ):
         prefer_torch_cudnn()
         from megatron.core import parallel_state as ps
         from megatron.core import tensor_parallel
 
         self.config = config
         self.hf_config = hf_config
+        self.tuning = tuning or MegatronTuning()
         par = config.parallelism
-        if par.context_parallel_size > 1:
-            raise NotImplementedError("context parallelism with packed THD batches is not wired yet")
         init_distributed(par.distributed_timeout_seconds)
         if not ps.model_parallel_is_initialized():
             ps.initialize_model_parallel(
@@ -146,19 +175,48 @@ class MegatronBackend:
         self.device = torch.device("cuda", torch.cuda.current_device())
         self.plan: ModelPlan = make_plan(hf_config, par, max_seq_length=config.data.max_seq_length)
         self.tconfig = transformer_config(self.plan, par, config.trainer.precision)
-        self.chunks = build_model_chunks(self.plan, self.tconfig)
+        for name, value in {
+            "gradient_accumulation_fusion": self.tuning.gradient_accumulation_fusion,
+            **self.tuning.transformer_overrides,
+        }.items():
+            setattr(self.tconfig, name, value)
+        self.chunks = self._build_chunks()
         if hf_state_dict is not None:
             self.load_hf_state_dict(hf_state_dict)
         self.model = self._wrap_ddp()
         self.optimizer = self._make_optimizer()
         self._install_schedule_hooks()
-        self._token_multiple = (par.tensor_model_parallel_size if par.sequence_parallel else 1) * (
-            16 if par.fp8 != "none" else 1
+        self._cp = par.context_parallel_size
+        # each CP rank's share a multiple of TP (sequence parallelism) and 16 (FP8); each example of 2 x CP
+        self._example_multiple = 2 * self._cp if self._cp > 1 else 1
+        self._token_multiple = stream_multiple(
+            (par.tensor_model_parallel_size if par.sequence_parallel else 1) * (16 if par.fp8 != "none" else 1),
+            self._cp,
         )
+        self._save_queue: Any = None  # megatron AsyncCallsQueue, created by the first async save
         padded = self.plan.shape.vocab_rows != self.plan.shape.vocab_size
         self._output_processor = _mask_padded_vocab(self.plan.shape.vocab_size) if padded else None
 
     # -- construction ---------------------------------------------------------------------------
+
+    def _build_chunks(self) -> list[Any]:
+        """The model chunks; with gradient-accumulation fusion, megatron's (non-TE) output layer opts out."""
+        if not self.tuning.gradient_accumulation_fusion:
+            return build_model_chunks(self.plan, self.tconfig)
+        from megatron.core.tensor_parallel import layers
+
+        available = layers._grad_accum_fusion_available
+        layers._grad_accum_fusion_available = True  # its constructor refuses without APEX; TE layers need none
+        try:
+            chunks = build_model_chunks(self.plan, self.tconfig)
+        finally:
+            layers._grad_accum_fusion_available = available
+        if not available:
+            for chunk in chunks:
+                for module in chunk.modules():
+                    if isinstance(module, layers.ColumnParallelLinear | layers.RowParallelLinear):
+                        module.gradient_accumulation_fusion = False
+        return chunks
 
     def _rank_key(self, chunk: int) -> conversion.ShardKey:
         from megatron.core import parallel_state as ps
@@ -188,7 +246,7 @@ class MegatronBackend:
 
         par = self.config.parallelism
         ddp_config = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True,
+            grad_reduce_in_fp32=self.tuning.grad_reduce_in_fp32,
             overlap_grad_reduce=par.overlap_grad_reduce,
             overlap_param_gather=par.overlap_param_gather and par.distributed_optimizer,
             use_distributed_optimizer=par.distributed_optimizer,
@@ -273,27 +331,37 @@ class MegatronBackend:
 
     def _thd_batches(self, micro_batches: list[MicroBatch]) -> list[ThdBatch]:
         """THD streams; under pipeline parallelism all of one step share a length (stages exchange fixed shapes)."""
-        multiple = self._token_multiple
+        multiple, per_example = self._token_multiple, self._example_multiple
         if self.config.parallelism.pipeline_model_parallel_size == 1:
-            return [to_thd(b, multiple=multiple) for b in micro_batches]
-        length = round_up(max(thd_length(b, multiple) for b in micro_batches), 64 * multiple)
-        batches = [to_thd(b, multiple=multiple, length=length) for b in micro_batches]
+            return [to_thd(b, multiple=multiple, example_multiple=per_example) for b in micro_batches]
+        length = round_up(max(thd_length(b, multiple, per_example) for b in micro_batches), 64 * multiple)
+        batches = [to_thd(b, multiple=multiple, length=length, example_multiple=per_example) for b in micro_batches]
         if self.config.parallelism.virtual_pipeline_model_parallel_size:  # interleaving needs M % PP == 0
             pp = self.config.parallelism.pipeline_model_parallel_size
             batches += [empty_thd(length) for _ in range(-len(batches) % pp)]
         return batches
 
     def _device_batch(self, thd: ThdBatch) -> _DeviceBatch:
+        """This rank's tokens of a THD stream on the GPU (under CP: its dual-chunk share, `thd.cp_shard`)."""
+        from megatron.core import parallel_state as ps
         from megatron.core.packed_seq_params import PackedSeqParams
 
         cu = torch.from_numpy(thd.cu_seqlens).to(self.device, non_blocking=True)
+        # Under CP, TE's THD attention and megatron's THD RoPE locate every example's chunks through the
+        # padded cu_seqlens. The padding is part of each example (after its last real token), so the
+        # padded and unpadded boundaries are the same object: TE then sees no padding between examples.
+        padded = cu if self._cp > 1 else None
         packed = PackedSeqParams(
             qkv_format="thd",
             cu_seqlens_q=cu,
             cu_seqlens_kv=cu,
+            cu_seqlens_q_padded=padded,
+            cu_seqlens_kv_padded=padded,
             max_seqlen_q=thd.max_seqlen,
             max_seqlen_kv=thd.max_seqlen,
         )
+        if self._cp > 1:
+            thd = cp_shard(thd, self._cp, ps.get_context_parallel_rank())
 
         def put(array: Any) -> torch.Tensor:
             return torch.from_numpy(array).to(self.device, non_blocking=True)
@@ -331,8 +399,9 @@ class MegatronBackend:
         from megatron.core import parallel_state as ps
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
-        batches = [self._device_batch(t) for t in self._thd_batches(micro_batches)]
-        seq_length = max(int(b.tokens.shape[1]) for b in batches)
+        streams = self._thd_batches(micro_batches)
+        seq_length = max(len(t.tokens) for t in streams)  # the whole stream: megatron divides by CP itself
+        batches = [self._device_batch(t) for t in streams]
         iterators: Any = [iter(batches) for _ in self.model]
         outputs = get_forward_backward_func()(
             forward_step_func=partial(self._forward_step, scale),
@@ -378,6 +447,10 @@ class MegatronBackend:
         for m in self.model:
             m.eval()
         local = self._run_schedule([micro_batch], 1.0, forward_only=True)
+        if self._cp > 1:  # each CP rank holds the loss of its share of the tokens
+            from megatron.core import parallel_state as ps
+
+            dist.all_reduce(local, group=ps.get_context_parallel_group())
         return EvalResult(loss_sum=float(local), loss_tokens=micro_batch.num_loss_tokens)
 
     # -- logits (tests, generation) -------------------------------------------------------------
@@ -393,8 +466,8 @@ class MegatronBackend:
         from megatron.core.packed_seq_params import PackedSeqParams
         from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-        if len(self.chunks) != 1 or ps.get_pipeline_model_parallel_world_size() != 1:
-            raise NotImplementedError("logits() runs on a single pipeline stage")
+        if len(self.chunks) != 1 or ps.get_pipeline_model_parallel_world_size() != 1 or self._cp > 1:
+            raise NotImplementedError("logits() runs on a single pipeline stage without context parallelism")
         self._sync_params()
         model = self.chunks[0]
         model.eval()
@@ -430,13 +503,55 @@ class MegatronBackend:
         """A megatron distributed checkpoint (model + optimizer, resharding-capable) under `directory/megatron`."""
         from megatron.core import dist_checkpointing
 
+        self.finalize_saves(blocking=True)
+        target = self._prepare_save(directory)
+        dist_checkpointing.save(self._sharded_state_dict(is_loading=False), str(target))
+        dist.barrier()
+
+    def _prepare_save(self, directory: Path) -> Path:
         self._sync_params()
         target = directory / CHECKPOINT_SUBDIR
         if dist.get_rank() == 0:
             target.mkdir(parents=True, exist_ok=True)
         dist.barrier()
-        dist_checkpointing.save(self._sharded_state_dict(is_loading=False), str(target))
-        dist.barrier()
+        return target
+
+    @property
+    def supports_async_save(self) -> bool:
+        """`save_checkpoint_async` is available (the loop then overlaps checkpoint writes with training)."""
+        return True
+
+    def save_checkpoint_async(self, directory: Path, finalize: Callable[[], None]) -> None:
+        """Start `save_checkpoint(directory)` in the background; `finalize` runs once every rank has written.
+
+        Megatron's async save (`async_sharded_save=True`, the `mcore` strategy): the shards are copied
+        to host memory here, then a forked process per rank writes them while training goes on.
+        `finalize_saves` (called by the loop every step, on every rank) notices when all ranks are
+        done, writes megatron's `metadata.json` and then calls `finalize` (the loop publishes the
+        checkpoint there: meta.json + atomic rename). One save is in flight at a time: a new one
+        first finishes the previous. If the process dies before `finalize`, nothing is published
+        and the previous checkpoint stays the newest.
+        """
+        from megatron.core import dist_checkpointing
+        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+        self.finalize_saves(blocking=True)
+        target = self._prepare_save(directory)
+        request = dist_checkpointing.save(
+            self._sharded_state_dict(is_loading=False), str(target), async_sharded_save=True, async_strategy="mcore"
+        )
+        request.add_finalize_fn(finalize)
+        if self._save_queue is None:
+            self._save_queue = AsyncCallsQueue()
+        self._save_queue.schedule_async_request(request)
+
+    def finalize_saves(self, blocking: bool = False) -> int:
+        """Finish the async saves every rank has completed (all of them when `blocking`); call on every rank.
+        Returns how many are still in flight."""
+        if self._save_queue is None or not self._save_queue.get_num_unfinalized_calls():
+            return 0
+        self._save_queue.maybe_finalize_async_calls(blocking=blocking)
+        return int(self._save_queue.get_num_unfinalized_calls())
 
     def load_checkpoint(self, directory: Path) -> None:
         """Restore `save_checkpoint`'s output, also under a different TP / PP / DP layout."""
