@@ -7,7 +7,7 @@ synthetic arithmetic task, byte tokenizer, bf16) and measures how they end:
   asynchronous checkpoint save started; the killed run resumed. The resumed loss curve must equal
   the uninterrupted one, and the kill must leave only complete checkpoints.
 - `nan`: lr 1e30 makes the loss non-finite: exit 13, the last good state checkpointed.
-- `oom`: one micro-batch of ~1 M tokens through a wide model: exit 14.
+- `oom`: one micro-batch of ~1 M tokens through a wide model (~300 GB of activations): exit 14.
 - `lost_rank`: two processes, one per GPU, started the way the operator starts one pod per rank
   (RANK / WORLD_SIZE / MASTER_ADDR, no torchrun); rank 1 SIGKILLs itself after step 5. Rank 0
   must end on its own within the configured `distributed_timeout_seconds` (+ a margin).
@@ -168,14 +168,15 @@ def oom_exit(work: Path) -> dict[str, Any]:
             **BASE["model"],
             "architecture": {
                 "hidden_size": 2048,
-                "num_layers": 2,
+                "num_layers": 4,
                 "num_attention_heads": 16,
                 "num_key_value_heads": 8,
                 "intermediate_size": 8192,
                 "max_position_embeddings": 128,
             },
         },
-        data={**BASE["data"], "synthetic": {"train_examples": rows, "validation_examples": 8}},
+        data={**BASE["data"], "synthetic": {"train_examples": rows, "validation_examples": 8, "min_operand": 1000,
+                                          "max_operand": 9999}},  # fmt: skip
         trainer={**BASE["trainer"], "micro_batch_size": rows, "global_batch_size": rows, "max_steps": 2},
     )
     code, seconds, tail = sft_train(config)

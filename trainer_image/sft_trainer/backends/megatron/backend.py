@@ -169,7 +169,8 @@ class MegatronBackend:
                 pipeline_model_parallel_size=par.pipeline_model_parallel_size,
                 virtual_pipeline_model_parallel_size=par.virtual_pipeline_model_parallel_size,
                 context_parallel_size=par.context_parallel_size,
-                distributed_timeout_minutes=max(1, math.ceil(par.distributed_timeout_seconds / 60)),
+                # megatron builds timedelta(minutes=...): a fraction keeps the configured seconds exactly
+                distributed_timeout_minutes=par.distributed_timeout_seconds / 60,
             )
         tensor_parallel.model_parallel_cuda_manual_seed(config.trainer.seed)
         self.device = torch.device("cuda", torch.cuda.current_device())
