@@ -36,6 +36,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="address of the metrics and liveness servers (default: $POD_IP, else all interfaces)",
     )
     parser.add_argument("--resync-seconds", type=float, default=float(env("KUBE_SFT_RESYNC_SECONDS", "5")))
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(env("KUBE_SFT_WORKERS", "8")),
+        help="threads reconciling jobs (one job is never reconciled by two at once)",
+    )
+    parser.add_argument(
+        "--create-parallelism",
+        type=int,
+        default=int(env("KUBE_SFT_CREATE_PARALLELISM", "16")),
+        help="concurrent create calls for new gangs, all workers together",
+    )
+    parser.add_argument(
+        "--relist-seconds",
+        type=float,
+        default=float(env("KUBE_SFT_RELIST_SECONDS", "300")),
+        help="re-list every job and pod this often (corrects what a watch gap hid)",
+    )
     parser.add_argument("--peering-name", default=env("KUBE_SFT_PEERING", "kube-sft"))
     parser.add_argument(
         "--peering-lifetime",
@@ -65,6 +83,9 @@ def main(argv: list[str] | None = None) -> None:
         namespaces=list(args.namespace),
         trainer_image=args.trainer_image,
         resync_seconds=args.resync_seconds,
+        workers=args.workers,
+        create_parallelism=args.create_parallelism,
+        relist_seconds=args.relist_seconds,
         peering_name=args.peering_name,
         peering_lifetime=args.peering_lifetime,
         priority=priority,

@@ -1,14 +1,21 @@
-"""Apply reconcile decisions: read the job and its pods, decide (status.reconcile), write the result.
+"""Apply reconcile decisions: take the job and its pods from the store, decide (status.reconcile), write.
+
+Watch events (kopf) only update the store (`cache.Store`) and mark the job dirty in a work queue;
+`--workers` threads drain it, one job at a time per job, so a burst of events for one job costs one
+reconcile and no API reads. The resync loop marks every live job dirty every `--resync-seconds`
+(time-based decisions) and re-lists jobs and pods every `--relist-seconds` (what a watch gap hid).
 
 The order of writes makes a crash at any point safe: the new status (attempt, restarts) is written
 first, then pods are deleted or created, then Events are recorded. A second reconcile — after a
 crash, or on the standby replica after fail-over — sees the written status and finishes the work.
+What a write returns goes into the store at once, so the next reconcile never decides from a state
+older than this operator's own last write.
 """
 
 import logging
 import threading
 import time
-from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,8 +24,11 @@ from pydantic import ValidationError
 
 from sft_operator import metrics, render
 from sft_operator.api import FINISHED_PHASES, SFTJob, SFTJobStatus
+from sft_operator.cache import Key, Store, job_key
 from sft_operator.kube import Kube
-from sft_operator.status import Event, Plan, pod_view, reconcile
+from sft_operator.policy import PodView
+from sft_operator.status import Event, Plan, reconcile
+from sft_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 Object = dict[str, Any]
@@ -36,6 +46,9 @@ class Settings:
     peering_lifetime: int = 20
     priority: int = 0
     identity: str = "kube-sft-operator"
+    workers: int = 8
+    create_parallelism: int = 16
+    relist_seconds: float = 300.0
 
 
 def status_patch(stored: Object, old: SFTJobStatus, new: SFTJobStatus) -> Object:
@@ -87,54 +100,117 @@ def is_active(peers: Object | None, identity: str, priority: int, now: datetime)
     return True
 
 
-class Controller:
-    """Reconciles SFTJobs; one instance per operator process, shared by kopf handlers and the resync loop."""
+SECOND_WAVE_KINDS = frozenset({"RoleBinding", "Pod"})
 
-    def __init__(self, kube: Kube, settings: Settings) -> None:
+
+def creation_waves(objects: list[Object]) -> list[list[Object]]:
+    """Objects in two waves of concurrent creates: a RoleBinding needs its Role to exist (the API
+    server checks the binder holds the Role's rights), a Pod its ServiceAccount (admission)."""
+    first = [obj for obj in objects if obj["kind"] not in SECOND_WAVE_KINDS]
+    second = [obj for obj in objects if obj["kind"] in SECOND_WAVE_KINDS]
+    return [wave for wave in (first, second) if wave]
+
+
+def missing_ranks(pods: list[PodView], attempt: int, num_nodes: int) -> list[int]:
+    """Ranks of the attempt with no live pod (a pod being deleted does not count)."""
+    present = {pod.rank for pod in pods if pod.attempt == attempt and not pod.deleting}
+    return [rank for rank in range(num_nodes) if rank not in present]
+
+
+class Controller:
+    """Reconciles SFTJobs; one per operator process, fed by the kopf handlers and the resync loop."""
+
+    def __init__(self, kube: Kube, settings: Settings, store: Store | None = None) -> None:
         self.kube = kube
         self.settings = settings
+        self.store = store or Store()
+        self.queue: WorkQueue[Key] = WorkQueue()
         self.phases = metrics.PhaseTracker()
-        self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
-        self._locks_guard = threading.Lock()
+        self.creator = ThreadPoolExecutor(settings.create_parallelism, thread_name_prefix="create")
+        self._supported: dict[Key, str] = {}  # job -> uid whose Service, ConfigMap, RBAC exist
+        self._leading = False
+        self._relisted = float("-inf")
+        self.synced = threading.Event()  # the store holds a full list: workers may decide from it
         self.last_resync = time.monotonic()
 
-    def _lock(self, namespace: str, name: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks[(namespace, name)]
+    # --- what the watches say -------------------------------------------------------------------
 
-    def reconcile(self, namespace: str, name: str) -> None:
-        """Bring one job closer to its desired state (serialised per job)."""
-        with self._lock(namespace, name), metrics.RECONCILE_SECONDS.time():
+    def job_event(self, kind: str | None, raw: dict[str, Any]) -> None:
+        """An SFTJob watch event: store it and mark it dirty (a DELETED job is forgotten)."""
+        key = job_key(raw)
+        if kind == "DELETED":
+            self.forget(key)
+        elif self.store.put_job(raw):
+            self.queue.add(key)
+
+    def pod_event(self, kind: str | None, raw: dict[str, Any]) -> None:
+        """A trainer pod watch event: store it and mark its job dirty."""
+        key = self.store.drop_pod(raw) if kind == "DELETED" else self.store.put_pod(raw)
+        if key is not None:
+            self.queue.add(key)
+
+    # --- the workers ------------------------------------------------------------------------------
+
+    def work(self) -> None:
+        """A worker: reconcile dirty jobs until the queue is closed."""
+        while (key := self.queue.get()) is not None:
             try:
-                self._reconcile(namespace, name)
+                self.synced.wait()  # never decide "pods missing" from a store still filling up
+                self.reconcile(key)
+            except Exception:
+                log.exception("reconcile of %s/%s failed", *key)
+            finally:
+                self.queue.done(key)
+
+    def start(self) -> None:
+        """Start the workers and the resync loop (daemon threads)."""
+        for index in range(self.settings.workers):
+            threading.Thread(target=self.work, name=f"reconcile-{index}", daemon=True).start()
+
+    def stop(self) -> None:
+        """Let the workers finish their current job and exit."""
+        self.queue.close()
+        self.creator.shutdown(wait=False, cancel_futures=True)
+
+    def reconcile(self, key: Key) -> None:
+        """Bring one job closer to its desired state (the work queue serialises it per job)."""
+        with metrics.RECONCILE_SECONDS.time():
+            try:
+                self._reconcile(key)
             except Exception as error:
                 metrics.RECONCILE_ERRORS.labels(error=type(error).__name__).inc()
                 raise
 
-    def _reconcile(self, namespace: str, name: str) -> None:
-        raw = self.kube.get_job(namespace, name)
-        if raw is None:
-            self.forget(namespace, name)
-            return
+    def _reconcile(self, key: Key) -> None:
+        record = self.store.job(key)
+        if record is None:
+            return  # not seen yet, or deleted: its events bring it back
+        raw = record.raw
         if raw["metadata"].get("deletionTimestamp"):
             return  # garbage collection removes the children
         try:
-            job = SFTJob.model_validate(raw)
+            job = record.validated()
         except ValidationError as error:
             self._refuse(raw, error)
             return
-        pods = [pod_view(pod) for pod in self.kube.list_pods(namespace, name)]
-        plan = reconcile(job, pods, datetime.now(UTC).replace(microsecond=0))
+        plan = reconcile(job, self.store.pods(key), datetime.now(UTC).replace(microsecond=0))
         self.apply(raw, job, plan)
+        record.release_model()
 
     def apply(self, raw: Object, job: SFTJob, plan: Plan) -> None:
         """Write the decision: status first, then pods, then Events."""
         namespace, name = job.metadata.namespace, job.metadata.name
+        key = (namespace, name)
         patch = status_patch(raw.get("status") or {}, job.status, plan.status)
         if patch:
-            self.kube.patch_job_status(namespace, name, patch)
+            written = self.kube.patch_job_status(namespace, name, patch)
+            if written is None:
+                self.forget(key)  # deleted meanwhile
+                return
+            self.store.put_job(written)
         for pod in plan.delete_pods:
             self.kube.delete_pod(namespace, pod.name, pod.uid)
+            self.store.mark_deleting(key, pod.name, pod.uid)
         if plan.create_pods:
             self._create_gang(job.model_copy(update={"status": plan.status}))
         for event in plan.events:
@@ -146,14 +222,23 @@ class Controller:
         self.phases.set(namespace, name, plan.status.phase)
         if plan.delete_job:
             self.kube.delete_job(namespace, name, job.metadata.uid)
-            self.forget(namespace, name)
+            self.forget(key)
 
     def _create_gang(self, job: SFTJob) -> None:
-        for obj in render.supporting_objects(job):
-            self.kube.create(obj)
-        for pod in render.pods(job, self.settings.trainer_image):
-            if self.kube.create(pod):
-                metrics.PODS_CREATED.inc()
+        """Create what the gang lacks, concurrently: the supporting objects (once per job) and the pods.
+
+        Objects that exist already (409) count as created.
+        """
+        key = (job.metadata.namespace, job.metadata.name)
+        supporting = render.supporting_objects(job) if self._supported.get(key) != job.metadata.uid else []
+        ranks = missing_ranks(self.store.pods(key), job.status.attempt, job.spec.resources.num_nodes)
+        pods = [render.pod(job, rank, self.settings.trainer_image) for rank in ranks]
+        for wave in creation_waves(supporting + pods):
+            for obj, created in zip(wave, self.creator.map(self.kube.create, wave), strict=True):
+                if obj["kind"] == "Pod" and created is not None:
+                    self.store.put_pod(created)
+                    metrics.PODS_CREATED.inc()
+        self._supported[key] = job.metadata.uid
 
     def _refuse(self, raw: Object, error: ValidationError) -> None:
         """A spec the CRD let through but the models refuse: fail it once, with the reason."""
@@ -162,7 +247,7 @@ class Controller:
             return
         message = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())[:4000]
         meta = raw["metadata"]
-        self.kube.patch_job_status(
+        written = self.kube.patch_job_status(
             meta["namespace"],
             meta["name"],
             {
@@ -172,14 +257,18 @@ class Controller:
                 "observedGeneration": meta.get("generation"),
             },
         )
+        if written is not None:
+            self.store.put_job(written)
         self.kube.record_event(raw, Event("Warning", "InvalidSpec", message))
         metrics.JOBS_FAILED.labels(reason="InvalidSpec").inc()
 
-    def forget(self, namespace: str, name: str) -> None:
-        """Drop in-memory state of a deleted job."""
-        self.phases.set(namespace, name, None)
-        with self._locks_guard:
-            self._locks.pop((namespace, name), None)
+    def forget(self, key: Key) -> None:
+        """Drop everything held about a deleted job."""
+        self.store.drop_job(key)
+        self.phases.set(*key, None)
+        self._supported.pop(key, None)
+
+    # --- the resync loop --------------------------------------------------------------------------
 
     def active(self) -> bool:
         """Whether this replica leads (kopf's peering record decides)."""
@@ -187,22 +276,41 @@ class Controller:
         peers = self.kube.peering_status(self.settings.peering_name, namespace)
         return is_active(peers, self.settings.identity, self.settings.priority, datetime.now(UTC))
 
+    def relist(self) -> None:
+        """Re-read every job, then every pod (one list each), correct the store, mark what changed dirty.
+
+        Runs at startup before kopf's watches start and on becoming the active replica: until then
+        the workers wait, since a job whose pods are not in the store yet would look like a gang
+        with missing ranks.
+        """
+        jobs, jobs_at = self.kube.list_jobs(self.settings.namespaces)
+        pods, pods_at = self.kube.list_pods(self.settings.namespaces)
+        changed = set(self.store.replace_jobs(jobs, jobs_at)) | self.store.replace_pods(pods, pods_at)
+        for key in changed:
+            self.queue.add(key)
+        self._relisted = time.monotonic()
+        self._leading = True
+        self.synced.set()
+
     def resync(self) -> None:
-        """Reconcile every job once (time-based decisions: backoff, deadlines, stalls, TTL)."""
+        """Mark every live job dirty (time-based decisions: backoff, deadlines, stalls, TTL).
+
+        On becoming the leader, and every `relist_seconds`, re-list first: a standby's store may be
+        stale, and a watch that expired and re-listed sends no DELETED events for what went meanwhile.
+        """
         leading = self.active()
         metrics.IS_LEADER.set(1 if leading else 0)
         self.last_resync = time.monotonic()
         if not leading:
+            self._leading = False
+            self.synced.clear()  # paused: the store goes stale until the next relist
             return
+        if not self._leading or time.monotonic() - self._relisted >= self.settings.relist_seconds:
+            self.relist()
         now = datetime.now(UTC)
-        for raw in self.kube.list_jobs(self.settings.namespaces):
-            if not needs_resync(raw, now):
-                continue
-            meta = raw["metadata"]
-            try:
-                self.reconcile(meta["namespace"], meta["name"])
-            except Exception:
-                log.exception("reconcile of %s/%s failed", meta["namespace"], meta["name"])
+        for record in self.store.jobs():
+            if needs_resync(record.raw, now):
+                self.queue.add(job_key(record.raw))
 
     def resync_forever(self, stop: threading.Event) -> None:
         """The resync loop (a daemon thread started by the kopf startup handler)."""

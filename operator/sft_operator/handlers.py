@@ -5,6 +5,11 @@ object that has a timer or daemon, and a finalizer blocks `kubectl delete` whene
 down. Here nothing needs a finalizer — children are garbage-collected through owner references —
 so deletion never waits for the operator. `@kopf.on.event` handlers run only on the active replica
 (kopf peering pauses the standby); the resync loop follows the same peering record.
+
+The handlers are async and only store what the event says and mark the job dirty (a few
+microseconds on the event loop): the Controller's worker threads do the reconciling, so kopf never
+queues bodies behind a slow handler. The pod watch is filtered by the server (only pods with the
+job label), not only by kopf.
 """
 
 import logging
@@ -24,13 +29,19 @@ log = logging.getLogger(__name__)
 STALE_RESYNC_FACTOR = 12
 
 
-def kubernetes_client() -> client.ApiClient:
-    """In-cluster credentials when in a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
+def kubernetes_client(connections: int) -> client.ApiClient:
+    """In-cluster credentials when in a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config).
+
+    `connections`: kept-alive connections to the API server (one per concurrent call, so that no
+    call pays for a new TLS handshake).
+    """
+    configuration = client.Configuration()
     try:
-        config.load_incluster_config()
+        config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
+        config.load_kube_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = connections
+    return client.ApiClient(configuration)
 
 
 @kopf.on.startup()
@@ -45,7 +56,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.peering.lifetime = operator_settings.peering_lifetime
     settings.peering.stealth = True
     settings.posting.level = logging.WARNING
-    controller = Controller(Kube(kubernetes_client(), operator_settings.identity), operator_settings)
+    settings.watching.label_selectors["", "v1", "pods"] = LABEL_JOB  # has the label, whatever its value
+    connections = operator_settings.workers + operator_settings.create_parallelism + 2
+    controller = Controller(Kube(kubernetes_client(connections), operator_settings.identity), operator_settings)
+    controller.relist()  # before kopf's watches start: the workers decide from a full store
+    controller.start()
     stop = threading.Event()
     thread = threading.Thread(target=controller.resync_forever, args=(stop,), name="resync", daemon=True)
     thread.start()
@@ -54,29 +69,27 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 
 @kopf.on.cleanup()
 def stop_resync(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the resync loop."""
+    """Stop the resync loop and the workers."""
     stop = memo.get("stop")
     if stop is not None:
         stop.set()
+    controller: Controller | None = memo.get("controller")
+    if controller is not None:
+        controller.stop()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def job_changed(type: str, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
-    """Any change of an SFTJob (spec, or the trainer's status patch): reconcile it."""
+async def job_changed(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    """Any change of an SFTJob (spec, or the trainer's status patch): store it, reconcile it soon."""
     controller: Controller = memo["controller"]
-    assert namespace is not None  # SFTJobs are namespaced
-    if type == "DELETED":
-        controller.forget(namespace, name)
-        return
-    controller.reconcile(namespace, name)
+    controller.job_event(event.get("type"), dict(event["object"]))
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
-def pod_changed(labels: kopf.Labels, namespace: str | None, memo: Any, **_: Any) -> None:
-    """A trainer pod changed (scheduled, started, failed, deleted): reconcile its job."""
+async def pod_changed(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    """A trainer pod changed (scheduled, started, failed, deleted): store it, reconcile its job soon."""
     controller: Controller = memo["controller"]
-    assert namespace is not None  # pods are namespaced
-    controller.reconcile(namespace, labels[LABEL_JOB])
+    controller.pod_event(event.get("type"), dict(event["object"]))
 
 
 @kopf.on.probe(id="resync_age_seconds")

@@ -2,8 +2,12 @@
 
 Kept small and explicit on purpose: the chart's ClusterRole is checked against the calls made here
 (tests/unit/operator/test_operator_rbac.py derives verb + resource from the method names).
+
+Every call sends and receives plain JSON (`_preload_content=False`): turning responses into the
+client's model objects (`V1Pod`, ...) and back was the operator's largest CPU cost at scale.
 """
 
+import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -12,11 +16,13 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from sft_operator.api import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from sft_operator.cache import version
 from sft_operator.render import LABEL_JOB
 from sft_operator.status import Event
 
 log = logging.getLogger(__name__)
 Object = dict[str, Any]
+RAW = {"_preload_content": False}
 PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
 REPORTING_COMPONENT = "kube-sft-operator"
 
@@ -33,47 +39,53 @@ class Kube:
 
     # --- SFTJobs ------------------------------------------------------------------------------
 
-    def get_job(self, namespace: str, name: str) -> Object | None:
-        """The SFTJob, or None when it is gone."""
+    def list_jobs(self, namespaces: list[str]) -> tuple[list[Object], int | None]:
+        """SFTJobs in the watched namespaces (all when the list is empty) and the lists' resourceVersion."""
+        if not namespaces:
+            return _items(self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **RAW))
+        items: list[Object] = []
+        listed: int | None = None
+        for namespace in namespaces:
+            more, listed = _items(self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **RAW))
+            items += more
+        return items, listed
+
+    def patch_job_status(self, namespace: str, name: str, status: Object) -> Object | None:
+        """Merge-patch the status subresource (only the keys given); the job as written, None when gone."""
         try:
-            job: Object = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            response = self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, {"status": status}, **RAW
+            )
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
-        return job
-
-    def list_jobs(self, namespaces: list[str]) -> list[Object]:
-        """SFTJobs in the watched namespaces (all namespaces when the list is empty)."""
-        if not namespaces:
-            return list(self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"])
-        items: list[Object] = []
-        for namespace in namespaces:
-            items += self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
-        return items
-
-    def patch_job_status(self, namespace: str, name: str, status: Object) -> None:
-        """Merge-patch the status subresource (only the keys given)."""
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+        return _json(response)
 
     def delete_job(self, namespace: str, name: str, uid: str) -> None:
         """Delete the SFTJob (children follow by garbage collection); gone already is fine."""
-        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid), propagation_policy="Background")
+        options = {"preconditions": {"uid": uid}, "propagationPolicy": "Background"}
         try:
-            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body=options)
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body=options, **RAW)
         except ApiException as error:
             if error.status not in (404, 409):
                 raise
 
     # --- children -----------------------------------------------------------------------------
 
-    def list_pods(self, namespace: str, job_name: str) -> list[Object]:
-        """The job's pods as camelCase JSON."""
-        pods = self.core.list_namespaced_pod(namespace, label_selector=f"{LABEL_JOB}={job_name}")
-        return [self.api.sanitize_for_serialization(pod) for pod in pods.items]
+    def list_pods(self, namespaces: list[str]) -> tuple[list[Object], int | None]:
+        """Every trainer pod (label LABEL_JOB) in the watched namespaces, and the lists' resourceVersion."""
+        if not namespaces:
+            return _items(self.core.list_pod_for_all_namespaces(label_selector=LABEL_JOB, **RAW))
+        items: list[Object] = []
+        listed: int | None = None
+        for namespace in namespaces:
+            more, listed = _items(self.core.list_namespaced_pod(namespace, label_selector=LABEL_JOB, **RAW))
+            items += more
+        return items, listed
 
-    def create(self, obj: Object) -> bool:
-        """Create a child; False when it exists already (409 is success: names are deterministic)."""
+    def create(self, obj: Object) -> Object | None:
+        """Create a child; the object as created, None when it exists already (names are deterministic)."""
         namespace = obj["metadata"]["namespace"]
         creators = {
             "Pod": self.core.create_namespaced_pod,
@@ -84,18 +96,18 @@ class Kube:
             "RoleBinding": self.rbac.create_namespaced_role_binding,
         }
         try:
-            creators[obj["kind"]](namespace, obj)
+            response = creators[obj["kind"]](namespace, obj, **RAW)
         except ApiException as error:
             if error.status == 409:
-                return False
+                return None
             raise
-        return True
+        return _json(response)
 
     def delete_pod(self, namespace: str, name: str, uid: str) -> None:
         """Delete exactly this pod (the uid guards a same-named successor); gone already is fine."""
-        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
+        options = {"preconditions": {"uid": uid}}
         try:
-            self.core.delete_namespaced_pod(name, namespace, body=options)
+            self.core.delete_namespaced_pod(name, namespace, body=options, **RAW)
         except ApiException as error:
             if error.status not in (404, 409):
                 raise
@@ -105,29 +117,29 @@ class Kube:
     def record_event(self, job: Object, event: Event) -> None:
         """A core/v1 Event on the SFTJob, for `kubectl describe`."""
         meta = job["metadata"]
-        now = datetime.now(UTC)
-        body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
-            involved_object=client.V1ObjectReference(
-                api_version=API_VERSION,
-                kind=KIND,
-                name=meta["name"],
-                namespace=meta["namespace"],
-                uid=meta.get("uid"),
-                resource_version=meta.get("resourceVersion"),
-            ),
-            reason=event.reason,
-            message=event.message[:1024],
-            type=event.type,
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-            source=client.V1EventSource(component=REPORTING_COMPONENT),
-            reporting_component=REPORTING_COMPONENT,
-            reporting_instance=self.instance,
-        )
+        now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        body = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "type": event.type,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": REPORTING_COMPONENT},
+            "reportingComponent": REPORTING_COMPONENT,
+            "reportingInstance": self.instance,
+        }
         try:
-            self.core.create_namespaced_event(meta["namespace"], body)
+            self.core.create_namespaced_event(meta["namespace"], body, **RAW)
         except ApiException as error:
             log.warning("cannot record event %s on %s: %s", event.reason, meta["name"], error.reason)
 
@@ -135,16 +147,28 @@ class Kube:
         """kopf's peering record (which operator replicas are alive, with their priorities)."""
         try:
             if namespace is None:
-                body = self.custom.get_cluster_custom_object(
-                    PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings", name
+                response = self.custom.get_cluster_custom_object(
+                    PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings", name, **RAW
                 )
             else:
-                body = self.custom.get_namespaced_custom_object(
-                    PEERING_GROUP, PEERING_VERSION, namespace, "kopfpeerings", name
+                response = self.custom.get_namespaced_custom_object(
+                    PEERING_GROUP, PEERING_VERSION, namespace, "kopfpeerings", name, **RAW
                 )
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
-        status: Object = body.get("status") or {}
+        status: Object = _json(response).get("status") or {}
         return status
+
+
+def _json(response: Any) -> Object:
+    """The JSON body of a raw (`_preload_content=False`) response."""
+    body: Object = json.loads(response.data)
+    return body
+
+
+def _items(response: Any) -> tuple[list[Object], int | None]:
+    """A list response's items and resourceVersion (None when it is not a number)."""
+    body = _json(response)
+    return list(body.get("items") or []), version(body)

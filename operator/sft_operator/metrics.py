@@ -3,7 +3,7 @@
 The chart's dashboard and alerts may use only names that `exported_names()` lists (a test checks).
 """
 
-from collections import Counter as Tally
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
@@ -14,6 +14,8 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 PHASES: tuple[Phase, ...] = ("Pending", "Suspended", "Initializing", "Running", "Restarting", "Succeeded", "Failed")
 
 JOBS = Gauge("kube_sft_jobs", "SFTJobs seen by this operator replica, by phase.", ["phase"], registry=REGISTRY)
+for _phase in PHASES:
+    JOBS.labels(phase=_phase).set(0)  # every phase's series exists from the start
 JOBS_CREATED = Counter("kube_sft_jobs_created", "SFTJobs whose first gang was created.", registry=REGISTRY)
 JOBS_SUCCEEDED = Counter("kube_sft_jobs_succeeded", "SFTJobs that finished successfully.", registry=REGISTRY)
 JOBS_FAILED = Counter("kube_sft_jobs_failed", "SFTJobs that failed, by reason.", ["reason"], registry=REGISTRY)
@@ -34,20 +36,23 @@ IS_LEADER = Gauge("kube_sft_operator_leader", "1 on the active operator replica,
 
 
 class PhaseTracker:
-    """Remembers each job's phase so `kube_sft_jobs{phase}` counts jobs, not transitions."""
+    """Remembers each job's phase so `kube_sft_jobs{phase}` counts jobs, not transitions (thread-safe)."""
 
     def __init__(self) -> None:
         self._phases: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
 
     def set(self, namespace: str, name: str, phase: str | None) -> None:
-        """Record a job's phase (None forgets the job) and refresh the gauge."""
-        if phase is None:
-            self._phases.pop((namespace, name), None)
-        else:
-            self._phases[(namespace, name)] = phase
-        counts = Tally(self._phases.values())
-        for each in PHASES:
-            JOBS.labels(phase=each).set(counts.get(each, 0))
+        """Record a job's phase (None forgets the job); only a change touches the gauge."""
+        with self._lock:
+            old = self._phases.pop((namespace, name), None)
+            if phase is not None:
+                self._phases[(namespace, name)] = phase
+            if old == phase:
+                return
+            for each, step in ((old, -1), (phase, 1)):
+                if each in PHASES:
+                    JOBS.labels(phase=each).inc(step)
 
 
 def record_transition(

@@ -13,7 +13,7 @@ from tests.unit.operator.builders import manifest
 
 CHART = Path(__file__).resolve().parents[3] / "charts" / "kube-sft"
 CLIENT_METHOD = re.compile(
-    r"^(create|delete|get|list|patch|read|replace|watch)_(namespaced_|cluster_)?(\w+?)(_status)?$"
+    r"^(create|delete|get|list|patch|read|replace|watch)_(namespaced_|cluster_)?(\w+?)(_for_all_namespaces)?(_status)?$"
 )
 RESOURCE_NAMES = {
     "pod": "pods",
@@ -49,7 +49,7 @@ def calls_in_kube_module() -> set[Rule]:
         if owner not in ("core", "rbac", "custom") or match is None:
             continue
         verb = {"read": "get"}.get(match.group(1), match.group(1))
-        subresource = "/status" if match.group(4) else ""
+        subresource = "/status" if match.group(5) else ""
         if owner == "custom":
             call = calls[id(node)]
             strings = [value for value in map(_value, call.args) if value is not None]

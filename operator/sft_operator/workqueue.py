@@ -1,0 +1,66 @@
+"""A de-duplicating work queue of job keys, as controller-runtime's: events coalesce per job.
+
+A job's pods and the job itself change in bursts (created, scheduled, running, our own status patch);
+each change only marks the job dirty. A key is queued at most once; a key marked while a worker
+reconciles it is queued again when that worker is done, so one job is never reconciled by two
+workers at once and no change is missed.
+"""
+
+import threading
+from collections import deque
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+
+class WorkQueue(Generic[K]):
+    """FIFO of distinct keys with per-key mutual exclusion between workers."""
+
+    def __init__(self) -> None:
+        self._ready: deque[K] = deque()
+        self._queued: set[K] = set()  # in _ready
+        self._busy: set[K] = set()  # taken by a worker
+        self._again: set[K] = set()  # marked while busy
+        self._changed = threading.Condition()
+        self._closed = False
+
+    def add(self, key: K) -> None:
+        """Mark a key dirty."""
+        with self._changed:
+            if key in self._busy:
+                self._again.add(key)
+            elif key not in self._queued:
+                self._queued.add(key)
+                self._ready.append(key)
+                self._changed.notify()
+
+    def get(self, timeout: float | None = None) -> K | None:
+        """The next key to work on (the caller must call `done`), or None when closed or timed out."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._ready or self._closed, timeout) or self._closed:
+                return None
+            key = self._ready.popleft()
+            self._queued.discard(key)
+            self._busy.add(key)
+            return key
+
+    def done(self, key: K) -> None:
+        """A worker finished `key`; queue it again if it was marked meanwhile."""
+        with self._changed:
+            self._busy.discard(key)
+            if key in self._again:
+                self._again.discard(key)
+                self._queued.add(key)
+                self._ready.append(key)
+                self._changed.notify()
+
+    def close(self) -> None:
+        """Wake every waiting worker and make `get` return None from now on."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def __len__(self) -> int:
+        with self._changed:
+            return len(self._ready)
