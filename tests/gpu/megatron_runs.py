@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+WIDE_SYNTHETIC = {"validation_examples": 8, "min_operand": 1000, "max_operand": 9999}  # 81 M distinct problems
 TIMEOUT_S = 30  # parallelism.distributed_timeout_seconds of the lost-rank run
 
 BASE: dict[str, Any] = {
@@ -175,8 +176,7 @@ def oom_exit(work: Path) -> dict[str, Any]:
                 "max_position_embeddings": 128,
             },
         },
-        data={**BASE["data"], "synthetic": {"train_examples": rows, "validation_examples": 8, "min_operand": 1000,
-                                          "max_operand": 9999}},  # fmt: skip
+        data={**BASE["data"], "synthetic": WIDE_SYNTHETIC | {"train_examples": rows}},
         trainer={**BASE["trainer"], "micro_batch_size": rows, "global_batch_size": rows, "max_steps": 2},
     )
     code, seconds, tail = sft_train(config)
