@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU checks of the megatron LoRA (tests/gpu/lora_checks.py) in one device call, 4 GPUs side by side:
+# GPU checks of the megatron LoRA (tests/gpu/lora_checks.py) in one device call, 4 GPUs side by side (2 GPUs: the
+# TP=2 / PP=2 runs follow the first two on GPUs 0,1):
 #   source .gpu-rig/setup.sh && tests/gpu/run_lora_on_device.sh
 #   GPU 0:    megatron LoRA vs torch+peft LoRA (100 steps), export -> peft, adapter-only checkpoint + resume
 #   GPU 1:    LoRA TP=1 (the layout reference)
@@ -26,13 +27,20 @@ layout() {  # name gpus nproc args...
     || { echo "FAILED $name"; tail -5 "$WORK/lora_$name.log"; cat "$WORK/lora_$name".json.rank*.err 2>/dev/null | tail -30; }
 }
 
+gpus=${GPUS:-$(nvidia-smi -L 2>/dev/null | wc -l)}
+pair=2,3
+[ "$gpus" -ge 4 ] || pair=0,1   # 2 GPUs: the pair runs after the single check and TP=1
+layouts2() {
+  layout tp2 $pair 2 --tp 2 --save-at "$half" --save "$ckpt"
+  layout pp2_from_tp2 $pair 2 --pp 2 --save-at "$half" --load "$ckpt"
+  layout pp2 $pair 2 --pp 2
+}
 (CUDA_VISIBLE_DEVICES=0 timeout "${SINGLE_TIMEOUT:-280}" python3 -m tests.gpu.lora_checks single "$WORK/lora_single.json" \
    > "$WORK/lora_single.log" 2>&1; echo "single rc=$?") &
 layout tp1 1 1 --tp 1 &
-(layout tp2 2,3 2 --tp 2 --save-at "$half" --save "$ckpt"
- layout pp2_from_tp2 2,3 2 --pp 2 --save-at "$half" --load "$ckpt"
- layout pp2 2,3 2 --pp 2) &
+if [ "$gpus" -ge 4 ]; then layouts2 & fi
 wait
+[ "$gpus" -ge 4 ] || layouts2
 tail -3 "$WORK/lora_single.log"
 python3 - "$WORK" <<'PY'
 import json, pathlib, sys
