@@ -193,6 +193,13 @@ def test_each_rank_adds_its_slice_of_the_update(tp: int, targets: list) -> None:
                     assert torch.allclose(adapter.up(h), x_row[layer.module] @ full.T, atol=1e-12), layer
 
 
+def test_te_outputs_are_unpacked() -> None:
+    out, bias, ln = torch.ones(2), torch.zeros(2), torch.full((2,), 3.0)
+    assert ml._split_te_output(((out, ln), None)) == (out, None, ln)  # return_layernorm_output, bias not returned
+    assert ml._split_te_output((out, bias, ln)) == (out, bias, ln)  # TE returned the bias itself
+    assert ml._split_te_output((out, None)) == (out, None, None)  # a plain (row-parallel) layer
+
+
 def test_single_rank_forward_is_scale_b_a_x() -> None:
     config = LoraConfig(rank=4, alpha=16.0, target_modules=["out"])
     layer = ml.adapted_layers(config.target_modules)[0]
