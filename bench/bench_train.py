@@ -340,48 +340,59 @@ def worker_ours(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def worker_lora(args: argparse.Namespace) -> dict[str, Any]:
-    """`training.method: lora` through `backends.create_backend` (the backend the project picks) and the loop."""
+    """`training.method: lora` on the backend the project picks for it (`backends.choose_backend`), same loop.
+
+    megatron: `MegatronLoraBackend` with megatron's random base init on the GPU (as the full runs);
+    torch: `backends.create_backend` (Hugging Face init on the CPU, peft adapters).
+    """
+    import importlib.util
+
     import torch
 
     from sft_trainer.backends import choose_backend, create_backend
     from sft_trainer.data import build_datasets
     from sft_trainer.distributed import current_env
+    from sft_trainer.models import llama_config
     from sft_trainer.tokenization import load_tokenizer
 
     env = current_env()
     torch.cuda.set_device(env.local_rank)
     device = torch.device("cuda", env.local_rank)
+    picked = choose_backend("auto", True, importlib.util.find_spec("megatron.core") is not None, "lora")
     mbs = int(args.mbs.split(",")[0])
     config = sft_config(
-        args.model, mbs=mbs, gbs=args.rows_per_gpu, steps=args.warmup + args.steps, world=1, packing=args.packing,
-        method="lora", backend="auto", run=f"{args.name}",
+        args.model, mbs=mbs, gbs=args.rows_per_gpu, steps=args.warmup + args.steps, world=1,
+        packing=picked == "megatron", method="lora", backend=picked, run=f"{args.name}",
     )  # fmt: skip
-    import importlib.util
+    started = time.perf_counter()
+    if picked == "megatron":
+        from sft_trainer.backends.megatron.lora import MegatronLoraBackend
 
-    picked = choose_backend("auto", True, importlib.util.find_spec("megatron.core") is not None, "lora")
+        backend: Any = MegatronLoraBackend(config, llama_config(config.model.architecture, 50257), None)
+    else:
+        backend = create_backend(config, load_tokenizer(config.model.tokenizer), env, device)
+    init_s = time.perf_counter() - started
     tokenizer = load_tokenizer(config.model.tokenizer)
     splits = build_datasets(config, tokenizer)
-    started = time.perf_counter()
-    with torch.device(device):  # random init on the GPU (the CPU init of 8 B parameters takes minutes)
-        backend = create_backend(config, tokenizer, env, device)
-    init_s = time.perf_counter() - started
     lengths = lengths_of(splits.train)
     flops = tm.model_flops_per_token(args.model, lengths["seq_per_example"])
     torch.cuda.reset_peak_memory_stats()
     reports = run_loop(config, backend, splits.train, int(tokenizer.pad_token_id), env)
     result = measured(reports, args.warmup, 1, flops, lengths["epoch_tokens"])
     result.update(mbs=mbs, peak_mem_gb=peak_memory_gb())
-    trainable = sum(p.numel() for p in backend.model.parameters() if p.requires_grad)  # type: ignore[attr-defined]
+    modules = getattr(backend, "model", [])
+    modules = modules if isinstance(modules, list) else [modules]
+    trainable = sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)
     return {
         "system": "ours-lora",
         "model": args.model,
         "gpus": 1,
         "backend": type(backend).__name__,
         "backend_picked": picked,
-        "packing": args.packing,
+        "packing": config.data.packing,
         "trainable_parameters": int(trainable),
         "init_s": round(init_s, 1),
-        "note": "MFU here counts the full-fine-tuning FLOPs (6 x params); LoRA does ~2/3 of them",
+        "note": "MFU counts the full-fine-tuning FLOPs (6 x params); LoRA skips the base weight gradients (~1/3)",
         "runs": [result],
     }
 
@@ -550,43 +561,58 @@ def wait_all(procs: list[tuple[str, subprocess.Popen[bytes]]], timeout: float) -
             print(f"[bench] {name}: exit {proc.returncode}\n  " + "\n  ".join(tail), flush=True)
 
 
-def stage_plan(model_1b_mbs: str, steps: int, warmup: int) -> dict[str, list[tuple[str, str, list[str], int]]]:
-    """The stages: name -> [(worker name, CUDA devices, worker args, gpus)]."""
+Job = tuple[str, list[str], int]  # worker name, worker arguments, GPUs
+
+
+def stage_plan(
+    mbs_1b: str, steps: int, warmup: int, gpus: int, small_cards: bool, mbs_8b: str = "1,2"
+) -> dict[str, list[Job]]:
+    """The stages: name -> jobs. Jobs of one stage run side by side on disjoint GPUs (see `waves`).
+
+    llama-8b full fine-tuning runs on min(4, gpus) GPUs with TP=2 + sequence parallelism; on fewer
+    than 4 cards of 80 GB its fp32 main grads do not fit beside a DP=1 optimizer, so it keeps them
+    in bf16 there (`small_cards`).
+    """
     common = ["--steps", str(steps), "--warmup", str(warmup)]
-    ours_1b = ["ours", "--model", "llama-1b", "--rows-per-gpu", "16", *common]
+    ours_1b = ["ours", "--model", "llama-1b", "--rows-per-gpu", "16", "--mbs", mbs_1b, *common]
+    trl = ["trl", "--model", "llama-1b", *common]
+    n8 = min(4, gpus)
+    ours_8b = ["ours", "--model", "llama-8b", "--tp", "2", "--sp", "--rows-per-gpu", "8", "--mbs", mbs_8b, *common]
+    if small_cards:
+        ours_8b.append("--bf16-grads")
     return {
-        "s1": [  # 1 GPU each, in parallel: ours (mbs sweep + GAF + profile) and the three TRL configs
-            ("ours-1b-1gpu", "0", [*ours_1b, "--mbs", model_1b_mbs, "--profile"], 1),
-            ("trl-padded", "1", ["trl", "--model", "llama-1b", "--trl-mode", "padded", "--batch", "16,32,64", *common], 1),
-            ("trl-bfd", "2", ["trl", "--model", "llama-1b", "--trl-mode", "bfd", "--batch", "2,4,8", *common], 1),
-            ("trl-wrapped", "3", ["trl", "--model", "llama-1b", "--trl-mode", "wrapped", "--batch", "2,4,8", *common], 1),
+        "s1": [
+            ("ours-1b-1gpu", [*ours_1b, "--profile"], 1),
+            ("trl-padded", [*trl, "--trl-mode", "padded", "--batch", "16,32,64"], 1),
+            ("trl-bfd", [*trl, "--trl-mode", "bfd", "--batch", "2,4,8"], 1),
+            ("trl-wrapped", [*trl, "--trl-mode", "wrapped", "--batch", "2,4,8"], 1),
         ],
-        "s1b": [  # tuning variants of ours, 1 GPU each, in parallel
-            ("ours-1b-1gpu-gaf", "0", [*ours_1b, "--mbs", model_1b_mbs, "--gaf"], 1),
-            ("ours-1b-1gpu-gaf-bf16grads", "1", [*ours_1b, "--mbs", model_1b_mbs, "--gaf", "--bf16-grads"], 1),
+        "s1b": [
+            ("ours-1b-1gpu-gaf", [*ours_1b, "--gaf"], 1),
+            ("lora-8b-1gpu", ["lora", "--model", "llama-8b", "--mbs", "2", "--rows-per-gpu", "8", *common], 1),
         ],
-        "s2": [  # data parallel 2 and the 8B LoRA, side by side
-            ("ours-1b-dp2", "0,1", [*ours_1b, "--mbs", model_1b_mbs], 2),
-            ("lora-8b-1gpu", "2", ["lora", "--model", "llama-8b", "--mbs", "8", "--rows-per-gpu", "32", *common], 1),
-        ],
-        "s3": [("ours-1b-dp4", "0,1,2,3", [*ours_1b, "--mbs", model_1b_mbs, "--profile"], 4)],
-        "s4": [
-            (
-                "ours-8b-tp2sp-bf16",
-                "0,1,2,3",
-                ["ours", "--model", "llama-8b", "--tp", "2", "--sp", "--rows-per-gpu", "16", "--mbs", "1,2", *common, "--profile"],
-                4,
-            )
-        ],
-        "s5": [
-            (
-                "ours-8b-tp2sp-fp8",
-                "0,1,2,3",
-                ["ours", "--model", "llama-8b", "--tp", "2", "--sp", "--fp8", "hybrid", "--rows-per-gpu", "16", "--mbs", "1,2", *common],
-                4,
-            )
-        ],
-    }  # fmt: skip
+        "s2": [("ours-1b-dp2", [*ours_1b, "--profile"], 2)],
+        "s3": [("ours-1b-dp4", [*ours_1b, "--profile"], 4)] if gpus >= 4 else [],
+        "s4": [("ours-8b-tp2sp-bf16", [*ours_8b, "--profile"], n8)],
+        "s5": [("ours-8b-tp2sp-fp8", [*ours_8b, "--fp8", "hybrid"], n8)],
+        "s6": [("lora-8b-1gpu", ["lora", "--model", "llama-8b", "--mbs", "2", "--rows-per-gpu", "8", *common], 1)],
+    }
+
+
+def waves(jobs: Sequence[Job], gpus: int) -> list[list[tuple[str, list[str], int, str]]]:
+    """Jobs in order, grouped so each group fits the GPUs; each job gets its CUDA_VISIBLE_DEVICES."""
+    groups: list[list[tuple[str, list[str], int, str]]] = []
+    used = gpus
+    for name, args, need in jobs:
+        if need > gpus:
+            continue
+        if used + need > gpus:
+            groups.append([])
+            used = 0
+        devices = ",".join(str(d) for d in range(used, used + need))
+        groups[-1].append((name, args, need, devices))
+        used += need
+    return groups
 
 
 def prepare_data() -> None:
@@ -597,15 +623,20 @@ def prepare_data() -> None:
     print(f"[bench] data ready in {time.perf_counter() - started:.1f}s: {json.dumps(info)}", flush=True)
 
 
-def card_name() -> str:
-    """The GPU's name, from nvidia-smi (the orchestrator never initialises CUDA itself)."""
+def cards() -> tuple[str, int, float]:
+    """(name, count, GiB each) of the GPUs, from nvidia-smi (the orchestrator never initialises CUDA)."""
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, check=True
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            check=True,
         )
-        return out.stdout.strip().splitlines()[0]
-    except (OSError, subprocess.CalledProcessError, IndexError):
-        return "unknown"
+        lines = out.stdout.strip().splitlines()
+        name, mib = lines[0].rsplit(",", 1)
+        return name.strip(), len(lines), float(mib) / 1024
+    except (OSError, subprocess.CalledProcessError, IndexError, ValueError):
+        return "unknown", 0, 0.0
 
 
 def collect(names: Sequence[str]) -> dict[str, Any]:
@@ -634,40 +665,78 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stages", default="s1,s1b,s2,s3,s4,s5")
     parser.add_argument("--mbs-1b", default="1,2,4")
+    parser.add_argument("--mbs-8b", default="1,2")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--stage-timeout", type=float, default=240.0)
     parser.add_argument("--output", type=Path, default=None, help="default: $OUT or bench/results")
+    parser.add_argument("--merge", type=Path, nargs="+", help="combine results JSONs of several calls, no run")
     options = parser.parse_args(argv)
+    if options.merge:
+        merge_reports(options.merge, options.output or REPO / "bench" / "results" / "train-merged.json")
+        return
     WORK.mkdir(parents=True, exist_ok=True)
-    plan = stage_plan(options.mbs_1b, options.steps, options.warmup)
-    card = card_name()
-    print(f"[bench] card: {card}", flush=True)
+    card, gpus, gib = cards()
+    plan = stage_plan(
+        options.mbs_1b, options.steps, options.warmup, gpus, small_cards=gpus < 4 and gib < 100, mbs_8b=options.mbs_8b
+    )
+    print(f"[bench] {gpus} x {card} ({gib:.0f} GiB)", flush=True)
     started = time.perf_counter()
     prepare_data()
     names: list[str] = []
     timings = {}
     for stage in options.stages.split(","):
         stage_started = time.perf_counter()
-        procs = [launch(name, devices, args, gpus) for name, devices, args, gpus in plan[stage]]
-        names += [name for name, *_ in plan[stage]]
-        wait_all(procs, options.stage_timeout)
+        for wave in waves(plan[stage], gpus):
+            procs = [launch(name, devices, args, need) for name, args, need, devices in wave]
+            names += [name for name, *_ in wave]
+            wait_all(procs, options.stage_timeout)
         timings[stage] = round(time.perf_counter() - stage_started, 1)
         print(f"[bench] stage {stage} done in {timings[stage]}s", flush=True)
-    results = collect(names)
-    report = summarize(results, card, timings)
-    output = options.output or Path(os.environ.get("OUT") or REPO / "bench" / "results")
-    output.mkdir(parents=True, exist_ok=True)
-    slug = card.lower().replace("nvidia ", "").replace(" ", "-")
-    path = output / f"train-{slug}.json"
-    path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        report, path = write_report(
+            names, card, gpus, timings, options.output
+        )  # after every stage: a cut-off call keeps it
+    report, path = write_report(names, card, gpus, timings, options.output)
     print(tm.format_table(report["table"]))
     for line in report["goals"]:
         print(f"goal {'MET ' if line['met'] else 'MISS'} {line['goal']}: {line['measured']} (target {line['target']})")
     print(f"[bench] {time.perf_counter() - started:.0f}s -> {path}", flush=True)
 
 
-def summarize(results: dict[str, Any], card: str, timings: dict[str, float]) -> dict[str, Any]:
+def write_report(
+    names: Sequence[str], card: str, gpus: int, timings: dict[str, Any], output: Path | None
+) -> tuple[dict[str, Any], Path]:
+    """Collect the workers' results so far and write `train-<card>.json` under `output` ($OUT or bench/results)."""
+    report = summarize(collect(names), card, timings)
+    report["gpus_on_host"] = gpus
+    directory = output or Path(os.environ.get("OUT") or REPO / "bench" / "results")
+    directory.mkdir(parents=True, exist_ok=True)
+    slug = card.lower().replace("nvidia ", "").replace(" ", "-")
+    path = directory / f"train-{slug}.json"
+    path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    return report, path
+
+
+def merge_reports(paths: Sequence[Path], output: Path) -> None:
+    """One report from several device calls' JSONs (each worker result keeps its call's card and stage times)."""
+    reports = [json.loads(path.read_text()) for path in paths]
+    results: dict[str, Any] = {}
+    for index, report in enumerate(reports):
+        for name, result in report["results"].items():
+            results[name] = {**result, "call": index + 1, "card": report["card"]}
+    cards = sorted({str(r["card"]) for r in reports})
+    merged = summarize(results, " + ".join(cards), {f"call{i + 1}": r["stage_seconds"] for i, r in enumerate(reports)})
+    merged["calls"] = [
+        {"card": r["card"], "gpus_on_host": r.get("gpus_on_host"), "workers": sorted(r["results"])} for r in reports
+    ]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
+    print(tm.format_table(merged["table"]))
+    for line in merged["goals"]:
+        print(f"goal {'MET ' if line['met'] else 'MISS'} {line['goal']}: {line['measured']} (target {line['target']})")
+
+
+def summarize(results: dict[str, Any], card: str, timings: dict[str, Any]) -> dict[str, Any]:
     """The results JSON: card, per-config table, goals."""
     rows = table_rows(results)
     return {
@@ -693,6 +762,7 @@ def evaluate_goals(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         return lambda r: str(r["config"]).startswith(prefix)
 
     ours_1 = _best_of(rows, named("ours-1b-1gpu"))
+    plain_1 = _best_of(rows, named("ours-1b-1gpu mbs"))  # no tuning variant: the same code as the DP runs
     ours_2 = _best_of(rows, named("ours-1b-dp2"))
     ours_4 = _best_of(rows, named("ours-1b-dp4"))
     trl_correct = _best_of(rows, lambda r: named("trl-padded")(r) or named("trl-bfd")(r))
@@ -706,14 +776,18 @@ def evaluate_goals(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
         return None if a is None or b is None else tps(a) / tps(b)  # type: ignore[operator]
 
-    per_gpu = {w: tps(r) for w, r in ((1, ours_1), (2, ours_2), (4, ours_4)) if r is not None}
+    per_gpu = {w: tps(r) for w, r in ((1, plain_1), (2, ours_2), (4, ours_4)) if r is not None}
     steps = tm.step_efficiency({w: v for w, v in per_gpu.items() if v is not None})
     waits = [float(r["data_wait_pct"]) for r in rows if str(r["system"]).startswith("ours")]
     return [
         tm.goal("llama-1b 1 GPU MFU", None if ours_1 is None else ours_1["mfu"], 0.50),
         tm.goal("llama-1b vs TRL best correct (padded/bfd)", ratio(ours_1, trl_correct), 2.0, "x"),
         tm.goal("llama-1b vs TRL wrapped", ratio(ours_1, trl_wrapped), 1.3, "x"),
-        tm.goal("llama-8b 4 GPUs bf16 MFU", None if bf16_8b is None else bf16_8b["mfu"], 0.50),
+        tm.goal(
+            f"llama-8b bf16 MFU ({'not run' if bf16_8b is None else bf16_8b['gpus']} GPUs; goal: 4)",
+            None if bf16_8b is None else bf16_8b["mfu"],
+            0.50,
+        ),
         tm.goal("llama-8b FP8 / bf16 tokens/s", ratio(fp8_8b, bf16_8b), 1.3, "x"),
         tm.goal("scaling 1->2 per-GPU efficiency", steps.get("1->2"), 0.90),
         tm.goal("scaling 2->4 per-GPU efficiency", steps.get("2->4"), 0.90),

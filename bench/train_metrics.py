@@ -263,9 +263,9 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     for r in rows:
         mfu = r.get("mfu")
         lines.append(
-            f"{r.get('system', ''):<8} {str(r.get('config', ''))[:34]:<34} {r.get('gpus', 0):>4} "
-            f"{r.get('tokens_per_s_per_gpu', 0):>10.0f} {r.get('tflops_per_gpu', 0):>8.1f} "
-            f"{(mfu or 0) * 100:>5.1f}% {r.get('peak_mem_gb', 0):>8.1f} {r.get('epoch_hours', 0):>8.3f} "
-            f"{r.get('data_wait_pct', 0):>6.2f}"
+            f"{r.get('system') or '':<8} {str(r.get('config') or '')[:34]:<34} {r.get('gpus') or 0:>4} "
+            f"{r.get('tokens_per_s_per_gpu') or 0:>10.0f} {r.get('tflops_per_gpu') or 0:>8.1f} "
+            f"{(mfu or 0) * 100:>5.1f}% {r.get('peak_mem_gb') or 0:>8.1f} {r.get('epoch_hours') or 0:>8.3f} "
+            f"{r.get('data_wait_pct') or 0:>6.2f}"
         )
     return "\n".join(lines)
