@@ -43,6 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="threads reconciling jobs (one job is never reconciled by two at once)",
     )
     parser.add_argument(
+        "--pod-event-delay",
+        type=float,
+        default=float(env("KUBE_SFT_POD_EVENT_DELAY", "0.5")),
+        help="seconds a pod change waits before its job is reconciled (coalesces the ranks' changes)",
+    )
+    parser.add_argument(
         "--create-parallelism",
         type=int,
         default=int(env("KUBE_SFT_CREATE_PARALLELISM", "16")),
@@ -84,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         trainer_image=args.trainer_image,
         resync_seconds=args.resync_seconds,
         workers=args.workers,
+        pod_event_delay=args.pod_event_delay,
         create_parallelism=args.create_parallelism,
         relist_seconds=args.relist_seconds,
         peering_name=args.peering_name,

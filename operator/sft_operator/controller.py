@@ -47,6 +47,7 @@ class Settings:
     priority: int = 0
     identity: str = "kube-sft-operator"
     workers: int = 8
+    pod_event_delay: float = 0.5
     create_parallelism: int = 16
     relist_seconds: float = 300.0
 
@@ -147,7 +148,7 @@ class Controller:
         """A trainer pod watch event: store it and mark its job dirty."""
         key = self.store.drop_pod(raw) if kind == "DELETED" else self.store.put_pod(raw)
         if key is not None:
-            self.queue.add(key)
+            self.queue.add_after(key, self.settings.pod_event_delay)
 
     # --- the workers ------------------------------------------------------------------------------
 

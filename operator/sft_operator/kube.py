@@ -66,7 +66,11 @@ class Kube:
         """Delete the SFTJob (children follow by garbage collection); gone already is fine."""
         options = {"preconditions": {"uid": uid}, "propagationPolicy": "Background"}
         try:
-            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body=options, **RAW)
+            _json(
+                self.custom.delete_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, body=options, **RAW
+                )
+            )
         except ApiException as error:
             if error.status not in (404, 409):
                 raise
@@ -107,7 +111,7 @@ class Kube:
         """Delete exactly this pod (the uid guards a same-named successor); gone already is fine."""
         options = {"preconditions": {"uid": uid}}
         try:
-            self.core.delete_namespaced_pod(name, namespace, body=options, **RAW)
+            _json(self.core.delete_namespaced_pod(name, namespace, body=options, **RAW))
         except ApiException as error:
             if error.status not in (404, 409):
                 raise
@@ -139,7 +143,7 @@ class Kube:
             "reportingInstance": self.instance,
         }
         try:
-            self.core.create_namespaced_event(meta["namespace"], body, **RAW)
+            _json(self.core.create_namespaced_event(meta["namespace"], body, **RAW))
         except ApiException as error:
             log.warning("cannot record event %s on %s: %s", event.reason, meta["name"], error.reason)
 
@@ -163,8 +167,16 @@ class Kube:
 
 
 def _json(response: Any) -> Object:
-    """The JSON body of a raw (`_preload_content=False`) response."""
-    body: Object = json.loads(response.data)
+    """The JSON body of a raw (`_preload_content=False`) response; its connection goes back to the pool.
+
+    urllib3 keeps the connection of an unread, unreleased response out of the pool: without the
+    release every call would open (and TLS-handshake) a new connection.
+    """
+    try:
+        data = response.data
+    finally:
+        response.release_conn()
+    body: Object = json.loads(data) if data else {}
     return body
 
 

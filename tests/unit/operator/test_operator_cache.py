@@ -135,3 +135,14 @@ def test_creation_waves_put_roles_before_bindings_and_service_accounts_before_po
     assert {obj["kind"] for obj in first} == {"ServiceAccount", "Role", "ConfigMap", "Service"}
     assert {obj["kind"] for obj in second} == {"RoleBinding", "Pod"}
     assert creation_waves(render.pods(job)) == [render.pods(job)]
+
+
+def test_work_queue_delays_keys_and_an_earlier_add_wins() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    queue.add_after("slow", 0.2)
+    assert queue.get(0.05) is None
+    assert queue.get(1.0) == "slow"
+    queue.done("slow")
+    queue.add_after("x", 30)
+    queue.add("x")
+    assert queue.get(0) == "x"
