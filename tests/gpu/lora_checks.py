@@ -158,7 +158,8 @@ def check_lora(steps: int = 100, save_at: int = 90) -> dict[str, Any]:
             reference = peft.PeftModel.from_pretrained(hf_base, str(final / "adapter")).eval()
             ref = reference(input_ids=ids.cuda()).logits.float()
             peft_bf16 = reference.to(torch.bfloat16)(input_ids=ids.cuda()).logits.float()
-            merged = AutoModelForCausalLM.from_pretrained(final, dtype=torch.bfloat16).cuda().eval()
+            merged: Any = AutoModelForCausalLM.from_pretrained(final, dtype=torch.bfloat16)
+            merged = merged.cuda().eval()
             merged_logits = merged(input_ids=ids.cuda()).logits.float()
         adapter_norm = float(
             sum(

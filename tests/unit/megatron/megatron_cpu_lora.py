@@ -110,11 +110,11 @@ def main(rank: int, world: int, port: int) -> None:
     ref = wrapped(input_ids=ids).logits
     ours.float().logsumexp(-1).mean().backward()
     ref.logsumexp(-1).mean().backward()
-    mine = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    mine = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     every: list = [None] * world
     dist.all_gather_object(every, mine)
     grads = ml.megatron_adapter_shards_to_hf({(0, 0, t): every[t] for t in range(world)}, shape, adapters.layers)
-    peft_grads = {n.replace(".default", ""): p.grad for n, p in wrapped.named_parameters() if p.requires_grad}
+    peft_grads = {n.replace(".default", ""): p.grad for n, p in wrapped.named_parameters() if p.grad is not None}
     result = {
         "world": world,
         "logits_max_abs_diff": float((ours - ref).abs().max()),
