@@ -4,6 +4,7 @@
 #   source .gpu-rig/setup.sh && tests/gpu/run_on_device.sh single      # 1 GPU: logits, THD, parity, ckpt, failures
 #   source .gpu-rig/setup.sh && tests/gpu/run_on_device.sh layouts N   # N GPUs: TP/PP/VPP/CP/DP/SP parity + resharded resume
 #   source .gpu-rig/setup.sh && tests/gpu/run_on_device.sh runs        # whole `sft train` runs: async resume, exit codes, lost rank
+#   source .gpu-rig/setup.sh && tests/gpu/run_on_device.sh lora        # LoRA: parity with peft, export, ckpt, TP/PP (run_lora_on_device.sh)
 # `all` runs independent checks side by side on disjoint GPUs (CUDA_VISIBLE_DEVICES lanes), then the
 # 4-GPU layouts; SKIP_SINGLE=1 leaves out the 3-minute single-GPU suite, RUNS="a b" keeps only those
 # layouts / scenarios. Results (JSON + logs) go to $OUT (or ./gpu-out); `make gpu-test` (pytest -m gpu)
@@ -85,6 +86,8 @@ PY
 }
 
 case "$mode" in
+lora)
+  exec "$(dirname "$0")/run_lora_on_device.sh" ;;
 single)
   single "${2:-}"; exit $? ;;
 runs)
@@ -135,5 +138,5 @@ all)
   [ -n "${SKIP_SINGLE:-}" ] || single
   summary ;;
 *)
-  echo "usage: $0 all | single [check] | layouts N | runs"; exit 2 ;;
+  echo "usage: $0 all | single [check] | layouts N | runs | lora"; exit 2 ;;
 esac
