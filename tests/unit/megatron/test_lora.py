@@ -269,3 +269,21 @@ def test_sequence_parallel_is_refused_for_lora_only() -> None:
     (problem,) = ml.lora_config_problems(config("lora"))
     assert problem.key == "parallelism.sequence_parallel" and "LoRA" in problem.message
     assert ml.lora_config_problems(config("full")) == []
+
+
+def test_backend_refuses_sequence_parallel_before_touching_a_gpu() -> None:
+    from transformers import LlamaConfig
+
+    from sft_trainer.config import ConfigError
+
+    config = SFTConfig.model_validate(
+        {
+            "model": {"source": "random", "architecture": {"hidden_size": 64}, "tokenizer": {"type": "byte"}},
+            "data": {"train_file": "x.jsonl"},
+            "trainer": {"devices": 2},
+            "training": {"method": "lora"},
+            "parallelism": {"backend": "megatron", "tensor_model_parallel_size": 2, "sequence_parallel": True},
+        }
+    )
+    with pytest.raises(ConfigError, match=r"parallelism\.sequence_parallel"):
+        ml.MegatronLoraBackend(config, LlamaConfig())
