@@ -287,3 +287,14 @@ def test_backend_refuses_sequence_parallel_before_touching_a_gpu() -> None:
     )
     with pytest.raises(ConfigError, match=r"parallelism\.sequence_parallel"):
         ml.MegatronLoraBackend(config, LlamaConfig())
+
+
+def test_importing_the_lora_module_needs_no_megatron() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import sft_trainer.backends.megatron.lora as m; assert m.MegatronLoraBackend.__doc__; "
+        "assert not any(k.startswith(('megatron', 'transformer_engine')) for k in sys.modules), 'megatron imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
