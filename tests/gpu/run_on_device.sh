@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU checks of the megatron backend, in one device call. From the repository root on the device:
-#   source .gpu-rig/setup.sh && tests/gpu/run_on_device.sh all         # everything 2 or 4 GPUs allow (~4-6 min + single)
+#   source .gpu-rig/setup.sh && tests/gpu/run_on_device.sh all         # everything 2 or 4 GPUs allow (~7 min + single)
 #   source .gpu-rig/setup.sh && tests/gpu/run_on_device.sh single      # 1 GPU: logits, THD, parity, ckpt, failures
 #   source .gpu-rig/setup.sh && tests/gpu/run_on_device.sh layouts N   # N GPUs: TP/PP/VPP/CP/DP/SP parity + resharded resume
 #   source .gpu-rig/setup.sh && tests/gpu/run_on_device.sh runs        # whole `sft train` runs: async resume, exit codes, lost rank
@@ -18,6 +18,10 @@ export PYTHONPATH=$PWD/trainer_image:$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export NVTE_ALLOW_NONDETERMINISTIC_ALGO=0 CUDA_DEVICE_MAX_CONNECTIONS=1 TOKENIZERS_PARALLELISM=false
 export KUBE_SFT_DATA=${KUBE_SFT_DATA:-.gpudata}
+# the rig installs megatron-core without .pyc files: compile them once, so each of the ~20 processes
+# below does not recompile megatron on import (seen: ~40 s from `sft train` start to its first step)
+python3 -m compileall -q -j 0 "$(python3 -c 'import megatron, os; print(os.path.dirname(megatron.__file__))' 2>/dev/null)" \
+  > /dev/null 2>&1 || true
 mode=${1:-all}
 gpus=${2:-$(nvidia-smi -L 2>/dev/null | wc -l)}
 steps=${STEPS:-40}
@@ -43,7 +47,7 @@ layout() {  # name nproc args...: one layout under torchrun (GPUs: CUDA_VISIBLE_
 
 scenario() {  # name: one whole-run scenario (tests.gpu.megatron_runs)
   wanted "$1" || return 0
-  timeout "${SCENARIO_TIMEOUT:-280}" python3 -m tests.gpu.megatron_runs "$1" "$WORK/run-$1.json" > "$WORK/run-$1.log" 2>&1
+  timeout "${SCENARIO_TIMEOUT:-400}" python3 -m tests.gpu.megatron_runs "$1" "$WORK/run-$1.json" > "$WORK/run-$1.log" 2>&1
   grep "^== " "$WORK/run-$1.log" | cut -c1-400 || tail -5 "$WORK/run-$1.log"
 }
 
