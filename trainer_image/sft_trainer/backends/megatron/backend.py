@@ -91,7 +91,7 @@ def prefer_torch_cudnn() -> None:
 
 
 def refuse_interleaved_pipeline(virtual_pipeline_size: int | None, environ: Mapping[str, str]) -> None:
-    """Interleaved PP runs but does not train correctly yet (measured on 2 x H200: loss 10.66 instead of
+    """Interleaved PP runs but does not train correctly yet (measured on 2 GPUs of an H200 host: loss 10.66, not
     6.86 after 24 steps, docs/megatron.md): refuse it as a configuration error (exit 10, not retried).
     `SFT_ALLOW_INTERLEAVED_PP=1` lets the device checks run the path while it is being fixed."""
     if virtual_pipeline_size and environ.get("SFT_ALLOW_INTERLEAVED_PP") != "1":
