@@ -104,6 +104,11 @@ def throughput(
     }
 
 
+def median_rate(tokens: int, steps: int, median_step_s: float, gpus: int) -> float:
+    """Tokens/s/GPU at the median step time (robust to a few slow steps in a short window)."""
+    return tokens / steps / median_step_s / gpus if steps and median_step_s > 0 and gpus else 0.0
+
+
 def epoch_hours(epoch_tokens: int, tokens_per_s: float) -> float:
     """Hours for one pass over `epoch_tokens` real tokens at `tokens_per_s` (all GPUs together)."""
     return epoch_tokens / tokens_per_s / 3600.0 if tokens_per_s > 0 else float("inf")

@@ -111,3 +111,17 @@ def test_table_formats_every_row() -> None:
     rows = [{"system": "ours", "config": "x mbs 2", "gpus": 1, "tokens_per_s_per_gpu": 65000.0, "mfu": 0.5}]
     table = tm.format_table(rows)
     assert "65000" in table and "50.0%" in table and len(table.splitlines()) == 2
+
+
+def test_median_rate() -> None:
+    assert tm.median_rate(131_068, 4, 1.5, 2) == pytest.approx(131_068 / 4 / 1.5 / 2)
+    assert tm.median_rate(100, 0, 1.0, 1) == 0.0
+
+
+def test_merge_goals_takes_the_last_measured_call_and_the_worst_ceiling() -> None:
+    from bench.bench_train import merge_goals
+
+    call1 = [tm.goal("a", 0.6, 0.5), tm.goal("wait", 0.5, 2.0, lower_is_better=True), tm.goal("b", None, 1.0)]
+    call2 = [tm.goal("a", 0.4, 0.5), tm.goal("wait", 0.2, 2.0, lower_is_better=True), tm.goal("b", None, 1.0)]
+    merged = merge_goals([call1, call2])
+    assert [(g["measured"], g["call"]) for g in merged] == [(0.4, 2), (0.5, 1), (None, 2)]
