@@ -54,8 +54,8 @@ crds: env  ## regenerate crds/, the chart's CRDs and docs/api-reference.md from 
 bench-data: env  ## data pipeline vs TRL's preparation on T0 -> bench/results/data.json
 	$(BIN)/python -m bench.bench_data
 
-bench-train:  ## training throughput vs TRL (run on the GPU device)
-	python3 -m bench.bench_train
+bench-train:  ## training throughput vs TRL (GPU device, after `source .gpu-rig/setup.sh`) -> bench/results/train-*.json
+	PYTHONPATH=$(CURDIR)/trainer_image:$(CURDIR):$$PYTHONPATH python3 -m bench.bench_train $(BENCH_TRAIN_ARGS)
 
 bench-operator: env cluster-bins  ## operator at scale on KWOK vs Kubeflow's training-operator -> bench/results/operator.json
 	hack/training-operator/build.sh
