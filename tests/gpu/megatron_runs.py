@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -114,10 +115,14 @@ def checkpoints(output_dir: Path) -> list[str]:
 def async_resume(work: Path) -> dict[str, Any]:
     """Uninterrupted vs killed-mid-async-save-then-resumed: identical losses."""
     straight_cfg = write_config(work / "straight")
-    straight_rc, straight_s, straight_tail = sft_train(straight_cfg)
     killed_cfg = write_config(work / "killed")
-    # the loop saves after step 8 (asynchronously), then the kill lands right after step 9
-    killed_rc, _, _ = sft_train(killed_cfg, {"SFT_FAULT_AT_STEP": "9", "SFT_FAULT_SIGNAL": "KILL"})
+    # the loop saves after step 8 (asynchronously), then the kill lands right after step 9;
+    # both first runs at once (a small model: they share the GPU), then the resume
+    with ThreadPoolExecutor(2) as pool:
+        straight_run = pool.submit(sft_train, straight_cfg)
+        killed_run = pool.submit(sft_train, killed_cfg, {"SFT_FAULT_AT_STEP": "9", "SFT_FAULT_SIGNAL": "KILL"})
+        straight_rc, straight_s, straight_tail = straight_run.result()
+        killed_rc = killed_run.result()[0]
     out = killed_cfg.parent / "out"
     after_kill = checkpoints(out)
     published = [name for name in after_kill if name.startswith("step-")]

@@ -122,17 +122,18 @@ all)
   [ "$gpus" -ge 2 ] || { echo "all needs 2 or 4 GPUs (found $gpus): use single"; exit 2; }
   rm -rf /tmp/layout-ckpt /tmp/layout-ckpt4
   p1_gpu0() { layout tp1 1 --tp 1; scenario nan; }
+  p1_gpu0_oom() { p1_gpu0; scenario oom; }
   cp_vpp() { layout cp2 2 --cp 2; layout pp2vpp2 2 --pp 2 --vpp 2; }
   recompute() { layout dp2_recompute_full 2 --recompute full; layout pp2_recompute_selective 2 --pp 2 --recompute selective; }
   if [ "$gpus" -ge 4 ]; then
-    # phase 1: four lanes side by side; phase 2: two 2-GPU lanes; phase 3: the 4-GPU layouts
-    lane 0 p1_gpu0; lane 1 scenario async_resume; lane 2,3 scenario lost_rank; wait
-    lane 0,1 cp_vpp; lane 2,3 recompute; wait
-    scenario oom  # alone: it takes a whole GPU's memory
+    # phase 1: the 4-GPU layouts; phase 2: four lanes side by side; phase 3: two 2-GPU lanes
     layout tp2pp2 4 --tp 2 --pp 2 --save-at "$half" --save /tmp/layout-ckpt4
     layout dp4_from_tp2pp2 4 --tp 1 --save-at "$half" --load /tmp/layout-ckpt4
     layout tp2cp2 4 --tp 2 --cp 2 --sequence-parallel
     layout cp2dp2 4 --cp 2
+    # (the OOM scenario takes all of GPU 0's memory: nothing else runs there meanwhile)
+    lane 0 p1_gpu0_oom; lane 1 scenario async_resume; lane 2,3 scenario lost_rank; wait
+    lane 0,1 cp_vpp; lane 2,3 recompute; wait
   else
     # 2 GPUs: the lost-rank pair (mostly waiting for its timeout) shares the GPUs with lanes 0 and 1
     lane 0 p1_gpu0; lane 1 scenario async_resume; lane 0,1 scenario lost_rank; wait
