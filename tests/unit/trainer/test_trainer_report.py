@@ -56,6 +56,15 @@ def test_plain_lines_every_n_steps(capsys: pytest.CaptureFixture[str]) -> None:
     assert "step 3/10" in err and "val_loss 1.5000" in err and "checkpoint step 3" in err and "succeeded" in err
 
 
+def test_messages_print_verbatim_even_with_markup_like_text(capsys: pytest.CaptureFixture[str]) -> None:
+    message = "Connection closed by peer [/10.0.0.2]:29500 [bold]"
+    console = ConsoleReporter("lines", every_n_steps=1)
+    console.checkpoint(CheckpointReport(step=3, path="/out/[run]/step-3", seconds=0.1))
+    console.finish(RunSummary(outcome="failed", step=3, total_steps=10, exit_code=70, message=message))
+    err = capsys.readouterr().err
+    assert message in err and "/out/[run]/step-3" in err
+
+
 def test_bar_mode_runs() -> None:
     console = ConsoleReporter("bar", every_n_steps=1)
     console.step(STEP)

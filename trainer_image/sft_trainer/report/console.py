@@ -35,7 +35,8 @@ class ConsoleReporter:
     """`bar`: a live rich bar (step, loss, val loss, tokens/s, ETA); `lines`: a line every N steps."""
 
     def __init__(self, mode: Literal["auto", "bar", "lines"], every_n_steps: int) -> None:
-        self.console = Console(stderr=True)
+        # Messages carry user text (paths, exception strings such as gloo's "[/...]") that must print as is.
+        self.console = Console(stderr=True, markup=False)
         use_bar = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
         self.every = every_n_steps
         self.val_loss: float | None = None
