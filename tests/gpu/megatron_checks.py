@@ -9,6 +9,7 @@ Data: GSM8K rows (question -> answer, answer-only loss) tokenised with the GPT-2
 """
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -218,9 +219,9 @@ def megatron_backend(config: SFTConfig, model: Any | None, hf_cfg: Any | None = 
     """A MegatronBackend starting from `model`'s weights (None: megatron's random init)."""
     from sft_trainer.backends.megatron import MegatronBackend
 
-    return MegatronBackend(
-        config, hf_cfg if hf_cfg is not None else model.config, None if model is None else model.state_dict()
-    )
+    if model is None:
+        return MegatronBackend(config, hf_cfg, None)
+    return MegatronBackend(config, hf_cfg if hf_cfg is not None else model.config, model.state_dict())
 
 
 def train(
@@ -267,7 +268,7 @@ def check_logits(kind: str, seq: int = 256, batch: int = 2) -> dict[str, Any]:
     model.float().cpu()
     backend = megatron_backend(sft_config(), model)
     ours = backend.logits(ids.cuda())
-    result = {
+    result: dict[str, Any] = {
         "model": kind,
         "megatron_vs_hf_fp32": rel_errors(ours, ref),
         "hf_bf16_vs_hf_fp32": rel_errors(hf_bf16, ref),
@@ -380,7 +381,8 @@ def check_checkpoint_and_export(steps: int = 10, save_after: int = 5) -> dict[st
         resumed_backend.load_checkpoint(Path(tmp) / "ckpt")
         resumed = [r.loss for r in train(resumed_backend, batches[save_after:], samples, save_after)]
         _free(resumed_backend)
-        exported = AutoModelForCausalLM.from_pretrained(Path(tmp) / "final", dtype=torch.bfloat16).cuda().eval()
+        exported: Any = AutoModelForCausalLM.from_pretrained(Path(tmp) / "final", dtype=torch.bfloat16)
+        exported = exported.cuda().eval()
         with torch.no_grad():
             theirs = exported(ids.cuda()).logits.float()
         files = sorted(p.name for p in (Path(tmp) / "final").iterdir())
@@ -560,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     checks: dict[str, Callable[[], dict[str, Any]]] = {
         **{
-            f"logits_{k}": (lambda k=k: check_logits(k))
+            f"logits_{k}": functools.partial(check_logits, k)
             for k in ("llama", "llama-tied", "llama3-rope", "qwen2", "mistral")
         },
         "packed_thd": check_packed,

@@ -1,6 +1,7 @@
 """The pure arithmetic of the training benchmark: FLOPs, step summaries, epochs, scaling, goals, profiles."""
 
 import math
+from typing import Any
 
 import pytest
 
@@ -55,7 +56,11 @@ def test_scaling_efficiencies() -> None:
 
 
 def test_best_and_goals() -> None:
-    rows = [{"tokens_per_s_per_gpu": 3.0, "n": "a"}, {"tokens_per_s_per_gpu": 5.0, "n": "b"}, {"n": "c"}]
+    rows: list[dict[str, Any]] = [
+        {"tokens_per_s_per_gpu": 3.0, "n": "a"},
+        {"tokens_per_s_per_gpu": 5.0, "n": "b"},
+        {"n": "c"},
+    ]
     assert tm.best(rows) == rows[1]
     assert tm.best([]) is None
     assert tm.goal("mfu", 0.52, 0.5)["met"] is True

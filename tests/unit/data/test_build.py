@@ -59,7 +59,7 @@ def test_cache_is_reused_and_invalidated(tmp_path: Path, byte_tok: Any) -> None:
     first = build_datasets(config, byte_tok)
     second = build_datasets(config, byte_tok)
     assert second.stats["cache"]["train"] == "hit"
-    assert isinstance(second.train.store.input_ids, np.memmap)  # type: ignore[union-attr]
+    assert isinstance(second.train.store.input_ids, np.memmap)
     assert [s.input_ids.tolist() for s in second.train] == [s.input_ids.tolist() for s in first.train]
     assert len(list((tmp_path / "cache").iterdir())) == 1
     config.data.max_seq_length = 16  # a knob changes: a new cache entry

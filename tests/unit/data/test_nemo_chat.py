@@ -74,7 +74,7 @@ def test_masking_the_assistant_text_to_value(byte_tok: Any) -> None:
 
 
 def test_text_to_value_turn_without_label_trains_its_value(byte_tok: Any) -> None:
-    turns = [{"from": "User", "value": "hi"}, {"from": "Assistant", "value": "yo", "label": None}]
+    turns: list[dict[str, Any]] = [{"from": "User", "value": "hi"}, {"from": "Assistant", "value": "yo", "label": None}]
     [(ids, targets)], _ = encode(byte_tok, [row("TEXT_TO_VALUE", turns=turns)])
     assert trained_segments(byte_tok, ids, targets) == ["yo\n\x11"]
 

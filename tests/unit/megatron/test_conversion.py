@@ -10,6 +10,7 @@ Checks, for Llama (GQA, tied and untied), Qwen2 (QKV bias) and Mistral:
 """
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralFo
 
 from sft_trainer.backends.megatron import conversion as cv
 
-SMALL = {
+SMALL: dict[str, Any] = {
     "hidden_size": 64,
     "intermediate_size": 96,
     "num_hidden_layers": 4,
@@ -27,6 +28,8 @@ SMALL = {
     "vocab_size": 250,
     "max_position_embeddings": 64,
 }
+
+HFCausalLM = LlamaForCausalLM | MistralForCausalLM | Qwen2ForCausalLM
 
 
 def _llama(tied: bool) -> LlamaForCausalLM:
@@ -57,7 +60,7 @@ MODELS = {
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
-def model(request: pytest.FixtureRequest) -> torch.nn.Module:
+def model(request: pytest.FixtureRequest) -> HFCausalLM:
     torch.manual_seed(0)
     m = MODELS[request.param]()
     with torch.no_grad():  # norms start at exactly 1: randomise them so a swap would show
@@ -67,7 +70,7 @@ def model(request: pytest.FixtureRequest) -> torch.nn.Module:
     return m.eval()
 
 
-def _hf_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _hf_state(model: HFCausalLM) -> dict[str, torch.Tensor]:
     state = {k: v for k, v in model.state_dict().items() if "rotary_emb" not in k}
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
@@ -76,7 +79,7 @@ def _hf_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("tp", [1, 2, 4])
 @pytest.mark.parametrize(("pp", "vpp"), [(1, None), (2, None), (2, 2)])
-def test_round_trip_bit_exact(model: torch.nn.Module, tp: int, pp: int, vpp: int | None) -> None:
+def test_round_trip_bit_exact(model: HFCausalLM, tp: int, pp: int, vpp: int | None) -> None:
     hf = _hf_state(model)
     shape = cv.shape_from_hf_config(model.config, padded_vocab=cv.padded_vocab_size(model.config.vocab_size, tp))
     shards = cv.hf_to_megatron_shards(hf, shape, tp=tp, pp=pp, vpp=vpp)
@@ -91,7 +94,7 @@ def test_round_trip_bit_exact(model: torch.nn.Module, tp: int, pp: int, vpp: int
 
 @pytest.mark.parametrize("tp", [1, 2, 4])
 @pytest.mark.parametrize(("pp", "vpp"), [(1, None), (2, None), (2, 2)])
-def test_shards_have_megatron_shapes_and_reassemble(model: torch.nn.Module, tp: int, pp: int, vpp: int | None) -> None:
+def test_shards_have_megatron_shapes_and_reassemble(model: HFCausalLM, tp: int, pp: int, vpp: int | None) -> None:
     shape = cv.shape_from_hf_config(model.config, padded_vocab=cv.padded_vocab_size(model.config.vocab_size, tp))
     full = cv.hf_to_megatron(_hf_state(model), shape)
     shards = cv.shard(full, shape, tp=tp, pp=pp, vpp=vpp)
@@ -190,7 +193,7 @@ def _megatron_layout_forward(
     return F.linear(x, out_w)[..., : shape.vocab_size]
 
 
-def test_megatron_layout_computes_hf_logits(model: torch.nn.Module) -> None:
+def test_megatron_layout_computes_hf_logits(model: HFCausalLM) -> None:
     shape = cv.shape_from_hf_config(model.config, padded_vocab=256)
     mg = {k: v.double() for k, v in cv.hf_to_megatron(_hf_state(model), shape).items()}
     ids = torch.randint(0, model.config.vocab_size, (2, 24))
@@ -209,7 +212,7 @@ def test_megatron_layout_computes_hf_logits(model: torch.nn.Module) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_hf_inv_freq_matches_transformers(model: torch.nn.Module) -> None:
+def test_hf_inv_freq_matches_transformers(model: HFCausalLM) -> None:
     from sft_trainer.backends.megatron.model import hf_inv_freq
 
     assert torch.equal(hf_inv_freq(model.config), model.model.rotary_emb.inv_freq.float())
