@@ -21,7 +21,7 @@ from tests.integration.operator.conftest import Operator, settle, wait_for
 
 pytestmark = pytest.mark.integration
 
-TRAINING = {
+TRAINING: dict[str, Any] = {
     "model": {"source": "hf", "path": "/models/tiny"},
     "data": {"train_file": "/data/train.jsonl"},
     "trainer": {"max_steps": 20, "val_check_interval": 5, "save_interval": 10, "global_batch_size": 8},
