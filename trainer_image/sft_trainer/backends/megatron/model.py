@@ -92,6 +92,24 @@ _RECOMPUTE: dict[str, dict[str, Any]] = {
 }
 
 
+def pipeline_p2p_settings(parallelism: ParallelismConfig) -> dict[str, Any]:
+    """`TransformerConfig` fields for the pipeline's point-to-point exchange.
+
+    Interleaved PP must not batch its sends and receives (`batch_p2p_comm`, megatron's default): in
+    the steady state each step sends an activation forward and a gradient backward and receives
+    both, in one `batch_isend_irecv` ordered [send prev, recv prev, send next, recv next]. With two
+    stages the previous and the next rank are the same peer, and NCCL / gloo match a pair's sends
+    and receives in issue order, so stage 1 receives stage 0's *gradient* as its input activation
+    and the activation as its output gradient (measured on the CPU: micro-batches after the first
+    group get a wrong forward, the loss stops falling, docs/notes/megatron-vpp.md). Megatron-LM's
+    interleaved runs use unbatched p2p too (`overlap_p2p_comm`); its `_p2p_ops` orders the calls by
+    even / odd rank and, for two stages, sends each direction over its own group.
+    """
+    if parallelism.virtual_pipeline_model_parallel_size:
+        return {"batch_p2p_comm": False}
+    return {}
+
+
 def transformer_config(plan: ModelPlan, parallelism: ParallelismConfig, precision: str = "bf16") -> "TransformerConfig":
     """megatron-core TransformerConfig for a Llama-family decoder under the given parallel layout."""
     from megatron.core.transformer import TransformerConfig
@@ -137,6 +155,7 @@ def transformer_config(plan: ModelPlan, parallelism: ParallelismConfig, precisio
         attention_softmax_in_fp32=True,
         deallocate_pipeline_outputs=True,
         **_RECOMPUTE[parallelism.activation_recompute],
+        **pipeline_p2p_settings(parallelism),
         **fp8,
     )
 
