@@ -533,8 +533,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import megatron.core  # noqa: F401  (TE before any cuDNN use by PyTorch: see prefer_torch_cudnn)
 
     if args.command == "layout":
-        if args.vpp:  # refused in training runs until it trains correctly (docs/megatron.md); measured here
-            os.environ["SFT_ALLOW_INTERLEAVED_PP"] = "1"
         extra = {
             "sequence_parallel": args.sequence_parallel,
             "fp8": args.fp8,

@@ -62,10 +62,7 @@ def tp1(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return layout(tmp_path_factory.mktemp("tp1") / "tp1.json", 1, "--tp", "1")
 
 
-VPP_BROKEN = pytest.mark.xfail(reason="interleaved PP does not train yet (docs/megatron.md)", strict=False)
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=VPP_BROKEN) if "vpp" in n else n for n in LAYOUTS])
+@pytest.mark.parametrize("name", list(LAYOUTS))
 def test_layout_agrees_with_tp1(name: str, tp1: dict[str, Any], tmp_path: Path) -> None:
     nproc, args = LAYOUTS[name]
     run = layout(tmp_path / f"{name}.json", nproc, *args)

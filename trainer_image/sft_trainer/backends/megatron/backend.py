@@ -90,25 +90,6 @@ def prefer_torch_cudnn() -> None:
         os.environ["CUDNN_HOME"] = next(iter(spec.submodule_search_locations))
 
 
-def refuse_interleaved_pipeline(virtual_pipeline_size: int | None, environ: Mapping[str, str]) -> None:
-    """Interleaved PP runs but does not train correctly yet (measured on 2 GPUs of an H200 host: loss 10.66, not
-    6.86 after 24 steps, docs/megatron.md): refuse it as a configuration error (exit 10, not retried).
-    `SFT_ALLOW_INTERLEAVED_PP=1` lets the device checks run the path while it is being fixed."""
-    if virtual_pipeline_size and environ.get("SFT_ALLOW_INTERLEAVED_PP") != "1":
-        from sft_trainer.config import ConfigError
-        from sft_trainer.config.loading import ConfigProblem
-
-        raise ConfigError(
-            [
-                ConfigProblem(
-                    "parallelism.virtual_pipeline_model_parallel_size",
-                    "interleaved pipeline parallelism does not train correctly on the megatron backend yet "
-                    "(docs/megatron.md, 'Not done yet'); leave it unset",
-                )
-            ]
-        )
-
-
 def init_distributed(timeout_seconds: int) -> None:
     """Join (or create, for a single process) the NCCL process group with a short collective timeout.
 
@@ -184,7 +165,6 @@ class MegatronBackend:
         self.hf_config = hf_config
         self.tuning = tuning or MegatronTuning()
         par = config.parallelism
-        refuse_interleaved_pipeline(par.virtual_pipeline_model_parallel_size, os.environ)
         init_distributed(par.distributed_timeout_seconds)
         if not ps.model_parallel_is_initialized():
             ps.initialize_model_parallel(
