@@ -1,11 +1,13 @@
 """The megatron backend's training step under PP=2 with and without interleaving (VPP), on the CPU.
 
     PYTHONPATH=<megatron-core>:trainer_image:. python tests/unit/megatron/megatron_cpu_vpp.py \
-        --rank R --world 2 --port P --pp 2 [--vpp 2] [--micro-batches 3] [--overlap-grad-reduce] [--batched-p2p]
+        --rank R --world 2 --port P --pp 2 [--vpp 2] [--micro-batches 3] [--distributed-optimizer] [--overlap] \
+        [--batched-p2p]
 
 Run by `test_vpp_megatron_cpu.py` (one gloo process per pipeline stage) where megatron-core imports;
-`--batched-p2p` keeps megatron's default `batch_p2p_comm=True` under VPP (the bug, for contrast). Real megatron-core
-modules (local layer spec: no Transformer Engine on the CPU) and the backend's own code paths:
+`--batched-p2p` keeps megatron's default `batch_p2p_comm=True` under VPP (the bug, for contrast).
+Real megatron-core modules (local layer spec: no Transformer Engine on the CPU) and the backend's
+own code paths:
 `MegatronBackend._wrap_ddp`, `_make_optimizer`, `_install_schedule_hooks`, `_thd_batches` (with the
 interleaving's padding micro-batches), `_run_schedule` and `train_step`, on an instance built without
 `__init__` (which needs CUDA and TE). Only the pieces that need TE or CUDA are replaced:
@@ -17,9 +19,10 @@ interleaving's padding micro-batches), `_run_schedule` and `train_step`, on an i
 
 A tiny Llama (4 layers, fp32) starts from the same HF weights (through `conversion.shard_for_rank`)
 in every layout; the same rows every step (the loss must fall), Adam without clipping (megatron's
-clipping asserts CUDA tensors), the plain (not distributed) optimizer: the distributed one only
-accepts CUDA parameters. Rank 0 prints one JSON line: HF's own loss on the rows, the forward-only
-schedule's loss, and the per-step training losses and grad norms.
+clipping asserts CUDA tensors); `--distributed-optimizer` (its constructor only accepts parameters
+whose `type()` names CUDA: patched, see `_patch_tensor_type_for_distributed_optimizer`) and
+`--overlap` (grad reduce and param gather) give the backend's defaults. Rank 0 prints one JSON line:
+HF's own loss on the rows, the forward-only schedule's loss, the per-step losses and grad norms.
 """
 
 import argparse
@@ -75,6 +78,20 @@ def _patch_megatron_for_cpu() -> None:
     mutils.torch = cpu_torch
 
 
+def _patch_tensor_type_for_distributed_optimizer() -> None:
+    """`Tensor.type()` (no arguments) names CPU tensors as CUDA ones: megatron's distributed optimizer
+    only accepts `torch.cuda.*Tensor` parameters (harness only, for `--distributed-optimizer`)."""
+    original = torch.Tensor.type
+
+    def cuda_named(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        name = original(self, *args, **kwargs)
+        if args or kwargs or self.is_cuda:
+            return name
+        return str(name).replace("torch.", "torch.cuda.", 1)
+
+    torch.Tensor.type = cuda_named  # type: ignore[method-assign,assignment]
+
+
 def _micro_batches(count: int) -> list[Any]:
     """`count` one-example micro-batches (lengths 9..30, a loss-free "prompt" third), always the same rows."""
     from sft_trainer.data.types import IGNORE_INDEX, MicroBatch
@@ -118,6 +135,8 @@ def main(args: argparse.Namespace) -> None:
     dist.init_process_group("gloo")
     ps.initialize_model_parallel(1, pp, virtual_pipeline_model_parallel_size=vpp)
     _patch_megatron_for_cpu()
+    if args.distributed_optimizer:
+        _patch_tensor_type_for_distributed_optimizer()
 
     torch.manual_seed(0)
     hf_config = LlamaConfig(
@@ -137,9 +156,9 @@ def main(args: argparse.Namespace) -> None:
                 "backend": "megatron",
                 "pipeline_model_parallel_size": pp,
                 "virtual_pipeline_model_parallel_size": vpp,
-                "distributed_optimizer": False,
-                "overlap_grad_reduce": args.overlap_grad_reduce,
-                "overlap_param_gather": False,
+                "distributed_optimizer": args.distributed_optimizer,
+                "overlap_grad_reduce": args.overlap,
+                "overlap_param_gather": args.overlap,
             },
         }
     )
@@ -247,6 +266,7 @@ if __name__ == "__main__":
         parser.add_argument(name, type=int, required=True)
     parser.add_argument("--vpp", type=int, default=None)
     parser.add_argument("--micro-batches", type=int, default=3)  # 3: the interleaved path pads to 4
-    parser.add_argument("--overlap-grad-reduce", action="store_true")
+    parser.add_argument("--distributed-optimizer", action="store_true")
+    parser.add_argument("--overlap", action="store_true")  # overlap_grad_reduce and overlap_param_gather
     parser.add_argument("--batched-p2p", action="store_true")
     main(parser.parse_args())

@@ -48,8 +48,10 @@ def close(a: list[float], b: list[float], tol: float = 1e-5) -> bool:
 
 
 def test_interleaved_pipeline_trains_like_plain_pipeline() -> None:
-    plain = run_pp2()  # 3 micro-batches: the interleaved run pads them to 4
-    interleaved = run_pp2("--vpp", "2")
+    """The backend's defaults: distributed optimizer, overlapped grad reduce and param gather."""
+    defaults = ("--distributed-optimizer", "--overlap")
+    plain = run_pp2(*defaults)  # 3 micro-batches: the interleaved run pads them to 4
+    interleaved = run_pp2("--vpp", "2", *defaults)
     assert abs(plain["losses"][0] - plain["hf_loss"]) < 1e-5  # the layout computes HF's model
     assert plain["losses"][-1] < plain["losses"][0] - 1.0  # and learns
     assert abs(interleaved["forward_only_loss"] - plain["hf_loss"]) < 1e-5
