@@ -101,9 +101,9 @@ def pipeline_p2p_settings(parallelism: ParallelismConfig) -> dict[str, Any]:
     stages the previous and the next rank are the same peer, and NCCL / gloo match a pair's sends
     and receives in issue order, so stage 1 receives stage 0's *gradient* as its input activation
     and the activation as its output gradient (measured on the CPU: micro-batches after the first
-    group get a wrong forward, the loss stops falling, docs/notes/megatron-vpp.md). Megatron-LM's
-    interleaved runs use unbatched p2p too (`overlap_p2p_comm`); its `_p2p_ops` orders the calls by
-    even / odd rank and, for two stages, sends each direction over its own group.
+    group get a wrong forward, the loss stops falling, docs/notes/megatron-vpp.md). Unbatched,
+    megatron's `_p2p_ops` orders the calls by even / odd rank and, for two stages, sends each
+    direction over its own group (its overlapped p2p mode, `overlap_p2p_comm`, uses that path too).
     """
     if parallelism.virtual_pipeline_model_parallel_size:
         return {"batch_p2p_comm": False}
