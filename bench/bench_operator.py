@@ -440,10 +440,17 @@ def latencies(jobs: Iterable[JobRecord]) -> dict[str, list[float]]:
 
 
 def latencies_by_wave(jobs: Iterable[JobRecord]) -> dict[str, dict[str, list[float]]]:
-    """`latencies` of the burst's jobs and of the steady wave's jobs, separately."""
+    """`latencies` of the burst's jobs and of the steady wave's jobs, separately, plus
+    `steady_after_burst`: the steady jobs applied after the burst's last job had all its pods (the
+    steady load without the burst's backlog ahead of it)."""
+    jobs = list(jobs)
     waves: dict[str, list[JobRecord]] = {}
     for job in jobs:
         waves.setdefault(job.wave or "unknown", []).append(job)
+    burst_done = [job.pods_created for job in waves.get("burst", []) if job.pods_created is not None]
+    if burst_done and "steady" in waves:
+        cleared = max(burst_done)
+        waves["steady_after_burst"] = [job for job in waves["steady"] if (job.applied or 0) > cleared]
     return {wave: latencies(members) for wave, members in sorted(waves.items())}
 
 

@@ -5,10 +5,12 @@ python -m sft_operator --namespace team-a --namespace team-b --standalone
 """
 
 import argparse
+import ctypes
 import logging
 import os
 import random
 import socket
+import sys
 
 import kopf
 from prometheus_client import start_http_server
@@ -76,8 +78,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas (as `MALLOC_ARENA_MAX` would) before any thread starts.
+
+    glibc gives each thread that contends for the heap an arena of its own, up to 8 per core, and
+    rarely returns their free space: with the reconcile workers and create threads this doubled the
+    operator's peak RSS under a 500-job burst. An explicit `MALLOC_ARENA_MAX` wins; not glibc: no-op.
+    """
+    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(M_ARENA_MAX, arenas))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Configure logging, metrics and peering, then hand over to kopf."""
+    limit_malloc_arenas()
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:
