@@ -31,6 +31,7 @@ from sft_operator.status import pod_view
 
 Object = dict[str, Any]
 Key = tuple[str, str]  # (namespace, job name)
+Page = tuple[list[Object], int | None]  # a list's items and its resourceVersion
 JOB_METADATA = ("name", "namespace", "uid", "generation", "resourceVersion", "creationTimestamp", "deletionTimestamp")
 DROPPED_ANNOTATIONS = frozenset({"kubectl.kubernetes.io/last-applied-configuration"})
 MAX_TOMBSTONES = 64
@@ -47,6 +48,11 @@ def as_version(value: Any) -> int | None:
 def version(obj: Object) -> int | None:
     """An object's (or a list's) resourceVersion as an integer."""
     return as_version((obj.get("metadata") or {}).get("resourceVersion"))
+
+
+def oldest(first: int | None, second: int | None) -> int | None:
+    """The older of two list versions; unknown (None) if either is (then nothing counts as stale)."""
+    return None if first is None or second is None else min(first, second)
 
 
 def is_newer(candidate: int | None, stored: int | None) -> bool:
@@ -208,15 +214,19 @@ class Store:
 
     # --- the periodic full list -------------------------------------------------------------------
 
-    def replace_jobs(self, listed: Iterable[Object], listed_at: int | None) -> list[Key]:
-        """Reconcile the stored jobs with a full list taken at resourceVersion `listed_at`.
+    def replace_jobs(self, pages: Iterable[Page]) -> list[Key]:
+        """Reconcile the stored jobs with a full list (pages of items, each with the list's version).
 
         Listed jobs are stored (newest wins); stored ones missing from the list are dropped unless
         written after the list was taken. Returns the keys of the jobs whose record changed.
         """
-        items = list(listed)
-        changed = [job_key(raw) for raw in items if self.put_job(raw)]
-        present = {job_key(raw) for raw in items}
+        changed: list[Key] = []
+        present: set[Key] = set()
+        listed_at: int | None = None
+        for number, (items, at) in enumerate(pages):
+            listed_at = at if number == 0 else oldest(listed_at, at)
+            changed += [job_key(raw) for raw in items if self.put_job(raw)]
+            present |= {job_key(raw) for raw in items}
         with self._lock:
             for key, record in list(self._jobs.items()):
                 if key not in present and not is_newer(record.version, listed_at):
@@ -224,11 +234,15 @@ class Store:
                     self._pods.pop(key, None)
         return changed
 
-    def replace_pods(self, listed: Iterable[Object], listed_at: int | None) -> set[Key]:
-        """Reconcile the stored pods with a full list taken at `listed_at`; the jobs whose pods changed."""
-        items = list(listed)
-        changed = {key for key in map(self.put_pod, items) if key is not None}
-        present = {str((raw.get("metadata") or {}).get("uid")) for raw in items}
+    def replace_pods(self, pages: Iterable[Page]) -> set[Key]:
+        """Reconcile the stored pods with a full list (pages); the jobs whose pods changed."""
+        changed: set[Key] = set()
+        present: set[str] = set()
+        listed_at: int | None = None
+        for number, (items, at) in enumerate(pages):
+            listed_at = at if number == 0 else oldest(listed_at, at)
+            changed |= {key for key in map(self.put_pod, items) if key is not None}
+            present |= {str((raw.get("metadata") or {}).get("uid")) for raw in items}
         with self._lock:
             for key, pods in list(self._pods.items()):
                 for name, pod in list(pods.items()):

@@ -278,15 +278,14 @@ class Controller:
         return is_active(peers, self.settings.identity, self.settings.priority, datetime.now(UTC))
 
     def relist(self) -> None:
-        """Re-read every job, then every pod (one list each), correct the store, mark what changed dirty.
+        """Re-read every job, then every pod (paginated lists), correct the store, mark what changed dirty.
 
         Runs at startup before kopf's watches start and on becoming the active replica: until then
         the workers wait, since a job whose pods are not in the store yet would look like a gang
         with missing ranks.
         """
-        jobs, jobs_at = self.kube.list_jobs(self.settings.namespaces)
-        pods, pods_at = self.kube.list_pods(self.settings.namespaces)
-        changed = set(self.store.replace_jobs(jobs, jobs_at)) | self.store.replace_pods(pods, pods_at)
+        changed = set(self.store.replace_jobs(self.kube.list_jobs(self.settings.namespaces)))
+        changed |= self.store.replace_pods(self.kube.list_pods(self.settings.namespaces))
         for key in changed:
             self.queue.add(key)
         self._relisted = time.monotonic()

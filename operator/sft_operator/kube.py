@@ -9,6 +9,7 @@ client's model objects (`V1Pod`, ...) and back was the operator's largest CPU co
 
 import json
 import logging
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +23,9 @@ from sft_operator.status import Event
 
 log = logging.getLogger(__name__)
 Object = dict[str, Any]
+Page = tuple[list[Object], int | None]  # a list's items and its resourceVersion
 RAW = {"_preload_content": False}
+LIST_PAGE = 100
 PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
 REPORTING_COMPONENT = "kube-sft-operator"
 
@@ -39,16 +42,14 @@ class Kube:
 
     # --- SFTJobs ------------------------------------------------------------------------------
 
-    def list_jobs(self, namespaces: list[str]) -> tuple[list[Object], int | None]:
-        """SFTJobs in the watched namespaces (all when the list is empty) and the lists' resourceVersion."""
+    def list_jobs(self, namespaces: list[str]) -> Iterator[Page]:
+        """SFTJobs in the watched namespaces (all when the list is empty), page by page."""
         if not namespaces:
-            return _items(self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **RAW))
-        items: list[Object] = []
-        listed: int | None = None
+            yield from _pages(lambda **kw: self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **kw))
         for namespace in namespaces:
-            more, listed = _items(self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **RAW))
-            items += more
-        return items, listed
+            yield from _pages(
+                lambda ns=namespace, **kw: self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, **kw)
+            )
 
     def patch_job_status(self, namespace: str, name: str, status: Object) -> Object | None:
         """Merge-patch the status subresource (only the keys given); the job as written, None when gone."""
@@ -77,16 +78,14 @@ class Kube:
 
     # --- children -----------------------------------------------------------------------------
 
-    def list_pods(self, namespaces: list[str]) -> tuple[list[Object], int | None]:
-        """Every trainer pod (label LABEL_JOB) in the watched namespaces, and the lists' resourceVersion."""
+    def list_pods(self, namespaces: list[str]) -> Iterator[Page]:
+        """Every trainer pod (label LABEL_JOB) in the watched namespaces, page by page."""
         if not namespaces:
-            return _items(self.core.list_pod_for_all_namespaces(label_selector=LABEL_JOB, **RAW))
-        items: list[Object] = []
-        listed: int | None = None
+            yield from _pages(lambda **kw: self.core.list_pod_for_all_namespaces(label_selector=LABEL_JOB, **kw))
         for namespace in namespaces:
-            more, listed = _items(self.core.list_namespaced_pod(namespace, label_selector=LABEL_JOB, **RAW))
-            items += more
-        return items, listed
+            yield from _pages(
+                lambda ns=namespace, **kw: self.core.list_namespaced_pod(ns, label_selector=LABEL_JOB, **kw)
+            )
 
     def create(self, obj: Object) -> Object | None:
         """Create a child; the object as created, None when it exists already (names are deterministic)."""
@@ -180,7 +179,16 @@ def _json(response: Any) -> Object:
     return body
 
 
-def _items(response: Any) -> tuple[list[Object], int | None]:
-    """A list response's items and resourceVersion (None when it is not a number)."""
-    body = _json(response)
-    return list(body.get("items") or []), version(body)
+def _pages(call: Callable[..., Any]) -> Iterator[Page]:
+    """A paginated list, LIST_PAGE items at a time, each page with the list's resourceVersion.
+
+    One page in memory at a time: a whole list of 2000 pods (managedFields and all) parsed at once
+    was a 90 MB spike, the operator's peak RSS at 1000 jobs.
+    """
+    token: str | None = None
+    while True:
+        body = _json(call(limit=LIST_PAGE, _continue=token, **RAW))
+        yield list(body.get("items") or []), version(body)
+        token = (body.get("metadata") or {}).get("continue")
+        if not token:
+            return

@@ -90,10 +90,17 @@ def test_a_full_list_drops_what_a_watch_gap_hid_but_keeps_newer_writes() -> None
     store.put_job(other)
     store.put_pod(pod("demo-node-0", "7", "p0"))
     store.put_pod(pod("demo-node-1", "12", "p1", rank=1))  # created after the lists were taken
-    assert store.replace_jobs([job("5")], listed_at=10) == []
+    assert store.replace_jobs([([], 10), ([job("5")], 10)]) == []  # two pages of one list
     assert store.job_keys() == [KEY]
-    assert store.replace_pods([], listed_at=10) == {KEY}
+    assert store.replace_pods([([], 10)]) == {KEY}
     assert [view.name for view in store.pods(KEY)] == ["demo-node-1"]
+
+
+def test_a_list_of_unknown_version_drops_nothing() -> None:
+    store = Store()
+    store.put_job(job("5"))
+    assert store.replace_jobs([([], 10), ([], None)]) == []
+    assert store.job_keys() == [KEY]
 
 
 def test_missing_ranks_ignore_other_attempts_and_deleting_pods() -> None:
