@@ -176,7 +176,8 @@ class Store:
                 return None
             pods = self._pods.setdefault(key, {})
             stored = pods.get(name)
-            if stored is not None and stored.view.uid == uid and not is_newer(seen, stored.version):
+            # resourceVersions are cluster-wide, so this also orders two pods that share a name (attempts)
+            if stored is not None and not is_newer(seen, stored.version):
                 return None
             pods[name] = PodRecord(pod_view(raw), seen)
             return key

@@ -81,9 +81,7 @@ class WorkQueue(Generic[K]):
             self._busy.discard(key)
             if key in self._again:
                 self._again.discard(key)
-                self._queued.add(key)
-                self._ready.append(key)
-                self._changed.notify()
+                self.add(key)  # the condition's lock is re-entrant
 
     def close(self) -> None:
         """Wake every waiting worker and make `get` return None from now on."""

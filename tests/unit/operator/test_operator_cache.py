@@ -74,6 +74,14 @@ def test_pods_follow_the_newest_version_and_deleted_ones_stay_deleted() -> None:
     assert store.put_pod(pod("demo-node-0", "8", "p1")) == KEY  # the next attempt's pod, same name
 
 
+def test_a_late_event_of_a_same_named_earlier_pod_does_not_replace_the_new_one() -> None:
+    store = Store()
+    assert store.put_pod(pod("demo-node-0", "20", "new", "Running", attempt=1)) == KEY  # our create response
+    assert store.put_pod(pod("demo-node-0", "12", "old", "Failed", attempt=0)) is None  # a late watch event
+    [view] = store.pods(KEY)
+    assert view.uid == "new" and view.phase == "Running"
+
+
 def test_a_new_job_with_an_old_name_does_not_inherit_its_pods() -> None:
     store = Store()
     store.put_job(job("1", uid="old"))
