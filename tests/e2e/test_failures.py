@@ -79,8 +79,14 @@ def test_deadline_exceeded(sft_system: System, data_dir: Path, tmp_path_factory:
     sft_system.wait(
         lambda: not sft_system.pods("late", include_deleting=False), 60, "the late job's pods deleted", "late"
     )
-    assert "DeadlineExceeded" in {reason for reason, _ in sft_system.events("late")} or any(
-        "deadline" in message.lower() for _, message in sft_system.events("late")
+    sft_system.wait(  # Events are posted after the status patch: give the operator a moment
+        lambda: any(
+            reason == "DeadlineExceeded" or "deadline" in message.lower()
+            for reason, message in sft_system.events("late")
+        ),
+        30,
+        "a DeadlineExceeded Event",
+        "late",
     )
 
 

@@ -81,20 +81,28 @@ def target_module_names(config: LoraConfig, model: nn.Module) -> list[str]:
 
 def peft_config(config: LoraConfig, model: nn.Module) -> "peft.LoraConfig":
     """The `peft.LoraConfig` of our LoRA block for `model`."""
-    import peft
-
     targets = target_module_names(config, model)
     conv1d = any(
         isinstance(module, Conv1D) and any(_matches(name, s) for s in targets) for name, module in model.named_modules()
     )
+    return peft_lora_config(config, targets, fan_in_fan_out=conv1d)  # GPT-2's Conv1D stores weights as (in, out)
+
+
+def peft_lora_config(
+    config: LoraConfig, target_modules: list[str], fan_in_fan_out: bool = False, base: str | None = None
+) -> "peft.LoraConfig":
+    """Our LoRA block as a `peft.LoraConfig` (both backends; `base` = the base model directory)."""
+    import peft
+
     return peft.LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,  # type: ignore[arg-type]  # peft annotates int; the scaling is alpha / r
         lora_dropout=config.dropout,
-        target_modules=targets,
-        fan_in_fan_out=conv1d,  # GPT-2's Conv1D stores weights as (in, out)
+        target_modules=target_modules,
+        fan_in_fan_out=fan_in_fan_out,
         bias="none",
         task_type="CAUSAL_LM",
+        base_model_name_or_path=base,
     )
 
 

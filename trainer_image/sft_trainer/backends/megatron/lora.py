@@ -45,6 +45,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from sft_trainer import lora as torch_lora
 from sft_trainer.backends.megatron.backend import CHECKPOINT_SUBDIR, MegatronBackend
 from sft_trainer.backends.megatron.conversion import (
     ModelShape,
@@ -631,17 +632,7 @@ class MegatronLora:
 
 def peft_lora_config(config: LoraConfig, layers: Sequence[AdaptedLayer], base: Any = None) -> "peft.LoraConfig":
     """The `peft.LoraConfig` of megatron adapters (HF projection names; `base` = the base model directory)."""
-    import peft
-
-    return peft.LoraConfig(
-        r=config.rank,
-        lora_alpha=config.alpha,  # type: ignore[arg-type]  # peft annotates int; the scaling is alpha / r
-        lora_dropout=config.dropout,
-        target_modules=peft_target_modules(layers),
-        bias="none",
-        task_type="CAUSAL_LM",
-        base_model_name_or_path=str(base) if base else None,
-    )
+    return torch_lora.peft_lora_config(config, peft_target_modules(layers), base=str(base) if base else None)
 
 
 def write_peft(directory: Path, state: Mapping[str, torch.Tensor], config: "peft.LoraConfig") -> None:
