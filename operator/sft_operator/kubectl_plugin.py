@@ -55,11 +55,11 @@ def prefix_lines(rank: int | str, text: str) -> list[str]:
 
 
 def pod_rank(pod: Object) -> int:
-    """The node rank of a trainer pod, from its label (or its `-node-<rank>` name)."""
+    """The node rank of a trainer pod, from its label (or its `-node-<rank>[-a<attempt>]` name)."""
     labels = pod.get("metadata", {}).get("labels") or {}
     raw = labels.get(LABEL_RANK)
     if raw is None:
-        raw = str(pod.get("metadata", {}).get("name", "")).rpartition("-node-")[2]
+        raw = str(pod.get("metadata", {}).get("name", "")).rpartition("-node-")[2].partition("-a")[0]
     try:
         return int(raw)
     except ValueError:

@@ -2,9 +2,11 @@
 
 One SFTJob becomes: a headless Service (stable DNS for every rank, published before readiness),
 a ConfigMap with the trainer config, a ServiceAccount + Role + RoleBinding that may only patch this
-job's status, and one Pod per node named `<job>-node-<rank>`. Every object carries an owner
-reference to the job, so deleting the job garbage-collects them; names are deterministic, so
-creating them twice is harmless (409 AlreadyExists means done).
+job's status, and one Pod per node: `<job>-node-<rank>` in the first attempt, `<job>-node-<rank>-a<n>`
+in attempt n after a gang restart (hostname `<job>-node-<rank>` in every attempt). Every object carries
+an owner reference to the job, so deleting the job garbage-collects them; names are deterministic, so
+creating them twice is harmless (409 AlreadyExists means done), and a restarted gang never reuses an
+earlier attempt's pod names (a node agent that writes a pod by name cannot hit the new gang).
 """
 
 import hashlib
@@ -63,14 +65,19 @@ class Names:
         """The per-job ServiceAccount (and its Role and RoleBinding)."""
         return f"{self.job}-trainer"
 
-    def pod(self, rank: int) -> str:
-        """The pod (and hostname) of node `rank`."""
+    def hostname(self, rank: int) -> str:
+        """The hostname of node `rank`, the same in every attempt (DNS `<hostname>.<job>`)."""
         return f"{self.job}-node-{rank}"
+
+    def pod(self, rank: int, attempt: int) -> str:
+        """The pod of node `rank` in gang attempt `attempt`: the hostname in the first attempt, with
+        `-a<attempt>` after a restart, so that no name is used by two attempts' pods."""
+        return self.hostname(rank) if attempt == 0 else f"{self.hostname(rank)}-a{attempt}"
 
     @property
     def master_addr(self) -> str:
         """DNS name of rank 0 through the headless Service."""
-        return f"{self.pod(0)}.{self.service}"
+        return f"{self.hostname(0)}.{self.service}"
 
 
 def job_labels(job: SFTJob) -> dict[str, str]:
@@ -316,7 +323,7 @@ def pod(job: SFTJob, rank: int, default_image: str = DEFAULT_IMAGE) -> Object:
         annotations[KUEUE_GROUP_COUNT] = str(spec.resources.num_nodes)
     volumes, _ = volumes_and_mounts(job)
     pod_spec: Object = {
-        "hostname": names.pod(rank),
+        "hostname": names.hostname(rank),
         "subdomain": names.service,
         "restartPolicy": "Never",
         "serviceAccountName": spec.pod.service_account_name or names.service_account,
@@ -342,7 +349,7 @@ def pod(job: SFTJob, rank: int, default_image: str = DEFAULT_IMAGE) -> Object:
         "imagePullSecrets": [ref.wire() for ref in spec.pod.image_pull_secrets],
     }
     pod_spec.update({key: value for key, value in optional.items() if value})
-    metadata = _meta(job, names.pod(rank), labels)
+    metadata = _meta(job, names.pod(rank, job.status.attempt), labels)
     metadata["annotations"] = annotations
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
 

@@ -39,6 +39,8 @@ CHART = REPO / "charts" / "kube-sft"
 SHARED_DATA = REPO / ".." / "shared" / "data"
 GROUP, VERSION, PLURAL = "sft.kube-sft.io", "v1alpha1", "sftjobs"
 LABEL_JOB = f"{GROUP}/job-name"
+LABEL_RANK = f"{GROUP}/node-rank"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
 RELEASE = "kube-sft"
 SYSTEM_NAMESPACE = "kube-sft-system"
 JOBS_NAMESPACE = "e2e-jobs"
@@ -265,6 +267,14 @@ class System:
         items = self.core.list_namespaced_pod(self.namespace, label_selector=f"{LABEL_JOB}={name}").items
         return [p for p in items if include_deleting or not p.metadata.deletion_timestamp]
 
+    def rank_pod(self, name: str, rank: int) -> str:
+        """The name of the job's pod of node `rank` in its newest attempt (from the labels: pod names
+        change with the attempt, `<job>-node-<rank>[-a<attempt>]`)."""
+        ranked = [p for p in self.pods(name) if p.metadata.labels.get(LABEL_RANK) == str(rank)]
+        if not ranked:
+            raise LookupError(f"{name} has no pod of rank {rank}")
+        return str(max(ranked, key=lambda p: int(p.metadata.labels.get(LABEL_ATTEMPT, "0"))).metadata.name)
+
     def events(self, name: str) -> list[tuple[str, str]]:
         """(reason, message) of the Events about the job."""
         items = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={name}").items
@@ -304,7 +314,7 @@ class System:
         """Wait for rank 0's pod IP and add its metrics endpoint to Prometheus's trainer targets."""
 
         def ip() -> str | None:
-            pods = [p for p in self.pods(name) if p.metadata.name == f"{name}-node-0" and p.status.pod_ip]
+            pods = [p for p in self.pods(name) if p.metadata.labels.get(LABEL_RANK) == "0" and p.status.pod_ip]
             return str(pods[0].status.pod_ip) if pods else None
 
         address: str = self.wait(ip, timeout, f"rank 0 of {name} to get an IP", name)

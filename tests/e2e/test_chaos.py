@@ -109,7 +109,7 @@ def test_killed_trainer_pod_restarts_the_gang_from_the_checkpoint(
     second_gang = {p.metadata.name: p.metadata.uid for p in system.pods("chaos")}
     assert not set(first_gang.values()) & set(second_gang.values()), "both ranks must be replaced"
     assert all(p.metadata.labels["sft.kube-sft.io/attempt"] == "1" for p in system.pods("chaos"))
-    log = system.agent.logs(system.namespace, "chaos-node-0")
+    log = system.agent.logs(system.namespace, system.rank_pod("chaos", 0))
     resumed = re.search(r"resumed from \S+ at step (\d+)", log)
     assert resumed, f"the new gang did not resume from a checkpoint:\n{log[-3000:]}"
     resumed_step = int(resumed.group(1))

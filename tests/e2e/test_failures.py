@@ -117,7 +117,7 @@ def test_suspend_then_resume(sft_system: System, data_dir: Path, tmp_path_factor
     assert resumed["attempt"] >= 1, resumed
     final = sft_system.wait_phase("pause", {"Succeeded", "Failed"}, 300)
     assert final["phase"] == "Succeeded" and final["restarts"] == 0, final
-    rank0 = sft_system.agent.logs(sft_system.namespace, "pause-node-0")
+    rank0 = sft_system.agent.logs(sft_system.namespace, sft_system.rank_pod("pause", 0))
     assert "resum" in rank0.lower() and str(saved) in rank0, f"no resume from step {saved}:\n{rank0[-3000:]}"
 
 

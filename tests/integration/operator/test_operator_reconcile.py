@@ -205,6 +205,48 @@ def test_any_rank_failing_restarts_the_whole_gang(
     assert {"PodFailed", "Restarting"} <= reasons
 
 
+def test_stale_writes_by_pod_name_cannot_hit_the_restarted_gang(
+    kube_cluster: ControlPlane, operator: Operator, sft_namespace: str
+) -> None:
+    """A node agent that writes pods by name (KWOK's delayed stages do: no uid precondition) and acts
+    late on the failed attempt's pods must find nothing: a restarted gang never reuses a pod name.
+    With one name per rank for every attempt, these writes failed the new gang again (issue 8)."""
+    command = script(
+        """
+        if ATTEMPT == 0 and RANK == 1:
+            time.sleep(1); sys.exit(137)
+        time.sleep(600)
+        """
+    )
+    create(kube_cluster, sft_namespace, sftjob("renamed", command))
+    wait_for(lambda: status(kube_cluster, sft_namespace, "renamed").get("attempt") == 1, 60, "attempt 1", operator)
+
+    def running_gang() -> dict[str, str] | None:
+        current = pods(kube_cluster, sft_namespace, "renamed")
+        running = len(current) == 2 and all(p.status.phase == "Running" for p in current)
+        return {p.metadata.name: p.metadata.uid for p in current} if running else None
+
+    gang = wait_for(running_gang, 30, "the restarted gang running", operator)
+    v1 = core(kube_cluster)
+    failed = {"status": {"phase": "Failed", "containerStatuses": [
+        {"name": "trainer", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
+         "state": {"terminated": {"exitCode": 137, "reason": "Error"}}}]}}  # fmt: skip
+    stale_writes = (  # the first attempt's pod names, as a node agent remembers them
+        lambda: v1.patch_namespaced_pod_status("renamed-node-1", sft_namespace, failed),
+        lambda: v1.delete_namespaced_pod("renamed-node-0", sft_namespace, grace_period_seconds=0),
+    )
+    for write in stale_writes:
+        try:
+            write()
+        except ApiException as error:
+            assert error.status == 404  # gone, and the name was not given to the new gang
+    settle(3)
+    assert {p.metadata.name: p.metadata.uid for p in pods(kube_cluster, sft_namespace, "renamed")} == gang
+    current = status(kube_cluster, sft_namespace, "renamed")
+    assert current["attempt"] == 1 and current["restarts"] == 1 and current["phase"] in ("Initializing", "Running")
+    custom(kube_cluster).delete_namespaced_custom_object(GROUP, VERSION, sft_namespace, PLURAL, "renamed")
+
+
 def test_permanent_exit_code_fails_without_retry(
     kube_cluster: ControlPlane, operator: Operator, sft_namespace: str
 ) -> None:

@@ -4,6 +4,7 @@ import yaml
 
 from sft_operator import render
 from sft_operator.api import SFTJob
+from sft_operator.kubectl_plugin import pod_rank
 from tests.unit.operator.builders import manifest
 
 
@@ -20,6 +21,24 @@ def test_one_pod_per_node_with_stable_dns_names(job: SFTJob) -> None:
         assert pod["spec"]["subdomain"] == "demo"
         assert pod["spec"]["restartPolicy"] == "Never"
         assert pod["metadata"]["labels"][render.LABEL_RANK] == str(rank)
+
+
+def test_a_restarted_gang_never_reuses_a_pod_name_but_keeps_its_dns_names(job: SFTJob) -> None:
+    """Pod names are per attempt (a node agent acting late by name on the failed gang finds nothing);
+    hostnames, MASTER_ADDR and the rank label are the same in every attempt."""
+    attempts = [render.pods(job.model_copy(update={"status": job.status.model_copy(update={"attempt": n})}))
+                for n in range(3)]  # fmt: skip
+    names = [[pod["metadata"]["name"] for pod in gang] for gang in attempts]
+    assert names == [
+        ["demo-node-0", "demo-node-1"],
+        ["demo-node-0-a1", "demo-node-1-a1"],
+        ["demo-node-0-a2", "demo-node-1-a2"],
+    ]
+    for gang in attempts:
+        assert [pod["spec"]["hostname"] for pod in gang] == ["demo-node-0", "demo-node-1"]
+        assert {_env(pod, "MASTER_ADDR") for pod in gang} == {"demo-node-0.demo"}
+    unlabelled = {"metadata": {"name": "demo-node-1-a2", "labels": {}}}
+    assert pod_rank(unlabelled) == 1  # the kubectl plugin reads a rank from a restarted pod's name too
 
 
 def test_torch_distributed_env(job: SFTJob) -> None:
