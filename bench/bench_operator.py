@@ -69,6 +69,7 @@ PEER_CRD_FILE = "kubeflow.org_pytorchjobs.yaml"
 PEER_WEBHOOK_SECRET = "training-operator-webhook-cert"
 PEER_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")  # fixed in training-operator's pkg/cert
 FINAL_PHASES = frozenset({"Succeeded", "Failed"})
+POD_WRITES = ["create", "delete", "patch", "update"]  # audited with bodies under --trace-pods
 Object = dict[str, Any]
 
 
@@ -189,6 +190,59 @@ def audit_counts(lines: Iterable[str], user: str, since: datetime, until: dateti
     return counts
 
 
+def pod_writes(lines: Iterable[str]) -> list[Object]:
+    """The audit log's pod writes that carry bodies (`--trace-pods`), in the order the API server
+    received them (a delete that arrived first may complete last), each as
+    {time, agent, verb, subresource, namespace, name, uid, code, phase, annotations, labels}: the pod the write
+    landed on (its response body) and the phase the write set (status patches)."""
+    writes = []
+    for line in lines:
+        event = json.loads(line)
+        ref = event.get("objectRef") or {}
+        if ref.get("resource") != "pods" or event.get("verb") not in POD_WRITES:
+            continue
+        landed = event.get("responseObject") or {}
+        if landed.get("kind") != "Pod":
+            landed = {}  # a failed write answers a Status
+        meta = landed.get("metadata") or {}
+        writes.append(
+            {
+                "time": event.get("requestReceivedTimestamp") or event["stageTimestamp"],
+                "agent": str(event.get("userAgent", "")).split("/")[0],
+                "verb": event["verb"],
+                "subresource": ref.get("subresource", ""),
+                "namespace": ref.get("namespace", ""),
+                "name": ref.get("name", meta.get("name", "")),
+                "uid": meta.get("uid"),
+                "code": (event.get("responseStatus") or {}).get("code"),
+                "phase": ((event.get("requestObject") or {}).get("status") or {}).get("phase"),
+                "annotations": meta.get("annotations") or {},
+                "labels": meta.get("labels") or {},
+            }
+        )
+    return sorted(writes, key=lambda write: write["time"])
+
+
+def misdirected_writes(writes: Iterable[Object], agent: str = "kwok") -> list[Object]:
+    """Writes by the node agent (KWOK) that landed on a pod they were not meant for, judged by what
+    its Stages do: it deletes only pods someone else deleted first (pod-delete) and fails only pods
+    the bench annotated (pod-fail). A write by name that hit a newer pod of the same name shows up here.
+    """
+    deleted_by_others: set[str] = set()
+    wrong = []
+    for write in writes:
+        uid, ok = write["uid"], write["code"] == 200
+        if write["agent"] != agent:
+            if write["verb"] == "delete" and uid:
+                deleted_by_others.add(uid)
+            continue
+        if ok and write["verb"] == "delete" and uid not in deleted_by_others:
+            wrong.append(write | {"why": "deleted a pod nobody had deleted"})
+        elif ok and write["phase"] == "Failed" and write["annotations"].get(FAIL_ANNOTATION) != "true":
+            wrong.append(write | {"why": "failed a pod the bench never annotated"})
+    return wrong
+
+
 def cpu_seconds(stat_text: str, ticks_per_second: int) -> float:
     """utime + stime of a /proc/<pid>/stat line, in seconds (fields after the `(comm)`)."""
     fields = stat_text[stat_text.rindex(")") + 2 :].split()
@@ -237,8 +291,9 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return round(numerator / denominator, 3)
 
 
-def evaluate_goals(ours: Object | None, peer: Object | None) -> dict[str, Object]:
-    """Issue 8's goals from two run results (either may be None when that run did not happen)."""
+def evaluate_goals(ours: Object | None, peer: Object | None, floor: Object | None = None) -> dict[str, Object]:
+    """Issue 8's goals from the run results (any may be None when that run did not happen); the floor's
+    burst p99 is shown beside ours: what any operator could reach on this control plane."""
 
     def get(run: Object | None, *path: str) -> Any:
         value: Any = run
@@ -247,6 +302,7 @@ def evaluate_goals(ours: Object | None, peer: Object | None) -> dict[str, Object
         return value
 
     p99 = get(ours, "latency", "apply_to_pods_created", "p99")
+    burst_p99 = get(ours, "latency_by_wave", "burst", "apply_to_pods_created", "p99")
     steady_p99 = get(ours, "latency_by_wave", "steady", "apply_to_pods_created", "p99")
     peer_p99 = get(peer, "latency", "apply_to_pods_created", "p99")
     rss = get(ours, "process", "peak_rss_mb")
@@ -258,6 +314,13 @@ def evaluate_goals(ours: Object | None, peer: Object | None) -> dict[str, Object
             "value": p99,
             "peer": peer_p99,
             "met": None if p99 is None or peer_p99 is None else p99 < peer_p99,
+        },
+        "p99_apply_to_pods_created_burst_under_2s": {
+            "value": burst_p99,
+            "floor": get(floor, "latency_by_wave", "burst", "apply_to_pods_created", "p99"),
+            "peer": get(peer, "latency_by_wave", "burst", "apply_to_pods_created", "p99"),
+            "target": 2.0,
+            "met": burst_p99 is not None and burst_p99 < 2.0,
         },
         "p99_apply_to_pods_created_steady_wave_under_2s": {
             "value": steady_p99,
@@ -418,6 +481,11 @@ class Tracker:
                         candidates.append((job.name, pod.name))
         return rng.choice(candidates) if candidates else None
 
+    def without_pods(self) -> list[str]:
+        """Submitted jobs whose pods do not all exist yet."""
+        with self.lock:
+            return [j.name for j in self.jobs.values() if j.applied is not None and j.pods_created is None]
+
     def unfinished(self) -> list[str]:
         """Submitted jobs not yet Succeeded/Failed."""
         with self.lock:
@@ -513,6 +581,9 @@ class Flavour:
     victim_slot: str
     running_phases: frozenset[str]
     whole_gang_restart: bool
+    short: str  # the run's namespace is bench-<short>
+    prefix: str  # job names are <prefix>-<index>
+    floor: bool = False  # the floor client: creates each job's pods and nothing else; jobs never finish
 
     def pod_key(self, pod: Object) -> tuple[str, str] | None:
         """(job name, slot) of a job's pod, None for other pods."""
@@ -584,7 +655,11 @@ SFT = Flavour(
     victim_slot="1",
     running_phases=frozenset({"Initializing", "Running"}),
     whole_gang_restart=True,
+    short="sft",
+    prefix="sft",
 )
+FLOOR = replace(SFT, name="floor", short="floor", prefix="flr", running_phases=frozenset(), floor=True)
+"""The same SFTJobs, served by `serve_floor`: the fastest any operator can get pods created here."""
 PEER = Flavour(
     name="training-operator",
     group="kubeflow.org",
@@ -596,7 +671,83 @@ PEER = Flavour(
     victim_slot="worker/0",
     running_phases=frozenset({"Running"}),
     whole_gang_restart=False,
+    short="peer",
+    prefix="ptj",
 )
+
+
+# ================================================================================================
+# The floor: the least any operator must do per job, as fast as the API server takes it
+# ================================================================================================
+
+FLOOR_PARALLELISM = 16  # concurrent creates, as kube-sft's --create-parallelism
+FLOOR_READY = "floor: watching"
+
+
+def floor_pod(job: Object, rank: int) -> Object:
+    """The one object per node a gang cannot do without: a pod with the job's labels and owner, the
+    node's GPUs, the bench's command; no Service, ConfigMap, RBAC, status or Events."""
+    meta = job["metadata"]
+    spec = job["spec"]
+    name = meta["name"]
+    container = {
+        "name": "trainer",
+        "image": "ghcr.io/kube-sft/trainer:0.1.0",
+        "command": POD_COMMAND,
+        "resources": {"limits": {GPU: str(spec["resources"]["gpusPerNode"])}},
+    }
+    owner = {"apiVersion": job["apiVersion"], "kind": job["kind"], "name": name, "uid": meta["uid"], "controller": True}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{name}-node-{rank}",
+            "labels": {SFT.job_label: name, SFT.slot_labels[0]: str(rank)},
+            "ownerReferences": [owner],
+        },
+        "spec": {"containers": [container], "restartPolicy": "Never", "automountServiceAccountToken": False},
+    }
+
+
+def serve_floor(namespace: str) -> None:
+    """The floor client (`--serve-floor NAMESPACE`, KUBECONFIG from the environment): watch the SFTJobs
+    of `namespace` and create every new job's pods, FLOOR_PARALLELISM at a time; nothing else, ever."""
+    config = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(client_configuration=config)
+    config.connection_pool_maxsize = FLOOR_PARALLELISM + 2
+    client = kubernetes.client.ApiClient(config)
+    core, custom = kubernetes.client.CoreV1Api(client), kubernetes.client.CustomObjectsApi(client)
+    pool = ThreadPoolExecutor(FLOOR_PARALLELISM)
+
+    def create(pod: Object, tries: int = 5) -> None:
+        for _ in range(tries):
+            try:
+                response = core.create_namespaced_pod(namespace, pod, _preload_content=False)
+                response.drain_conn()  # read to the end: the connection goes back to the pool reusable
+                response.release_conn()
+                return
+            except ApiException as error:
+                if error.status == 409:
+                    return  # a retry of a create that had worked
+                print(f"floor: creating {pod['metadata']['name']}: {error.status} {error.reason}", flush=True)
+            except Exception as error:  # a dropped connection: try again, as an operator would
+                print(f"floor: creating {pod['metadata']['name']}: {error!r}", flush=True)
+
+    def on_job(event: str, job: Object, when: float) -> None:
+        if event == "ADDED":
+            for rank in range(job["spec"]["resources"]["numNodes"]):
+                pool.submit(create, floor_pod(job, rank))
+
+    f = FLOOR
+    watch = Watch(
+        "floor",
+        lambda **kw: custom.list_namespaced_custom_object(f.group, f.version, namespace, f.plural, **kw),
+        on_job,
+    )
+    watch.start()
+    watch.synced.wait()
+    print(FLOOR_READY, flush=True)
+    watch.join()
 
 
 # ================================================================================================
@@ -609,25 +760,39 @@ def service_account_user(name: str) -> str:
     return f"system:serviceaccount:{SYSTEM_NAMESPACE}:{name}"
 
 
-OPERATOR_ACCOUNTS = {"kube-sft": "sft-operator", "training-operator": "training-operator"}
+OPERATOR_ACCOUNTS = {"kube-sft": "sft-operator", "floor": "floor-client", "training-operator": "training-operator"}
+
+
+def audit_policy(trace_pods: bool = False) -> Object:
+    """The API server's audit policy: the operators' requests (Metadata), nothing else.
+
+    With `trace_pods`, every user's pod writes (create, delete, status patches: the operator's, the
+    scheduler's, KWOK's) are logged first with their request and response bodies, so that who wrote
+    what to which pod uid can be read back (`pod_writes`).
+    """
+    rules: list[Object] = []
+    if trace_pods:
+        pods = [{"group": "", "resources": ["pods", "pods/status"]}]
+        rules.append({"level": "RequestResponse", "verbs": POD_WRITES, "resources": pods})
+    rules.append({"level": "Metadata", "users": [service_account_user(a) for a in OPERATOR_ACCOUNTS.values()]})
+    rules.append({"level": "None"})
+    return {
+        "apiVersion": "audit.k8s.io/v1",
+        "kind": "Policy",
+        "omitStages": ["RequestReceived", "ResponseStarted"],
+        "rules": rules,
+    }
 
 
 class AuditedControlPlane(ControlPlane):
     """tests/cluster's ControlPlane, with the API server's audit log on for the operators' users only."""
 
+    trace_pods = False  # TracedControlPlane: every pod write too
+
     def _spawn(self, name: str, argv: Sequence[str | Path]) -> ManagedProcess:
         if name == "kube-apiserver":
-            policy = {
-                "apiVersion": "audit.k8s.io/v1",
-                "kind": "Policy",
-                "omitStages": ["RequestReceived", "ResponseStarted"],
-                "rules": [
-                    {"level": "Metadata", "users": [service_account_user(a) for a in OPERATOR_ACCOUNTS.values()]},
-                    {"level": "None"},
-                ],
-            }
             path = self.workdir / "audit-policy.yaml"
-            path.write_text(yaml.safe_dump(policy))
+            path.write_text(yaml.safe_dump(audit_policy(self.trace_pods)))
             argv = [
                 *argv,
                 f"--audit-policy-file={path}",
@@ -655,6 +820,12 @@ class AuditedControlPlane(ControlPlane):
         if response.status != 200:
             raise RuntimeError(f"/metrics answered {response.status}")
         return str(response.data.decode())
+
+
+class TracedControlPlane(AuditedControlPlane):
+    """An AuditedControlPlane that also logs every pod write with its bodies (`--trace-pods`)."""
+
+    trace_pods = True
 
 
 class MissingToolError(RuntimeError):
@@ -836,7 +1007,10 @@ def start_operator(flavour: Flavour, cluster: ControlPlane, kubeconfig: Path, na
     """Start one operator watching `namespace` and wait until it serves; its process is what gets measured."""
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     metrics_port, probe_port = free_port(), free_port()
-    if flavour is SFT:
+    if flavour.floor:
+        argv = [sys.executable, "-m", "bench.bench_operator", "--serve-floor", namespace]
+        ready_url = ""
+    elif flavour is SFT:
         argv = [sys.executable, "-m", "sft_operator", "--namespace", namespace, "--standalone"]
         argv += ["--metrics-port", str(metrics_port), "--liveness-port", str(probe_port)]
         ready_url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -852,11 +1026,13 @@ def start_operator(flavour: Flavour, cluster: ControlPlane, kubeconfig: Path, na
 
     def ready() -> bool:
         process.check_alive()
+        if flavour.floor:
+            return FLOOR_READY in process.log_path.read_text()
         if flavour is PEER:
             mount_peer_certs(cluster.client)
         return http_ok(ready_url)
 
-    wait_until(ready, 120, f"{flavour.name} to serve {ready_url}", interval=0.5)
+    wait_until(ready, 120, f"{flavour.name} to serve {ready_url or 'its watch'}", interval=0.5)
     return process
 
 
@@ -988,7 +1164,7 @@ class Run:
         self.flavour = flavour
         self.cluster = cluster
         self.client = client
-        self.namespace = f"bench-{'sft' if flavour is SFT else 'peer'}"
+        self.namespace = f"bench-{flavour.short}"
         self.custom = kubernetes.client.CustomObjectsApi(client)
         self.core = kubernetes.client.CoreV1Api(client)
 
@@ -1038,7 +1214,7 @@ class Run:
         before = request_counts(self.cluster.metrics_text())
         cpu_before = meter.cpu()
         t_start = time.monotonic()
-        names = iter(f"{'sft' if f is SFT else 'ptj'}-{index:05d}" for index in range(1_000_000))
+        names = iter(f"{f.prefix}-{index:05d}" for index in range(1_000_000))
 
         # 1. the burst
         log(f"{f.name}: submitting {scale.jobs} jobs at once")
@@ -1069,9 +1245,9 @@ class Run:
                 time.sleep(0.05)
         submitted = time.monotonic()
 
-        # 3. wait for every job to finish
+        # 3. wait for every job to finish (the floor's jobs never do: for every job's pods)
         def settled() -> bool:
-            return not tracker.unfinished()
+            return not (tracker.without_pods() if f.floor else tracker.unfinished())
 
         try:
             wait_until(settled, scale.settle_timeout, "every job to finish", interval=1.0)
@@ -1093,13 +1269,10 @@ class Run:
             if not any(ref.get("uid") in job_uids for ref in pod["metadata"].get("ownerReferences") or [])
         ]
         time.sleep(2)  # let the batch audit backend flush
-        audit = audit_counts(
-            self.cluster.audit_log.read_text().splitlines(),
-            service_account_user(OPERATOR_ACCOUNTS[f.name]),
-            since,
-            until,
-        )
-        gc = self.collect_garbage()
+        audit_lines = self.cluster.audit_log.read_text().splitlines()
+        audit = audit_counts(audit_lines, service_account_user(OPERATOR_ACCOUNTS[f.name]), since, until)
+        traced = self.node_agent_trace(audit_lines) if self.cluster.trace_pods else {}
+        gc = None if f.floor else self.collect_garbage()
         if profiler is not None:
             profiler.send_signal(2)  # SIGINT: py-spy writes its output and exits
             profiler.wait(60)
@@ -1145,10 +1318,22 @@ class Run:
                 "cluster_by_verb_resource": dict(cluster_requests.most_common(25)),
             },
             "correctness": correctness(jobs, f.replaced_after_failure(scale.nodes_per_job), len(orphans), 0)
-            | {"orphan_names": orphans[:20]},
+            | {"orphan_names": orphans[:20]}
+            | traced,
             "garbage_collection": gc,
             "watch_errors": pod_watch.errors + job_watch.errors,
             "load_average_1m": load_summary(load.samples),
+        }
+
+    def node_agent_trace(self, audit_lines: Iterable[str]) -> Object:
+        """`--trace-pods`: KWOK's writes in this run's namespace that hit a pod they were not meant for."""
+        writes = [write for write in pod_writes(audit_lines) if write["namespace"] == self.namespace]
+        wrong = misdirected_writes(writes)
+        keys = ("time", "verb", "subresource", "name", "uid", "why")
+        return {
+            "node_agent_misdirected_writes": len(wrong),
+            "node_agent_misdirected_examples": [{key: write[key] for key in keys} for write in wrong[:20]],
+            "node_agent_writes_to_missing_pods": sum(1 for w in writes if w["agent"] == "kwok" and w["code"] == 404),
         }
 
     def collect_garbage(self, timeout: float = 300) -> Object:
@@ -1233,11 +1418,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nodes-per-job", type=int, help=f"default {default.nodes_per_job}")
     parser.add_argument("--run-seconds", type=float, help=f"pod Running -> Succeeded (default {default.run_seconds})")
     parser.add_argument("--settle-timeout", type=float, help=f"default {default.settle_timeout}")
-    parser.add_argument("--only", choices=["sft", "peer"], help="run one operator only")
+    parser.add_argument(
+        "--only", type=lambda text: text.split(","), help="comma-separated runs out of sft,floor,peer (default: all)"
+    )
+    parser.add_argument("--serve-floor", metavar="NAMESPACE", help=argparse.SUPPRESS)  # the floor client's process
     parser.add_argument("--output", type=Path, default=RESULTS_FILE)
     parser.add_argument("--profile", type=Path, help="py-spy record kube-sft's operator into this file (raw stacks)")
     parser.add_argument("--keep", action="store_true", help="keep the cluster's work dir (logs, audit log)")
+    parser.add_argument(
+        "--trace-pods",
+        action="store_true",
+        help="audit-log every pod write with its bodies (with --keep: who wrote what)",
+    )
     return parser.parse_args(argv)
+
+
+def floor_scale(scale: Scale) -> Scale:
+    """The floor's load: the burst only (its jobs never finish, so a steady wave would only queue)."""
+    return replace(scale, steady_minutes=0, failures=0)
 
 
 def scale_from(args: argparse.Namespace) -> Scale:
@@ -1263,8 +1461,11 @@ def scale_from(args: argparse.Namespace) -> Scale:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write the results JSON."""
     args = parse_args(argv)
+    if args.serve_floor:
+        serve_floor(args.serve_floor)
+        return 0
     scale = scale_from(args)
-    flavours = {"sft": [SFT], "peer": [PEER]}.get(args.only or "", [SFT, PEER])
+    flavours = [flavour for flavour in (SFT, FLOOR, PEER) if flavour.short in (args.only or [flavour.short])]
     kwok_binary()
     if PEER in flavours:
         peer_directory()
@@ -1282,7 +1483,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["KUBE_SFT_KEEP_CLUSTER_DIR"] = "1"
     workdir = Path(tempfile.mkdtemp(prefix="kube-sft-bench-operator-"))
     log(f"starting the control plane in {workdir}")
-    cluster = AuditedControlPlane.start(workdir=workdir)
+    plane = TracedControlPlane if args.trace_pods else AuditedControlPlane
+    cluster = plane.start(workdir=workdir)
     assert isinstance(cluster, AuditedControlPlane)  # start() is a classmethod typed as ControlPlane
     try:
         client = admin_client(cluster)
@@ -1299,7 +1501,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         for flavour in flavours:
             run = Run(flavour, cluster, client)
-            result["runs"][flavour.name] = run.execute(scale, kubeconfigs[flavour.name], args.profile)
+            load = floor_scale(scale) if flavour.floor else scale
+            result["runs"][flavour.name] = run.execute(load, kubeconfigs[flavour.name], args.profile)
             summary = result["runs"][flavour.name]
             log(f"{flavour.name}: {json.dumps(summary['latency'])} {json.dumps(summary['process'])}")
     finally:
@@ -1308,7 +1511,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     result["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    result["goals"] = evaluate_goals(result["runs"].get(SFT.name), result["runs"].get(PEER.name))
+    runs = result["runs"]
+    result["goals"] = evaluate_goals(runs.get(SFT.name), runs.get(PEER.name), runs.get(FLOOR.name))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     log(f"results -> {args.output}")

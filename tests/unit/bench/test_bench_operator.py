@@ -13,6 +13,7 @@ import yaml
 
 from bench.bench_operator import (
     FAIL_ANNOTATION,
+    FLOOR,
     PEER,
     QUICK,
     SFT,
@@ -20,20 +21,25 @@ from bench.bench_operator import (
     Scale,
     Tracker,
     audit_counts,
+    audit_policy,
     correctness,
     counter_diff,
     counter_samples,
     cpu_seconds,
     evaluate_goals,
     fake_node,
+    floor_pod,
+    floor_scale,
     injection_times,
     latencies,
     load_summary,
+    misdirected_writes,
     node_ready,
     parse_args,
     parse_labels,
     peak_rss_bytes,
     percentile,
+    pod_writes,
     ratio,
     request_counts,
     scale_from,
@@ -90,6 +96,9 @@ def test_scale_presets_and_flags() -> None:
     assert scale_from(parse_args(["--quick"])) == QUICK
     custom = scale_from(parse_args(["--quick", "--jobs", "7", "--steady-minutes", "2"]))
     assert (custom.jobs, custom.steady_minutes, custom.nodes) == (7, 2, QUICK.nodes)
+    assert parse_args(["--only", "sft,floor"]).only == ["sft", "floor"]
+    burst = floor_scale(Scale())
+    assert (burst.jobs, burst.steady_minutes, burst.failures, burst.nodes) == (500, 0, 0, 200)
 
 
 # ----- parsing ------------------------------------------------------------------------------------
@@ -145,6 +154,64 @@ def test_audit_counts_filters_user_and_window() -> None:
     ]
     counts = audit_counts(lines, "op", t0, t0 + timedelta(seconds=10))
     assert counts == {"create pods": 1, "patch sftjobs/status": 1}
+
+
+def test_audit_policy_traces_pod_writes_only_when_asked() -> None:
+    plain, traced = audit_policy(), audit_policy(trace_pods=True)
+    assert [rule["level"] for rule in plain["rules"]] == ["Metadata", "None"]
+    assert [rule["level"] for rule in traced["rules"]] == ["RequestResponse", "Metadata", "None"]
+    assert traced["rules"][0]["resources"] == [{"group": "", "resources": ["pods", "pods/status"]}]
+
+
+def pod_write(agent: str, verb: str, name: str, uid: str | None, code: int = 200, **extra: Any) -> str:
+    """An audit line of a pod write with bodies (--trace-pods); `phase` goes into a status patch."""
+    phase, annotations = extra.get("phase"), extra.get("annotations", {})
+    landed = {"kind": "Pod", "metadata": {"name": name, "uid": uid, "annotations": annotations}} if uid else {}
+    return json.dumps(
+        {
+            "verb": verb,
+            "userAgent": f"{agent}/v1 (linux/amd64)",
+            "objectRef": {"resource": "pods", "namespace": "ns", "name": name, "subresource": extra.get("sub", "")},
+            "requestReceivedTimestamp": extra["at"],
+            "stageTimestamp": "t99",  # completion order is not request order
+            "responseStatus": {"code": code},
+            "requestObject": {"status": {"phase": phase}} if phase else {},
+            "responseObject": landed,
+        }
+    )
+
+
+def test_misdirected_node_agent_writes_are_the_ones_that_hit_a_newer_same_named_pod() -> None:
+    """The issue 8 trace: the operator deletes rank 0 (old), KWOK deletes it, the new attempt's pod
+    of the same name appears, and a stale KWOK delete by name removes it (new-1)."""
+    lines = [
+        pod_write("kwok", "patch", "j-node-1", "b", phase="Failed", annotations={FAIL_ANNOTATION: "true"}, at="t01"),
+        pod_write("OpenAPI-Generator", "delete", "j-node-0", "old", at="t02"),
+        pod_write("kwok", "delete", "j-node-0", "old", at="t03"),
+        pod_write("kwok", "delete", "j-node-1", None, code=404, at="t04"),
+        pod_write("OpenAPI-Generator", "create", "j-node-0", "new-1", code=201, at="t05"),
+        pod_write("kwok", "delete", "j-node-0", "new-1", at="t06"),
+        pod_write("kwok", "patch", "j-node-0", "new-2", phase="Failed", sub="status", at="t07"),
+    ]
+    writes = pod_writes(reversed(lines))  # in time order, whatever the log's order
+    assert [write["time"] for write in writes] == [f"t0{n}" for n in range(1, 8)]
+    assert writes[3]["uid"] is None and writes[3]["code"] == 404  # a write to a missing pod: harmless
+    wrong = misdirected_writes(writes)
+    assert [(write["uid"], write["why"]) for write in wrong] == [
+        ("new-1", "deleted a pod nobody had deleted"),
+        ("new-2", "failed a pod the bench never annotated"),
+    ]
+
+
+def test_floor_pod_is_the_bare_gang_member() -> None:
+    job = SFT.manifest("flr-00001", "bench-floor", 2)
+    job["metadata"]["uid"] = "u1"
+    pod = floor_pod(job, 1)
+    assert pod["metadata"]["name"] == "flr-00001-node-1"
+    assert FLOOR.pod_key(pod) == ("flr-00001", "1")  # the bench tracks it like kube-sft's
+    assert pod["metadata"]["ownerReferences"][0]["uid"] == "u1"
+    assert pod["spec"]["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": "8"}}
+    assert FLOOR.floor and not SFT.floor and FLOOR.short != SFT.short
 
 
 def test_proc_parsing() -> None:
@@ -322,6 +389,14 @@ def test_goals_met_and_missed() -> None:
     assert goals["nothing_lost"] == {"met": True, "detail": {"jobs": 3}}
     missed = evaluate_goals(run_result(2.5, 400, 60, ok=False), run_result(2.0, 50, 25))
     assert not any(missed[name]["met"] for name in missed if name != "nothing_lost_peer")
+
+
+def test_goals_show_the_floor_beside_the_burst() -> None:
+    ours, floor = run_result(9.0, 100, 10), run_result(5.0, 50, 2)
+    ours["latency_by_wave"] = {"burst": {"apply_to_pods_created": {"p99": 9.0}}}
+    floor["latency_by_wave"] = {"burst": {"apply_to_pods_created": {"p99": 5.0}}}
+    burst = evaluate_goals(ours, None, floor)["p99_apply_to_pods_created_burst_under_2s"]
+    assert burst == {"value": 9.0, "floor": 5.0, "peer": None, "target": 2.0, "met": False}
 
 
 def test_goals_without_the_peer() -> None:
