@@ -40,6 +40,9 @@ MODELS: dict[str, dict[str, Any]] = {
         "rope_theta": 500000.0,
     },
 }
+# Llama-3-8B's layer shape with half its layers: what one GPU computes in TP=1 x DP=N 8B training,
+# for single-GPU measurements of MFU and FP8 (full 8B fine-tuning state does not fit on one card).
+MODELS["llama-8b-half"] = {**MODELS["llama-8b"], "num_layers": 16}
 
 
 def flops_config(model: str) -> SimpleNamespace:

@@ -77,7 +77,7 @@ def _numel(params: Any) -> int:
     return int(sum(p.numel() for p in params))
 
 
-def _checkpoint_facts(directory: Path) -> dict[str, Any]:
+def checkpoint_facts(directory: Path) -> dict[str, Any]:
     """Keys and bytes of a LoRA checkpoint: every tensor must belong to an adapter."""
     from megatron.core import dist_checkpointing
 
@@ -130,7 +130,7 @@ def check_lora(steps: int = 100, save_at: int = 90) -> dict[str, Any]:
         ids = torch.randint(0, cfg.vocab_size, (2, 128))
         ours = mg.logits(ids.cuda())
         _free(mg)
-        result["checkpoint"] = _checkpoint_facts(ckpt)
+        result["checkpoint"] = checkpoint_facts(ckpt)
         resumed_backend = lora_backend(config, cfg, hf_model(cfg))  # seeded adapters, replaced by the checkpoint
         resumed_backend.load_checkpoint(ckpt)
         resumed = train(resumed_backend, batches[save_at:], samples, save_at)

@@ -7,7 +7,10 @@ synthetic arithmetic task, byte tokenizer, bf16) and measures how they end:
   asynchronous checkpoint save started; the killed run resumed. The resumed loss curve must equal
   the uninterrupted one, and the kill must leave only complete checkpoints.
 - `nan`: lr 1e30 makes the loss non-finite: exit 13, the last good state checkpointed.
-- `oom`: one micro-batch of ~1 M tokens through a wide model (~300 GB of activations): exit 14.
+- `oom`: one micro-batch of ~520 k packed tokens through hidden-2048 layers (~140 GB of activations): exit 14.
+- `lora`: `training.method: lora` from a Hugging Face base directory: the checkpoints hold only
+  adapters, `final/` (merged) gives the logits of peft(base, `final/adapter`), and `sft export --merge`
+  writes the same model.
 - `lost_rank`: two processes, one per GPU, started the way the operator starts one pod per rank
   (RANK / WORLD_SIZE / MASTER_ADDR, no torchrun); rank 1 SIGKILLs itself after step 5. Rank 0
   must end on its own within the configured `distributed_timeout_seconds` (+ a margin).
@@ -15,6 +18,7 @@ synthetic arithmetic task, byte tokenizer, bf16) and measures how they end:
     python3 -m tests.gpu.megatron_runs SCENARIO OUT.json     # on the device, GPUs from CUDA_VISIBLE_DEVICES
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -83,21 +87,32 @@ def write_config(directory: Path, **overrides: Any) -> Path:
 
 
 def sft_train(config: Path, env: dict[str, str] | None = None, timeout: float = 240) -> tuple[int, float, str]:
-    """Run `sft train --config`; (exit code, seconds, last lines of its output)."""
+    """Run `sft train --config`; (exit code, seconds, last lines of its output; also in `log.txt`).
+
+    The run gets its own process group, killed once the trainer has exited, as a container's end
+    kills what the trainer left behind (a forked async-checkpoint writer of a SIGKILLed trainer).
+    """
     start = time.perf_counter()
-    try:
-        done = subprocess.run(
+    log_path = config.parent / "log.txt"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
             [sys.executable, "-m", "sft_trainer.cli", "train", "--config", str(config)],
             env={**os.environ, **(env or {})},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-        code, output = done.returncode, done.stdout + done.stderr
-    except subprocess.TimeoutExpired as expired:
-        code, output = -999, f"TIMEOUT after {timeout} s: {expired.stdout!r} {expired.stderr!r}"
-    (config.parent / "log.txt").write_text(output)
-    return code, time.perf_counter() - start, "\n".join(output.splitlines()[-15:])
+        try:
+            code = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = -999
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    seconds = time.perf_counter() - start
+    output = log_path.read_text(errors="replace") + (f"\nTIMEOUT after {timeout} s" if code == -999 else "")
+    print(f"   sft train {config.parent.name}: exit {code} after {seconds:.1f} s", flush=True)
+    return code, seconds, "\n".join(output.splitlines()[-15:])
 
 
 def curve(output_dir: Path) -> dict[int, float]:
@@ -166,8 +181,9 @@ def nan_exit(work: Path) -> dict[str, Any]:
 
 
 def oom_exit(work: Path) -> dict[str, Any]:
-    """A micro-batch that cannot fit (~1 M tokens through hidden 2048 / FFN 8192) ends with exit 14."""
-    rows = 65536
+    """A micro-batch that cannot fit ends with exit 14: 32 packed rows of 16,384 tokens (~520 k tokens,
+    ~26 k examples: under TE's 65,535 sequences) through hidden 2048, ~35 GB of activations a layer."""
+    length, rows = 16384, 32
     config = write_config(
         work / "oom",
         model={
@@ -178,14 +194,19 @@ def oom_exit(work: Path) -> dict[str, Any]:
                 "num_attention_heads": 16,
                 "num_key_value_heads": 8,
                 "intermediate_size": 8192,
-                "max_position_embeddings": 128,
+                "max_position_embeddings": length,
             },
         },
-        data={**BASE["data"], "synthetic": WIDE_SYNTHETIC | {"train_examples": rows}},
+        data={
+            **BASE["data"],
+            "synthetic": WIDE_SYNTHETIC | {"train_examples": 40000},
+            "packing": True,
+            "max_seq_length": length,
+        },
         trainer={**BASE["trainer"], "micro_batch_size": rows, "global_batch_size": rows, "max_steps": 2},
     )
     code, seconds, tail = sft_train(config)
-    return {"exit": code, "seconds": seconds, "tail": tail, "ok": code == 14}
+    return {"exit": code, "seconds": seconds, "tail": tail, "ok": code == 14 and "out of memory" in tail.lower()}
 
 
 def lost_rank(work: Path, kill_after: int = 5) -> dict[str, Any]:
@@ -229,7 +250,85 @@ def lost_rank(work: Path, kill_after: int = 5) -> dict[str, Any]:
     }
 
 
-SCENARIOS = {"async_resume": async_resume, "nan": nan_exit, "oom": oom_exit, "lost_rank": lost_rank}
+def lora_run(work: Path) -> dict[str, Any]:
+    """`sft train` LoRA on megatron from an HF base; adapter-only checkpoints; final/ == peft(base, adapter)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from sft_trainer.config.schema import ArchitectureConfig
+    from sft_trainer.models import llama_config
+    from sft_trainer.tokenization import byte_tokenizer
+    from tests.gpu.lora_checks import checkpoint_facts
+
+    torch.manual_seed(0)
+    base_dir = work / "base"
+    architecture = ArchitectureConfig(**BASE["model"]["architecture"])
+    AutoModelForCausalLM.from_config(llama_config(architecture, len(byte_tokenizer()))).save_pretrained(base_dir)
+    config = write_config(
+        work / "lora",
+        model={"source": "hf", "path": str(base_dir), "architecture": None},
+        training={"method": "lora", "lora": {"rank": 8, "alpha": 16.0}},
+    )
+    code, seconds, tail = sft_train(config)
+    out = config.parent / "out"
+    losses = curve(out) if (out / "metrics.jsonl").is_file() else {}
+    facts = checkpoint_facts(out / "checkpoints" / "last") if code == 0 else {}
+    merged_dir = work / "merged"
+    export_rc = subprocess.run(
+        [sys.executable, "-m", "sft_trainer.cli", "export", str(out), "--out", str(merged_dir), "--merge"],
+        capture_output=True, text=True, timeout=120,
+    ).returncode  # fmt: skip
+    tokens = torch.randint(0, 256, (2, 24), device="cuda")
+
+    def logits(model: Any) -> Any:
+        with torch.no_grad():
+            return model.to("cuda", torch.float32).eval()(tokens).logits
+
+    final = logits(AutoModelForCausalLM.from_pretrained(out / "final"))
+    unmerged = logits(
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), out / "final" / "adapter")
+    )
+    base = logits(AutoModelForCausalLM.from_pretrained(base_dir))
+    exported = logits(AutoModelForCausalLM.from_pretrained(merged_dir)) if export_rc == 0 else None
+    final_vs_unmerged = float((final - unmerged).abs().max())
+    steps = sorted(losses)
+    ok = (
+        code == 0
+        and bool(steps)
+        and losses[steps[-1]] < losses[steps[0]]
+        and facts.get("tensor_keys", 0) > 0
+        and not facts.get("non_adapter_keys")
+        # final/ holds the bf16 weights training used (base rounded to bf16, plus B.A.s); peft adds the
+        # adapter to the fp32 base: they agree to bf16 resolution (~1e-2 relative; docs/lora.md)
+        and final_vs_unmerged < 1e-2 * float(final.abs().max())
+        and float((final - base).abs().max()) > 1e-1  # the adapter changed the model
+        and exported is not None
+        and float((exported - unmerged).abs().max()) < 1e-4  # export --merge: peft's own merge, in fp32
+    )
+    return {
+        "exit": code,
+        "seconds": seconds,
+        "first_last_loss": [losses.get(steps[0]), losses.get(steps[-1])] if steps else None,
+        "checkpoint": facts,
+        "final_vs_peft_unmerged_max_abs": final_vs_unmerged,
+        "final_vs_base_max_abs": float((final - base).abs().max()),
+        "logit_scale_max_abs": float(final.abs().max()),
+        "export_merge_exit": export_rc,
+        "export_vs_final_max_abs": None if exported is None else float((exported - final).abs().max()),
+        "export_vs_peft_unmerged_max_abs": None if exported is None else float((exported - unmerged).abs().max()),
+        "tail": tail,
+        "ok": ok,
+    }
+
+
+SCENARIOS = {
+    "async_resume": async_resume,
+    "nan": nan_exit,
+    "oom": oom_exit,
+    "lost_rank": lost_rank,
+    "lora": lora_run,
+}
 
 
 def main(argv: list[str]) -> int:

@@ -3,7 +3,7 @@
 #   source .gpu-rig/setup.sh && tests/gpu/run_on_device.sh all         # everything 2 or 4 GPUs allow (~7 min + single)
 #   source .gpu-rig/setup.sh && tests/gpu/run_on_device.sh single      # 1 GPU: logits, THD, parity, ckpt, failures
 #   source .gpu-rig/setup.sh && tests/gpu/run_on_device.sh layouts N   # N GPUs: TP/PP/VPP/CP/DP/SP parity + resharded resume
-#   source .gpu-rig/setup.sh && tests/gpu/run_on_device.sh runs        # whole `sft train` runs: async resume, exit codes, lost rank
+#   source .gpu-rig/setup.sh && tests/gpu/run_on_device.sh runs        # whole `sft train` runs: async resume, exit codes, LoRA, lost rank
 #   source .gpu-rig/setup.sh && tests/gpu/run_on_device.sh lora        # LoRA: parity with peft, export, ckpt, TP/PP (run_lora_on_device.sh)
 # `all` runs independent checks side by side on disjoint GPUs (CUDA_VISIBLE_DEVICES lanes), then the
 # 4-GPU layouts; SKIP_SINGLE=1 leaves out the 3-minute single-GPU suite, RUNS="a b" keeps only those
@@ -95,7 +95,7 @@ lora)
 single)
   single "${2:-}"; exit $? ;;
 runs)
-  for s in async_resume nan oom lost_rank; do scenario "$s"; done
+  for s in async_resume nan oom lora lost_rank; do scenario "$s"; done
   summary ;;
 layouts)
   rm -rf /tmp/layout-ckpt
@@ -124,6 +124,7 @@ all)
   p1_gpu0() { layout tp1 1 --tp 1; scenario nan; }
   p1_gpu0_oom() { p1_gpu0; scenario oom; }
   cp_vpp() { layout cp2 2 --cp 2; layout pp2vpp2 2 --pp 2 --vpp 2; }
+  resume_and_lora() { scenario async_resume; scenario lora; }
   recompute() { layout dp2_recompute_full 2 --recompute full; layout pp2_recompute_selective 2 --pp 2 --recompute selective; }
   if [ "$gpus" -ge 4 ]; then
     # phase 1: the 4-GPU layouts; phase 2: four lanes side by side; phase 3: two 2-GPU lanes
@@ -132,11 +133,11 @@ all)
     layout tp2cp2 4 --tp 2 --cp 2 --sequence-parallel
     layout cp2dp2 4 --cp 2
     # (the OOM scenario takes all of GPU 0's memory: nothing else runs there meanwhile)
-    lane 0 p1_gpu0_oom; lane 1 scenario async_resume; lane 2,3 scenario lost_rank; wait
+    lane 0 p1_gpu0_oom; lane 1 resume_and_lora; lane 2,3 scenario lost_rank; wait
     lane 0,1 cp_vpp; lane 2,3 recompute; wait
   else
     # 2 GPUs: the lost-rank pair (mostly waiting for its timeout) shares the GPUs with lanes 0 and 1
-    lane 0 p1_gpu0; lane 1 scenario async_resume; lane 0,1 scenario lost_rank; wait
+    lane 0 p1_gpu0; lane 1 resume_and_lora; lane 0,1 scenario lost_rank; wait
     cp_vpp; recompute
     scenario oom  # alone: it takes a whole GPU's memory
   fi

@@ -446,7 +446,7 @@ def exit_code_for(error: BaseException) -> ExitCode:
         return ExitCode.MODEL_ERROR
     if isinstance(error, NonFiniteLossError):
         return ExitCode.NON_FINITE_LOSS
-    if isinstance(error, torch.OutOfMemoryError):
+    if is_out_of_memory(error):
         return ExitCode.OUT_OF_MEMORY
     if is_lost_peer(error):
         return ExitCode.DISTRIBUTED_TIMEOUT
@@ -466,6 +466,29 @@ LOST_PEER_MARKERS = (
     "NCCL communicator was aborted",
     "Watchdog caught collective operation timeout",
 )
+
+
+# What a device OOM says when it is not raised by PyTorch's caching allocator (cuBLAS / cuDNN
+# workspaces, Transformer Engine kernels, a plain cudaMalloc): a RuntimeError with CUDA's own words.
+OUT_OF_MEMORY_MARKERS = (
+    "CUDA out of memory",
+    "CUDA error: out of memory",
+    "cudaErrorMemoryAllocation",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A device OOM, raised by PyTorch or by a library beneath it, also when wrapped in another error."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, torch.OutOfMemoryError):
+            return True
+        if isinstance(seen, RuntimeError) and any(marker in str(seen) for marker in OUT_OF_MEMORY_MARKERS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def is_lost_peer(error: BaseException) -> bool:

@@ -115,3 +115,15 @@ def test_cp_shards_partition_the_stream_and_its_loss(cp: int) -> None:
     assert sum(s.num_loss_tokens for s in shards) == thd.num_loss_tokens
     assert all(s.cu_seqlens is thd.cu_seqlens and s.max_seqlen == thd.max_seqlen for s in shards)
     assert cp_shard(thd, 1, 0) is thd
+
+
+def test_more_sequences_than_te_launches_is_a_config_error_naming_the_field() -> None:
+    from sft_trainer.backends.megatron.thd import MAX_SEQUENCES_PER_MICRO_BATCH
+    from sft_trainer.config import ConfigError
+
+    count = MAX_SEQUENCES_PER_MICRO_BATCH + 1
+    batch = collate([_sample([1] * count)], pad_id=0)
+    with pytest.raises(ConfigError, match=r"trainer\.micro_batch_size") as error:
+        to_thd(batch)
+    assert "65,536 sequences" in str(error.value)
+    assert len(to_thd(collate([_sample([1] * (count - 1))], pad_id=0)).cu_seqlens) == count

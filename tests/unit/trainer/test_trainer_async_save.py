@@ -173,3 +173,24 @@ def test_a_vanished_peer_is_a_distributed_failure() -> None:
     assert exit_code_for(gloo) == ExitCode.DISTRIBUTED_TIMEOUT
     assert exit_code_for(torch.distributed.DistBackendError("NCCL error")) == ExitCode.DISTRIBUTED_TIMEOUT
     assert exit_code_for(RuntimeError("shape mismatch")) == ExitCode.UNEXPECTED
+
+
+def test_a_device_oom_from_any_library_is_out_of_memory() -> None:
+    from sft_trainer.exit_codes import ExitCode
+    from sft_trainer.loop import exit_code_for
+
+    assert (
+        exit_code_for(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+        == ExitCode.OUT_OF_MEMORY
+    )
+    assert exit_code_for(RuntimeError("CUDA error: out of memory")) == ExitCode.OUT_OF_MEMORY
+    assert exit_code_for(
+        RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+    ) == (ExitCode.OUT_OF_MEMORY)
+    try:  # wrapped by a library that re-raises with its own message
+        try:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        except torch.OutOfMemoryError as oom:
+            raise ValueError("forward failed") from oom
+    except ValueError as wrapped:
+        assert exit_code_for(wrapped) == ExitCode.OUT_OF_MEMORY

@@ -86,6 +86,24 @@ def _pad_examples(
     return out_tokens, out_labels, out_positions, new_cu
 
 
+#: Transformer Engine's fused RoPE launches a grid of (max_seqlen, sequences) blocks; CUDA's grid
+#: y-dimension stops at 65,535, so more sequences in one THD micro-batch fail with "invalid argument".
+MAX_SEQUENCES_PER_MICRO_BATCH = 65_535
+
+
+def check_sequence_count(cu_seqlens: IntArray) -> None:
+    """Refuse a micro-batch with more sequences than TE's kernels launch (a config problem, exit 10)."""
+    from sft_trainer.config import ConfigError, ConfigProblem
+
+    count = len(cu_seqlens) - 1
+    if count > MAX_SEQUENCES_PER_MICRO_BATCH:
+        message = (
+            f"a micro-batch holds {count:,} sequences; Transformer Engine's THD kernels take at most "
+            f"{MAX_SEQUENCES_PER_MICRO_BATCH:,}: lower trainer.micro_batch_size (or data.max_seq_length when packing)"
+        )
+        raise ConfigError([ConfigProblem("trainer.micro_batch_size", message)])
+
+
 def to_thd(
     batch: MicroBatch, multiple: int = 1, pad_id: int = 0, length: int | None = None, example_multiple: int = 1
 ) -> ThdBatch:
@@ -119,6 +137,7 @@ def to_thd(
         positions = np.concatenate([positions, np.arange(extra, dtype=np.int64)])
         cu = np.concatenate([cu, np.asarray([total], dtype=np.int32)])
         max_seqlen = max(max_seqlen, extra)
+    check_sequence_count(cu)
     mask = labels != IGNORE_INDEX
     return ThdBatch(
         tokens=tokens,
