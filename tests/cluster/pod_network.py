@@ -77,12 +77,15 @@ class PodNetwork:
         return f"ks{self.index}h{number}", f"ks{self.index}p{number}"
 
     def attach(self, pid: int, host_side: str, pod_side: str) -> None:
-        """Create the veth pair, move one end into the network namespace of pid, plug the other in the bridge."""
+        """Create the veth pair, plug the host end in the bridge, then move the other end into the network
+        namespace of pid. In this order the pod's process starts (it waits for its end) only once the
+        network is whole, so a pod that exits at once cannot take the veth pair with it while it is
+        still being plugged in (seen under load: "Cannot find device ks<k>h<n>", the pod Failed)."""
         _wait_for_own_netns(pid)
         _ip("link", "add", host_side, "type", "veth", "peer", "name", pod_side)
         try:
-            _ip("link", "set", pod_side, "netns", str(pid))
             _ip("link", "set", host_side, "master", self.bridge, "up")
+            _ip("link", "set", pod_side, "netns", str(pid))
         except subprocess.CalledProcessError:
             _ip("link", "del", host_side, check=False)
             raise
