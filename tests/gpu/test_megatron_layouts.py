@@ -82,7 +82,7 @@ def test_resume_under_another_layout(saved: str, resumed: str, tp1: dict[str, An
     assert run["first_step"] == STEPS // 2 and max_rel(run, tp1) < 0.01
 
 
-@pytest.mark.parametrize("scenario", ["async_resume", "nan", "oom", "lost_rank"])
+@pytest.mark.parametrize("scenario", ["async_resume", "nan", "oom", "lora", "lost_rank"])
 def test_sft_train_scenario(scenario: str, tmp_path: Path) -> None:
     if scenario == "lost_rank" and torch.cuda.device_count() < 2:
         pytest.skip("needs 2 GPUs")
