@@ -481,14 +481,16 @@ OUT_OF_MEMORY_MARKERS = (
 
 def is_out_of_memory(error: BaseException) -> bool:
     """A device OOM, raised by PyTorch or by a library beneath it, also when wrapped in another error."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, torch.OutOfMemoryError):
-            return True
-        if isinstance(seen, RuntimeError) and any(marker in str(seen) for marker in OUT_OF_MEMORY_MARKERS):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:  # a hand-made cause cycle must not loop forever
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return any(
+        isinstance(link, torch.OutOfMemoryError)
+        or (isinstance(link, RuntimeError) and any(marker in str(link) for marker in OUT_OF_MEMORY_MARKERS))
+        for link in chain
+    )
 
 
 def is_lost_peer(error: BaseException) -> bool:
