@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workers",
         type=int,
-        default=int(env("KUBE_SFT_WORKERS", "8")),
+        default=int(env("KUBE_SFT_WORKERS", "32")),
         help="threads reconciling jobs (one job is never reconciled by two at once)",
     )
     parser.add_argument(
@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--create-parallelism",
         type=int,
-        default=int(env("KUBE_SFT_CREATE_PARALLELISM", "16")),
+        default=int(env("KUBE_SFT_CREATE_PARALLELISM", "32")),
         help="concurrent create calls for new gangs, all workers together",
     )
     parser.add_argument(

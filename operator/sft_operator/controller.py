@@ -15,7 +15,7 @@ older than this operator's own last write.
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,8 +26,7 @@ from sft_operator import metrics, render
 from sft_operator.api import FINISHED_PHASES, SFTJob, SFTJobStatus
 from sft_operator.cache import Key, Store, job_key
 from sft_operator.kube import Kube
-from sft_operator.policy import PodView
-from sft_operator.status import Event, Plan, reconcile
+from sft_operator.status import Event, Plan, missing_ranks, reconcile
 from sft_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -46,9 +45,9 @@ class Settings:
     peering_lifetime: int = 20
     priority: int = 0
     identity: str = "kube-sft-operator"
-    workers: int = 8
+    workers: int = 32
     pod_event_delay: float = 0.5
-    create_parallelism: int = 16
+    create_parallelism: int = 32
     relist_seconds: float = 300.0
 
 
@@ -102,6 +101,7 @@ def is_active(peers: Object | None, identity: str, priority: int, now: datetime)
 
 
 SECOND_WAVE_KINDS = frozenset({"RoleBinding", "Pod"})
+EVENT_THREADS = 4  # Events are recorded off the workers, a few at a time: they never delay a gang
 
 
 def creation_waves(objects: list[Object]) -> list[list[Object]]:
@@ -112,10 +112,22 @@ def creation_waves(objects: list[Object]) -> list[list[Object]]:
     return [wave for wave in (first, second) if wave]
 
 
-def missing_ranks(pods: list[PodView], attempt: int, num_nodes: int) -> list[int]:
-    """Ranks of the attempt with no live pod (a pod being deleted does not count)."""
-    present = {pod.rank for pod in pods if pod.attempt == attempt and not pod.deleting}
-    return [rank for rank in range(num_nodes) if rank not in present]
+def pod_waves(with_pods: list[Object], pods: list[Object], attempt: int) -> list[list[Object]]:
+    """The gang's creates, in waves of concurrent calls: one wave, except in a restarted gang, whose
+    rank 0 goes first: its pod name is no longer its hostname, so a worker must not start before the
+    pod that answers for `<job>-node-0` exists (a resolver that looks the hostname up once, at the
+    worker's start, would find nothing, or the previous attempt's rank 0)."""
+    rank0 = [pod for pod in pods if attempt > 0 and pod["metadata"]["labels"][render.LABEL_RANK] == "0"]
+    rest = [pod for pod in pods if pod not in rank0]
+    return [wave for wave in (with_pods + rank0, rest) if wave]
+
+
+@dataclass
+class Supporting:
+    """A new job's supporting objects on their way: the first wave in flight, what goes with the pods."""
+
+    started: list[Future[Object | None]] = field(default_factory=list)
+    with_pods: list[Object] = field(default_factory=list)
 
 
 class Controller:
@@ -128,6 +140,7 @@ class Controller:
         self.queue: WorkQueue[Key] = WorkQueue()
         self.phases = metrics.PhaseTracker()
         self.creator = ThreadPoolExecutor(settings.create_parallelism, thread_name_prefix="create")
+        self.recorder = ThreadPoolExecutor(EVENT_THREADS, thread_name_prefix="event")
         self._supported: dict[Key, str] = {}  # job -> uid whose Service, ConfigMap, RBAC exist
         self._leading = False
         self._relisted = float("-inf")
@@ -172,6 +185,7 @@ class Controller:
         """Let the workers finish their current job and exit."""
         self.queue.close()
         self.creator.shutdown(wait=False, cancel_futures=True)
+        self.recorder.shutdown(wait=False)
 
     def reconcile(self, key: Key) -> None:
         """Bring one job closer to its desired state (the work queue serialises it per job)."""
@@ -199,23 +213,28 @@ class Controller:
         record.release_model()
 
     def apply(self, raw: Object, job: SFTJob, plan: Plan) -> None:
-        """Write the decision: status first, then pods, then Events."""
+        """Write the decision: status first, then pods, then Events (queued, recorded off this thread).
+
+        A new gang's supporting objects are not tied to an attempt, so they are created while the
+        status is written; its pods only once both are done.
+        """
         namespace, name = job.metadata.namespace, job.metadata.name
         key = (namespace, name)
+        supporting = self._create_supporting(job) if plan.create_pods else Supporting()
         patch = status_patch(raw.get("status") or {}, job.status, plan.status)
         if patch:
             written = self.kube.patch_job_status(namespace, name, patch)
             if written is None:
-                self.forget(key)  # deleted meanwhile
+                self.forget(key)  # deleted meanwhile (the supporting objects go with it: owner references)
                 return
             self.store.put_job(written)
         for pod in plan.delete_pods:
             self.kube.delete_pod(namespace, pod.name, pod.uid)
             self.store.mark_deleting(key, pod.name, pod.uid)
         if plan.create_pods:
-            self._create_gang(job.model_copy(update={"status": plan.status}))
-        for event in plan.events:
-            self.kube.record_event(raw, event)
+            self._create_gang(job.model_copy(update={"status": plan.status}), supporting)
+        if plan.events:
+            self.recorder.submit(self._record, raw, plan.events)
         reason = plan.status.last_failure.reason if plan.status.last_failure else (plan.status.reason or "")
         metrics.record_transition(
             job.status.phase, plan.status.phase, job.status.restarts, plan.status.restarts, reason
@@ -225,21 +244,37 @@ class Controller:
             self.kube.delete_job(namespace, name, job.metadata.uid)
             self.forget(key)
 
-    def _create_gang(self, job: SFTJob) -> None:
-        """Create what the gang lacks, concurrently: the supporting objects (once per job) and the pods.
-
-        Objects that exist already (409) count as created.
-        """
+    def _create_supporting(self, job: SFTJob) -> Supporting:
+        """Start creating a new job's supporting objects (once per job): the first wave now, in the
+        background; the RoleBinding goes with the pods."""
         key = (job.metadata.namespace, job.metadata.name)
-        supporting = render.supporting_objects(job) if self._supported.get(key) != job.metadata.uid else []
+        if self._supported.get(key) == job.metadata.uid:
+            return Supporting()
+        first, second = creation_waves(render.supporting_objects(job))
+        return Supporting([self.creator.submit(self.kube.create, obj) for obj in first], second)
+
+    def _create_gang(self, job: SFTJob, supporting: Supporting) -> None:
+        """Create what the gang lacks, concurrently: once the supporting objects' first wave is done,
+        the rest of them and the missing ranks' pods. Objects that exist already (409) count as created."""
+        key = (job.metadata.namespace, job.metadata.name)
+        for future in supporting.started:
+            future.result()
         ranks = missing_ranks(self.store.pods(key), job.status.attempt, job.spec.resources.num_nodes)
         pods = [render.pod(job, rank, self.settings.trainer_image) for rank in ranks]
-        for wave in creation_waves(supporting + pods):
+        for wave in pod_waves(supporting.with_pods, pods, job.status.attempt):
             for obj, created in zip(wave, self.creator.map(self.kube.create, wave), strict=True):
                 if obj["kind"] == "Pod" and created is not None:
                     self.store.put_pod(created)
                     metrics.PODS_CREATED.inc()
         self._supported[key] = job.metadata.uid
+
+    def _record(self, raw: Object, events: list[Event]) -> None:
+        """Record one decision's Events, in order (on the recorder's threads; failures are logged)."""
+        try:
+            for event in events:
+                self.kube.record_event(raw, event)
+        except Exception:
+            log.exception("recording events of %s failed", raw["metadata"].get("name"))
 
     def _refuse(self, raw: Object, error: ValidationError) -> None:
         """A spec the CRD let through but the models refuse: fail it once, with the reason."""

@@ -21,7 +21,7 @@ import kopf
 from kubernetes import client, config
 
 from sft_operator.api import GROUP, PLURAL, VERSION
-from sft_operator.controller import Controller, Settings
+from sft_operator.controller import EVENT_THREADS, Controller, Settings
 from sft_operator.kube import Kube
 from sft_operator.render import LABEL_JOB
 
@@ -44,20 +44,33 @@ def kubernetes_client(connections: int) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf computes a "diff base" (a deep copy of the body, minus system fields) for every event, for
+    change-detecting handlers (`on.create/update/field`). Here there are none, only `on.event`: no diff
+    base is built, fetched or stored (it was a tenth of the operator's CPU at a 500-job burst)."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Our own annotation prefix, quiet event posting, and the Controller with its resync loop."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     operator_settings: Settings = memo.get("settings") or Settings()
     settings.peering.lifetime = operator_settings.peering_lifetime
     settings.peering.stealth = True
     settings.posting.level = logging.WARNING
     settings.watching.label_selectors["", "v1", "pods"] = LABEL_JOB  # has the label, whatever its value
-    connections = operator_settings.workers + operator_settings.create_parallelism + 2
+    connections = operator_settings.workers + operator_settings.create_parallelism + EVENT_THREADS + 4  # + resync
     controller = Controller(Kube(kubernetes_client(connections), operator_settings.identity), operator_settings)
     controller.relist()  # before kopf's watches start: the workers decide from a full store
     controller.start()

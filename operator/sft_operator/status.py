@@ -86,6 +86,15 @@ def pod_view(pod: dict[str, Any]) -> PodView:
 # --- helpers --------------------------------------------------------------------------------------
 
 
+WAITING_FOR_PODS = "waiting for pods to start"
+
+
+def missing_ranks(pods: list[PodView], attempt: int, num_nodes: int) -> list[int]:
+    """Ranks of the attempt with no live pod (a pod being deleted does not count)."""
+    present = {pod.rank for pod in pods if pod.attempt == attempt and not pod.deleting}
+    return [rank for rank in range(num_nodes) if rank not in present]
+
+
 def replica_counts(pods: list[PodView], desired: int) -> ReplicaCounts:
     """Pods of the current attempt by phase."""
     counts = ReplicaCounts(desired=desired)
@@ -237,6 +246,8 @@ def reconcile(job: SFTJob, pods: list[PodView], now: datetime) -> Plan:
         _active(plan, job, current, now)
 
     status.replicas = replica_counts([pod for pod in pods if pod.attempt == status.attempt], spec.resources.num_nodes)
+    if plan.create_pods:  # the pods about to be created are Pending: one status write, not a second one after
+        status.replicas.pending += len(missing_ranks(pods, status.attempt, spec.resources.num_nodes))
     assert status.phase is not None
     status.conditions = conditions(
         job.status.conditions,
@@ -300,9 +311,9 @@ def _start_attempt(plan: Plan, job: SFTJob, attempt: int, now: datetime) -> None
     status.start_time = status.start_time or now
     status.next_attempt_time = None
     status.phase = "Pending"
-    status.reason, status.message = "Creating", f"creating {job.spec.resources.num_nodes} pod(s), attempt {attempt}"
+    status.reason, status.message = "Pending", WAITING_FOR_PODS  # what it says once they exist: no second write
     plan.create_pods = True
-    plan.events.append(Event("Normal", "Started", status.message))
+    plan.events.append(Event("Normal", "Started", f"creating {job.spec.resources.num_nodes} pod(s), attempt {attempt}"))
 
 
 def _active(plan: Plan, job: SFTJob, pods: list[PodView], now: datetime) -> None:
@@ -362,4 +373,4 @@ def _progress_phase(status: SFTJobStatus, pods: list[PodView], num_nodes: int) -
     else:
         waiting = sorted({pod.waiting_reason for pod in pods if pod.waiting_reason})
         status.phase, status.reason = "Pending", "Pending"
-        status.message = "waiting for pods to start" + (f" ({', '.join(waiting)})" if waiting else "")
+        status.message = WAITING_FOR_PODS + (f" ({', '.join(waiting)})" if waiting else "")

@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     ValidationError,
     model_validator,
@@ -246,6 +247,8 @@ class SFTJobSpec(K8sModel):
     pod: PodOverrides = Field(default_factory=PodOverrides)
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     scheduling: Scheduling = Field(default_factory=Scheduling)
+    _template_hash: str | None = PrivateAttr(default=None)
+    """render.template_hash of this spec, computed once (a validated spec is never changed in place)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -1,10 +1,16 @@
-"""Pure helpers of the controller: the status merge patch and the peering rule."""
+"""The controller: its pure helpers (status merge patch, peering rule) and the order of a new gang's writes."""
 
+import copy
+import threading
+import time
 from datetime import timedelta
+from typing import Any
 
-from sft_operator.api import Metrics, Progress, SFTJobStatus
-from sft_operator.controller import is_active, needs_resync, status_patch
-from tests.unit.operator.builders import NOW
+from sft_operator import render
+from sft_operator.api import Metrics, Progress, SFTJob, SFTJobStatus
+from sft_operator.controller import Controller, Settings, is_active, needs_resync, pod_waves, status_patch
+from sft_operator.status import Event
+from tests.unit.operator.builders import NOW, manifest
 
 
 def test_first_patch_writes_defaults_and_later_only_changes() -> None:
@@ -49,3 +55,81 @@ def test_resync_skips_long_finished_jobs_without_ttl() -> None:
     assert needs_resync(recent, NOW)
     assert needs_resync({"status": {"phase": "Running"}}, NOW)
     assert needs_resync({}, NOW)
+
+
+# --- the write order of a new gang (a Kube that records its calls) ----------------------------------------
+
+
+class RecordingKube:
+    """The calls a reconcile makes, with start and end times; writes answer what the API server would."""
+
+    def __init__(self, patch_seconds: float = 0.1) -> None:
+        self.patch_seconds = patch_seconds
+        self.calls: list[tuple[str, str, float, float]] = []  # (verb, what, start, end)
+        self.lock = threading.Lock()
+        self.version = 100
+
+    def _record(self, verb: str, what: str, start: float) -> int:
+        with self.lock:
+            self.calls.append((verb, what, start, time.monotonic()))
+            self.version += 1
+            return self.version
+
+    def patch_job_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        start = time.monotonic()
+        time.sleep(self.patch_seconds)
+        written = manifest()
+        written["status"] = patch
+        written["metadata"]["resourceVersion"] = str(self._record("patch", "status", start))
+        return written
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        start = time.monotonic()
+        created = copy.deepcopy(obj)
+        version = self._record("create", f"{obj['kind']}/{obj['metadata']['name']}", start)
+        created["metadata"].update(uid=f"uid-{version}", resourceVersion=str(version))
+        return created
+
+    def record_event(self, raw: dict[str, Any], event: Event) -> None:
+        self._record("event", event.reason, time.monotonic())
+
+    def started(self, what: str) -> float:
+        return next(start for _, name, start, _ in self.calls if name == what)
+
+    def ended(self, what: str) -> float:
+        return next(end for _, name, _, end in self.calls if name == what)
+
+
+def test_a_new_gang_is_written_status_first_with_its_supporting_objects_alongside() -> None:
+    kube = RecordingKube()
+    controller = Controller(kube, Settings())  # type: ignore[arg-type]
+    controller.store.put_job({**manifest(), "metadata": {**manifest()["metadata"], "resourceVersion": "1"}})
+    controller.synced.set()
+    controller.reconcile(("team-a", "demo"))
+    controller.recorder.shutdown(wait=True)  # the Events are recorded off the worker
+    created = [what for verb, what, _, _ in kube.calls if verb == "create"]
+    assert sorted(created) == sorted(
+        ["ServiceAccount/demo-trainer", "Role/demo-trainer", "RoleBinding/demo-trainer", "ConfigMap/demo-config",
+         "Service/demo", "Pod/demo-node-0", "Pod/demo-node-1"]
+    )  # fmt: skip
+    status_written = kube.ended("status")
+    assert kube.started("ServiceAccount/demo-trainer") < status_written  # not waiting for the status write
+    for pod in ("Pod/demo-node-0", "Pod/demo-node-1"):  # crash-safe: the attempt is recorded before its pods
+        assert kube.started(pod) >= status_written and kube.started(pod) >= kube.ended("ServiceAccount/demo-trainer")
+    assert kube.started("RoleBinding/demo-trainer") >= kube.ended("Role/demo-trainer")
+    assert [what for verb, what, _, _ in kube.calls if verb == "event"] == ["Accepted", "Started"]
+    assert {view.name for view in controller.store.pods(("team-a", "demo"))} == {"demo-node-0", "demo-node-1"}
+    controller.stop()
+
+
+def test_a_restarted_gang_creates_rank_0_first() -> None:
+    """Attempt 0's pods are named by their hostnames; a restarted gang's are not, so its rank 0 (the
+    rendezvous host) exists before any other rank starts."""
+    job = SFTJob.model_validate(manifest(resources={"numNodes": 4, "gpusPerNode": 1}))
+    names = [[obj["metadata"]["name"] for obj in wave] for wave in pod_waves([], render.pods(job), 0)]
+    assert names == [["demo-node-0", "demo-node-1", "demo-node-2", "demo-node-3"]]
+    restarted = job.model_copy(update={"status": job.status.model_copy(update={"attempt": 2})})
+    names = [[obj["metadata"]["name"] for obj in wave] for wave in pod_waves([], render.pods(restarted), 2)]
+    assert names == [["demo-node-0-a2"], ["demo-node-1-a2", "demo-node-2-a2", "demo-node-3-a2"]]
+    missing_rank0 = render.pods(restarted)[1:]  # a crash left rank 0 created: the rest in one wave
+    assert len(pod_waves([], missing_rank0, 2)) == 1

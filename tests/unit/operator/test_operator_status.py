@@ -109,12 +109,16 @@ def test_new_job_creates_its_gang() -> None:
     assert {event.reason for event in plan.events} >= {"Accepted", "Started"}
     created = next(c for c in plan.status.conditions if c.type == "Created")
     assert created.status == "True"
+    assert plan.status.replicas.pending == 2  # the pods it creates: their arrival needs no second status write
+    created_pods = advance(job, plan)
+    assert reconcile(created_pods, gang(created_pods, "Pending"), NOW).status == plan.status
 
 
 def test_crash_mid_creation_creates_the_missing_ranks_again() -> None:
     job = make_job(phase="Pending", attemptStartTime=NOW, startTime=NOW)
     plan = reconcile(job, gang(job, "Pending")[:1], NOW + timedelta(seconds=3))
     assert plan.create_pods and plan.status.phase == "Pending"
+    assert plan.status.replicas.pending == 2  # one there, one to create
 
 
 def test_reconcile_is_idempotent_on_a_steady_job() -> None:
