@@ -1190,8 +1190,11 @@ class Run:
             log(f"injecting into {pod} failed: {error.status}")
         return True
 
-    def execute(self, scale: Scale, kubeconfig: Path, profile: Path | None = None, seed: int = 8) -> Object:
-        """Start the operator, run the load, check the outcome, clean up; returns the run's result."""
+    def execute(
+        self, scale: Scale, kubeconfig: Path, profile: Path | None = None, seed: int = 8, cleanup: bool = True
+    ) -> Object:
+        """Start the operator, run the load, check the outcome, clean up (unless `cleanup` is False:
+        no garbage-collection check, the namespace stays); returns the run's result."""
         f, rng = self.flavour, random.Random(seed)
         self.core.create_namespace({"metadata": {"name": self.namespace}})
         wait_until(lambda: self.core.read_namespaced_service_account("default", self.namespace), 60, "namespace SA")
@@ -1272,14 +1275,15 @@ class Run:
         audit_lines = self.cluster.audit_log.read_text().splitlines()
         audit = audit_counts(audit_lines, service_account_user(OPERATOR_ACCOUNTS[f.name]), since, until)
         traced = self.node_agent_trace(audit_lines) if self.cluster.trace_pods else {}
-        gc = None if f.floor else self.collect_garbage()
+        gc = self.collect_garbage() if cleanup and not f.floor else None
         if profiler is not None:
             profiler.send_signal(2)  # SIGINT: py-spy writes its output and exits
             profiler.wait(60)
         operator.stop()
         for watch in (pod_watch, job_watch):
             watch.stop()
-        self.drop_namespace()
+        if cleanup:
+            self.drop_namespace()
 
         jobs = [job for job in tracker.jobs.values() if job.applied is not None]
         lat = latencies(jobs)
@@ -1426,6 +1430,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, help="py-spy record kube-sft's operator into this file (raw stacks)")
     parser.add_argument("--keep", action="store_true", help="keep the cluster's work dir (logs, audit log)")
     parser.add_argument(
+        "--no-cleanup",
+        action="store_true",
+        help="development: no garbage-collection check, namespaces kept (runs after the first then overlap its leftovers)",
+    )
+    parser.add_argument(
         "--trace-pods",
         action="store_true",
         help="audit-log every pod write with its bodies (with --keep: who wrote what)",
@@ -1502,7 +1511,9 @@ def main(argv: list[str] | None = None) -> int:
         for flavour in flavours:
             run = Run(flavour, cluster, client)
             load = floor_scale(scale) if flavour.floor else scale
-            result["runs"][flavour.name] = run.execute(load, kubeconfigs[flavour.name], args.profile)
+            result["runs"][flavour.name] = run.execute(
+                load, kubeconfigs[flavour.name], args.profile, cleanup=not args.no_cleanup
+            )
             summary = result["runs"][flavour.name]
             log(f"{flavour.name}: {json.dumps(summary['latency'])} {json.dumps(summary['process'])}")
     finally:
