@@ -1146,6 +1146,7 @@ class Scale:
     failures: int = 50
     run_seconds: float = 30
     settle_timeout: float = 900
+    gc_timeout: float = 900  # deleting 1000 jobs leaves ~7,000 children for the controller-manager (~12/s here)
     submit_threads: int = 4
 
 
@@ -1275,7 +1276,7 @@ class Run:
         audit_lines = self.cluster.audit_log.read_text().splitlines()
         audit = audit_counts(audit_lines, service_account_user(OPERATOR_ACCOUNTS[f.name]), since, until)
         traced = self.node_agent_trace(audit_lines) if self.cluster.trace_pods else {}
-        gc = self.collect_garbage() if cleanup and not f.floor else None
+        gc = self.collect_garbage(scale.gc_timeout) if cleanup and not f.floor else None
         if profiler is not None:
             profiler.send_signal(2)  # SIGINT: py-spy writes its output and exits
             profiler.wait(60)
@@ -1423,6 +1424,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-seconds", type=float, help=f"pod Running -> Succeeded (default {default.run_seconds})")
     parser.add_argument("--settle-timeout", type=float, help=f"default {default.settle_timeout}")
     parser.add_argument(
+        "--gc-timeout",
+        type=float,
+        help=f"wait for garbage collection after deleting the jobs (default {default.gc_timeout})",
+    )
+    parser.add_argument(
         "--only", type=lambda text: text.split(","), help="comma-separated runs out of sft,floor,peer (default: all)"
     )
     parser.add_argument("--serve-floor", metavar="NAMESPACE", help=argparse.SUPPRESS)  # the floor client's process
@@ -1461,6 +1467,7 @@ def scale_from(args: argparse.Namespace) -> Scale:
             "nodes_per_job",
             "run_seconds",
             "settle_timeout",
+            "gc_timeout",
         )
         if getattr(args, key) is not None
     }

@@ -735,11 +735,16 @@ class NodeAgent:
         return path
 
     def _pod_for_hostname(self, namespace: str, hostname: str) -> str:
-        """The name of the pod whose spec.hostname is hostname (else hostname itself: pods are named so)."""
-        for pod in self.v1.list_namespaced_pod(namespace).items:
-            if pod.spec.hostname == hostname:
-                return str(pod.metadata.name)
-        return hostname
+        """The name of the live pod whose spec.hostname is hostname, the newest if several (a restarted
+        gang's pod beside its terminating predecessor); else hostname itself (pods are named so)."""
+        live = [
+            pod
+            for pod in self.v1.list_namespaced_pod(namespace).items
+            if pod.spec.hostname == hostname and pod.metadata.deletion_timestamp is None
+        ]
+        if not live:
+            return hostname
+        return str(max(live, key=lambda pod: pod.metadata.creation_timestamp).metadata.name)
 
     # ----- volumes --------------------------------------------------------------------------
 
