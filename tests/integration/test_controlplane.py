@@ -495,6 +495,23 @@ def test_pod_waits_for_a_missing_config_map(kube_cluster: ControlPlane, node_age
     assert (done.status.phase, terminated(done).message) == ("Succeeded", "arrived")
 
 
+def test_master_addr_resolves_to_the_newest_live_pod_of_its_hostname(
+    kube_cluster: ControlPlane, node_agent: NodeAgent, namespace: str
+) -> None:
+    """A restarted gang's rank 0 (`<job>-node-0-a1`) shares its hostname with the previous attempt's pod:
+    MASTER_ADDR must name the newest pod that is not being deleted."""
+    v1 = core(kube_cluster)
+    for name in ("rank0", "rank0-a1"):
+        pod = make_pod(name, "import time; time.sleep(60)")
+        pod["spec"]["hostname"] = "job-node-0"
+        v1.create_namespaced_pod(namespace, pod)
+        time.sleep(1.1)  # creationTimestamp has one-second resolution
+    assert node_agent._pod_for_hostname(namespace, "job-node-0") == "rank0-a1"
+    v1.delete_namespaced_pod("rank0-a1", namespace, grace_period_seconds=30)
+    assert node_agent._pod_for_hostname(namespace, "job-node-0") == "rank0"
+    assert node_agent._pod_for_hostname(namespace, "no-such-host") == "no-such-host"
+
+
 SERVER_SCRIPT = """
     import os, socket
     server = socket.create_server(("0.0.0.0", 8080))
