@@ -44,6 +44,8 @@ LABEL_ATTEMPT = f"{GROUP}/attempt"
 RELEASE = "kube-sft"
 SYSTEM_NAMESPACE = "kube-sft-system"
 JOBS_NAMESPACE = "e2e-jobs"
+TENANT_NAMESPACES = ("tenant-a", "tenant-b")
+"""Namespaces of the security scenarios' ordinary users: watched by the operator, no host access."""
 TRAINER_METRICS_PORT = 9400
 OPERATOR_METRICS_PORT = 8080
 
@@ -340,6 +342,13 @@ class System:
         return {cells[0]: dict(zip(header, cells, strict=False)) for cells in (line.split() for line in lines[1:])}
 
 
+def impersonating_client(cluster: ControlPlane, user: str) -> kubernetes.client.ApiClient:
+    """An ApiClient acting as the ordinary user `user` (Impersonate-User header): what they may do, never admin."""
+    client = cluster.api_client()
+    client.set_default_header("Impersonate-User", user)
+    return client
+
+
 _SYSTEM: System | None = None
 
 
@@ -349,14 +358,19 @@ def install(cluster: ControlPlane, agent: NodeAgent, prometheus: PrometheusServe
     if _SYSTEM is not None:
         return _SYSTEM
     core = kubernetes.client.CoreV1Api(cluster.client)
-    if not [n for n in core.list_namespace().items if n.metadata.name == JOBS_NAMESPACE]:
-        core.create_namespace({"metadata": {"name": JOBS_NAMESPACE}})
+    existing = {n.metadata.name for n in core.list_namespace().items}
+    for namespace in (JOBS_NAMESPACE, *TENANT_NAMESPACES):
+        if namespace not in existing:
+            core.create_namespace({"metadata": {"name": namespace}})
     wait_until(lambda: core.read_namespaced_service_account("default", JOBS_NAMESPACE), 30, "default SA")
+    watched = ",".join((JOBS_NAMESPACE, *TENANT_NAMESPACES))
     cluster.helm(
         "install", RELEASE, str(CHART), "--namespace", SYSTEM_NAMESPACE, "--create-namespace",
-        "--set", "replicaCount=2", "--set", f"watchNamespaces={{{JOBS_NAMESPACE}}}",
+        "--set", "replicaCount=2", "--set", f"watchNamespaces={{{watched}}}",
         "--set", "resyncSeconds=1", "--set", "peering.lifetime=8",
         "--set", "resources.requests.cpu=10m",
+        # The scenarios mount host directories for data and output: host access only there.
+        "--set", f"admission.hostAccessNamespaces={{{JOBS_NAMESPACE}}}",
     )  # fmt: skip
     ext = kubernetes.client.ApiextensionsV1Api(cluster.client)
 
