@@ -15,6 +15,12 @@ resourceVersions are compared as integers: the API server's are etcd revisions, 
 (Kubernetes 1.35 made comparing them an API guarantee, KEP-5504). A value that is not an integer
 counts as newer, so an unusual server only costs a redundant reconcile.
 
+Ownership is by uid, never by labels alone: the pod watch selects pods by the job-name label, which
+anyone who may create pods can set. `pods(key)` returns only the pods whose controller owner
+reference is the stored job's uid; `foreign(key)` the others (impostors, or the children of a deleted
+job of the same name that garbage collection has not yet removed), which the operator never counts,
+restarts or deletes.
+
 Records are slim on purpose (peak memory at 1000 jobs was 567 MB when whole objects were queued):
 a job keeps the metadata the operator reads, its spec and status; a pod is a `PodView` summary.
 """
@@ -125,6 +131,7 @@ class Store:
         self._jobs: dict[Key, JobRecord] = {}
         self._pods: dict[Key, dict[str, PodRecord]] = {}
         self._gone: dict[Key, list[str]] = {}  # uids of deleted pods: a late create response must not revive one
+        self._attempts: dict[Key, dict[str, set[int]]] = {}  # owner uid -> attempts a pod was seen of
 
     # --- jobs -----------------------------------------------------------------------------------
 
@@ -135,8 +142,9 @@ class Store:
             stored = self._jobs.get(key)
             if stored is not None and not is_newer(seen, stored.version):
                 return False
-            if stored is not None and stored.raw["metadata"].get("uid") != (raw.get("metadata") or {}).get("uid"):
-                self._pods.pop(key, None)  # a new job with an old job's name: the old pods are not its own
+            uid = str((raw.get("metadata") or {}).get("uid") or "")
+            if stored is not None and stored.raw["metadata"].get("uid") != uid:
+                self._attempts.pop(key, None)  # a new job with an old job's name: nothing of its own seen yet
             self._jobs[key] = JobRecord(slim_job(raw), seen)
             return True
 
@@ -151,6 +159,7 @@ class Store:
             self._jobs.pop(key, None)
             self._pods.pop(key, None)
             self._gone.pop(key, None)
+            self._attempts.pop(key, None)
 
     def job_keys(self) -> list[Key]:
         """Every stored job."""
@@ -179,7 +188,9 @@ class Store:
             # resourceVersions are cluster-wide, so this also orders two pods that share a name (attempts)
             if stored is not None and not is_newer(seen, stored.version):
                 return None
-            pods[name] = PodRecord(pod_view(raw), seen)
+            view = pod_view(raw)
+            pods[name] = PodRecord(view, seen)
+            self._attempts.setdefault(key, {}).setdefault(view.owner, set()).add(view.attempt)
             return key
 
     def drop_pod(self, raw: Object) -> Key | None:
@@ -208,10 +219,27 @@ class Store:
             if stored is not None and stored.view.uid == uid:
                 self._pods[key][name] = PodRecord(replace(stored.view, deleting=True), stored.version)
 
+    def _owner(self, key: Key) -> str | None:
+        record = self._jobs.get(key)
+        return None if record is None else str(record.raw["metadata"].get("uid") or "")
+
     def pods(self, key: Key) -> list[PodView]:
-        """The job's pods, in name order."""
+        """The job's own pods (controller owner reference = the stored job's uid), in name order."""
         with self._lock:
-            return [record.view for _, record in sorted(self._pods.get(key, {}).items())]
+            owner = self._owner(key)
+            return [record.view for _, record in sorted(self._pods.get(key, {}).items()) if record.view.owner == owner]
+
+    def foreign(self, key: Key) -> list[PodView]:
+        """Pods with the job's label that the job does not own, in name order."""
+        with self._lock:
+            owner = self._owner(key)
+            return [record.view for _, record in sorted(self._pods.get(key, {}).items()) if record.view.owner != owner]
+
+    def had_pods(self, key: Key, attempt: int) -> bool:
+        """Whether a pod of the stored job's `attempt` was ever stored (seen, created, or deleted since)."""
+        with self._lock:
+            owner = self._owner(key)
+            return owner is not None and attempt in self._attempts.get(key, {}).get(owner, set())
 
     # --- the periodic full list -------------------------------------------------------------------
 
@@ -233,6 +261,7 @@ class Store:
                 if key not in present and not is_newer(record.version, listed_at):
                     self._jobs.pop(key)
                     self._pods.pop(key, None)
+                    self._attempts.pop(key, None)
         return changed
 
     def replace_pods(self, pages: Iterable[Page]) -> set[Key]:

@@ -10,8 +10,17 @@ first, then pods are deleted or created, then Events are recorded. A second reco
 crash, or on the standby replica after fail-over — sees the written status and finishes the work.
 What a write returns goes into the store at once, so the next reconcile never decides from a state
 older than this operator's own last write.
+
+The lifecycle record (status.LIFECYCLE_ANNOTATION) is written before the status mirror: the trainer
+may patch the status, never the record. Children are the job's only by controller owner-reference uid:
+a create answered "already exists" by another owner's object is never taken as the job's own; the
+gang waits (and retries) until garbage collection removes it. A create the API server refuses (422,
+Pod Security, quota, a missing PriorityClass or ServiceAccount) reaches the decision at once: a
+permanent refusal fails the job, a transient one restarts the gang after a back-off, and both say why
+in a condition and a Warning Event; nothing is retried in a loop.
 """
 
+import json
 import logging
 import threading
 import time
@@ -20,13 +29,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from sft_operator import metrics, render
 from sft_operator.api import FINISHED_PHASES, SFTJob, SFTJobStatus
 from sft_operator.cache import Key, Store, job_key
 from sft_operator.kube import Kube
-from sft_operator.status import Event, Plan, missing_ranks, reconcile
+from sft_operator.policy import PodView, Refusal, classify_refusal
+from sft_operator.status import (
+    LIFECYCLE_ANNOTATION,
+    Event,
+    Observed,
+    Plan,
+    lifecycle_record,
+    missing_ranks,
+    reconcile,
+    stored_record,
+    trusted_status,
+)
 from sft_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -102,6 +123,8 @@ def is_active(peers: Object | None, identity: str, priority: int, now: datetime)
 
 SECOND_WAVE_KINDS = frozenset({"RoleBinding", "Pod"})
 EVENT_THREADS = 4  # Events are recorded off the workers, a few at a time: they never delay a gang
+HELD_RETRY_SECONDS = 1.0  # a child's name held by another owner: look again this soon
+MAX_REPORTED_FOREIGN = 4096
 
 
 def creation_waves(objects: list[Object]) -> list[list[Object]]:
@@ -110,6 +133,33 @@ def creation_waves(objects: list[Object]) -> list[list[Object]]:
     first = [obj for obj in objects if obj["kind"] not in SECOND_WAVE_KINDS]
     second = [obj for obj in objects if obj["kind"] in SECOND_WAVE_KINDS]
     return [wave for wave in (first, second) if wave]
+
+
+def controller_uid(obj: Object | None) -> str | None:
+    """The uid of an object's controller owner reference (None when it has none)."""
+    refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+    return next((str(ref.get("uid")) for ref in refs if ref.get("controller")), None)
+
+
+def foreign_names(results: list[tuple[Object, Object | None]], uid: str) -> list[str]:
+    """`Kind/name` of each create whose object (as created or found) is not owned by `uid`."""
+    return [f"{obj['kind']}/{obj['metadata']['name']}" for obj, found in results if controller_uid(found) != uid]
+
+
+def held_pod_names(pods: list[Object], foreign: list[PodView]) -> list[str]:
+    """`Pod/name` of each pod to create whose name a pod of another owner holds."""
+    taken = {pod.name for pod in foreign}
+    return [f"Pod/{pod['metadata']['name']}" for pod in pods if pod["metadata"]["name"] in taken]
+
+
+def refusal_of(obj: Object, error: ApiException, own_service_account: str) -> Refusal:
+    """A refused create as the decision sees it: the API server's own message, classified."""
+    try:
+        message = str(json.loads(error.body or "{}").get("message") or error.reason)
+    except ValueError:
+        message = str(error.body or error.reason)
+    meta = obj["metadata"]
+    return classify_refusal(error.status or 0, message, obj["kind"], meta["name"], own_service_account)
 
 
 def pod_waves(with_pods: list[Object], pods: list[Object], attempt: int) -> list[list[Object]]:
@@ -124,10 +174,20 @@ def pod_waves(with_pods: list[Object], pods: list[Object], attempt: int) -> list
 
 @dataclass
 class Supporting:
-    """A new job's supporting objects on their way: the first wave in flight, what goes with the pods."""
+    """A new job's supporting objects on their way: the first wave in flight, then the RoleBinding."""
 
-    started: list[Future[Object | None]] = field(default_factory=list)
-    with_pods: list[Object] = field(default_factory=list)
+    started: list[tuple[Object, Future[Object | None]]] = field(default_factory=list)
+    second: list[Object] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What one job's last creates taught (per job uid and attempt): names held by others, a refusal."""
+
+    uid: str
+    attempt: int
+    held: tuple[str, ...] = ()
+    refusal: Refusal | None = None
 
 
 class Controller:
@@ -142,6 +202,9 @@ class Controller:
         self.creator = ThreadPoolExecutor(settings.create_parallelism, thread_name_prefix="create")
         self.recorder = ThreadPoolExecutor(EVENT_THREADS, thread_name_prefix="event")
         self._supported: dict[Key, str] = {}  # job -> uid whose Service, ConfigMap, RBAC exist
+        self._memory: dict[Key, Memory] = {}  # what the last creates of a job's gang met
+        self._spec_checks: dict[Key, tuple[str, str, Refusal | None]] = {}  # (uid, template hash, refusal)
+        self._reported: dict[str, None] = {}  # foreign pod uids already reported in an Event (ordered, bounded)
         self._leading = False
         self._relisted = float("-inf")
         self.synced = threading.Event()  # the store holds a full list: workers may decide from it
@@ -208,9 +271,69 @@ class Controller:
         except ValidationError as error:
             self._refuse(raw, error)
             return
-        plan = reconcile(job, self.store.pods(key), datetime.now(UTC).replace(microsecond=0))
+        job = job.model_copy(update={"status": trusted_status(job)})
+        pods = self.store.pods(key)
+        self._report_foreign(raw, key)
+        plan = reconcile(job, pods, datetime.now(UTC).replace(microsecond=0), self._observed(key, job, pods))
         self.apply(raw, job, plan)
         record.release_model()
+
+    def _observed(self, key: Key, job: SFTJob, pods: list[PodView]) -> Observed:
+        """What this operator knows about the job beyond its pods (see status.Observed)."""
+        uid, attempt = job.metadata.uid, job.status.attempt
+        memory = self._memory.get(key)
+        if memory is not None and (memory.uid, memory.attempt) != (uid, attempt):
+            memory = None
+        return Observed(
+            had_pods=self.store.had_pods(key, attempt),
+            held_by_others=memory.held if memory else (),
+            refusal=memory.refusal if memory else None,
+            spec_refusal=self._spec_refusal(job, pods),
+        )
+
+    def _spec_refusal(self, job: SFTJob, pods: list[PodView]) -> Refusal | None:
+        """For an edited spec (running pods of another template), whether the API server would refuse
+        the new pods (a dry-run create of rank 0, once per spec): then the running gang is kept.
+        Quota refusals do not count: the running gang itself holds the quota the new one needs."""
+        if job.status.phase in FINISHED_PHASES or job.status.attempt_start_time is None:
+            return None
+        desired = render.template_hash(job)
+        if not any(pod.template_hash and pod.template_hash != desired for pod in pods if not pod.deleting):
+            return None
+        key = (job.metadata.namespace, job.metadata.name)
+        checked = self._spec_checks.get(key)
+        if checked is not None and checked[:2] == (job.metadata.uid, desired):
+            return checked[2]
+        status = job.status.model_copy(update={"attempt": job.status.attempt + 1})
+        candidate = render.pod(job.model_copy(update={"status": status}), 0, self.settings.trainer_image)
+        refusal: Refusal | None = None
+        try:
+            self.kube.create(candidate, dry_run=True)
+        except ApiException as error:
+            found = refusal_of(candidate, error, render.Names(job.metadata.name).service_account)
+            refusal = found if found.permanent and error.status != 409 else None
+        self._spec_checks[key] = (job.metadata.uid, desired, refusal)
+        return refusal
+
+    def _report_foreign(self, raw: Object, key: Key) -> None:
+        """A Warning Event, once per pod, for pods that carry the job's label but are not its own."""
+        fresh = [pod for pod in self.store.foreign(key) if not pod.deleting and pod.uid not in self._reported]
+        if not fresh:
+            return
+        for pod in fresh:
+            self._reported[pod.uid] = None
+        while len(self._reported) > MAX_REPORTED_FOREIGN:
+            self._reported.pop(next(iter(self._reported)))
+        events = [
+            Event(
+                "Warning",
+                "ForeignPod",
+                f"pod {pod.name} carries this job's {render.LABEL_JOB} label but is not owned by it "
+                f"(controller uid {pod.owner or 'none'}): ignored, never counted, restarted or deleted",
+            )
+            for pod in fresh
+        ]
+        self.recorder.submit(self._record, raw, events)
 
     def apply(self, raw: Object, job: SFTJob, plan: Plan) -> None:
         """Write the decision: status first, then pods, then Events (queued, recorded off this thread).
@@ -221,6 +344,14 @@ class Controller:
         namespace, name = job.metadata.namespace, job.metadata.name
         key = (namespace, name)
         supporting = self._create_supporting(job) if plan.create_pods else Supporting()
+        record = lifecycle_record(plan.status)
+        if record != stored_record(job):  # the operator's own lifecycle record first: the status mirrors it
+            annotation = json.dumps(record, sort_keys=True, separators=(",", ":"))
+            written = self.kube.patch_job_metadata(namespace, name, {"annotations": {LIFECYCLE_ANNOTATION: annotation}})
+            if written is None:
+                self.forget(key)
+                return
+            self.store.put_job(written)
         patch = status_patch(raw.get("status") or {}, job.status, plan.status)
         if patch:
             written = self.kube.patch_job_status(namespace, name, patch)
@@ -251,22 +382,83 @@ class Controller:
         if self._supported.get(key) == job.metadata.uid:
             return Supporting()
         first, second = creation_waves(render.supporting_objects(job))
-        return Supporting([self.creator.submit(self.kube.create, obj) for obj in first], second)
+        return Supporting([(obj, self.creator.submit(self._try_create, obj)) for obj in first], second)
+
+    def _try_create(self, obj: Object) -> Object | ApiException | None:
+        """kube.create, with an API refusal returned rather than raised (a wave's other creates go on)."""
+        try:
+            return self.kube.create(obj)
+        except ApiException as error:
+            if error.status is None:
+                raise
+            return error
 
     def _create_gang(self, job: SFTJob, supporting: Supporting) -> None:
-        """Create what the gang lacks, concurrently: once the supporting objects' first wave is done,
-        the rest of them and the missing ranks' pods. Objects that exist already (409) count as created."""
+        """Create what the gang lacks: the supporting objects (first wave, then the RoleBinding), then the
+        missing ranks' pods, concurrently. An object of a child's name owned by another uid holds the
+        gang back (never taken as the job's own); a refused create is remembered for the decision."""
         key = (job.metadata.namespace, job.metadata.name)
-        for future in supporting.started:
-            future.result()
-        ranks = missing_ranks(self.store.pods(key), job.status.attempt, job.spec.resources.num_nodes)
+        uid, attempt = job.metadata.uid, job.status.attempt
+        own_account = render.Names(job.metadata.name).service_account
+        results = [(obj, future.result()) for obj, future in supporting.started]
+        if not self._settled(key, job, results, own_account) or not self._created(key, job, supporting.second):
+            return
+        ranks = missing_ranks(self.store.pods(key), attempt, job.spec.resources.num_nodes)
         pods = [render.pod(job, rank, self.settings.trainer_image) for rank in ranks]
-        for wave in pod_waves(supporting.with_pods, pods, job.status.attempt):
-            for obj, created in zip(wave, self.creator.map(self.kube.create, wave), strict=True):
-                if obj["kind"] == "Pod" and created is not None:
+        held = held_pod_names(pods, self.store.foreign(key))
+        if held:
+            self._hold(key, uid, attempt, held)
+            return
+        for wave in pod_waves([], pods, attempt):
+            outcomes = list(zip(wave, self.creator.map(self._try_create, wave), strict=True))
+            for _, created in outcomes:
+                if isinstance(created, dict):
                     self.store.put_pod(created)
                     metrics.PODS_CREATED.inc()
+            if not self._settled(key, job, [item for item in outcomes if not isinstance(item[1], dict)], own_account):
+                return
+        self._memory.pop(key, None)
+
+    def _created(self, key: Key, job: SFTJob, objects: list[Object]) -> bool:
+        """Create the supporting objects that need the first wave (the RoleBinding); True when all are
+        the job's own. Marks the job supported (no supporting creates for its later attempts)."""
+        if self._supported.get(key) == job.metadata.uid:
+            return True
+        results = [(obj, self._try_create(obj)) for obj in objects]
+        if not self._settled(key, job, results, render.Names(job.metadata.name).service_account):
+            return False
         self._supported[key] = job.metadata.uid
+        return True
+
+    def _settled(
+        self, key: Key, job: SFTJob, results: list[tuple[Object, Object | ApiException | None]], own_account: str
+    ) -> bool:
+        """Whether every create went through as the job's own. Remembers (and queues the job for) a
+        refusal, or the names another owner holds (a pod answered 409 counts as held until the store
+        shows it as the job's own)."""
+        uid, attempt = job.metadata.uid, job.status.attempt
+        for obj, outcome in results:
+            if isinstance(outcome, ApiException):
+                refusal = refusal_of(obj, outcome, own_account)
+                log.warning("%s/%s: %s %s refused: %s", *key, obj["kind"], obj["metadata"]["name"], refusal.message)
+                self._memory[key] = Memory(uid, attempt, refusal=refusal)
+                self.queue.add(key)
+                return False
+        found = [(obj, outcome) for obj, outcome in results if not isinstance(outcome, ApiException)]
+        held = [name for name in foreign_names(found, uid) if not name.startswith("Pod/")]
+        held += [f"Pod/{obj['metadata']['name']}" for obj, outcome in found if obj["kind"] == "Pod" and outcome is None]
+        if held:
+            self._hold(key, uid, attempt, held)
+            return False
+        return True
+
+    def _hold(self, key: Key, uid: str, attempt: int, held: list[str]) -> None:
+        """Names another owner holds: tell the decision, look again in HELD_RETRY_SECONDS."""
+        memory = self._memory.get(key)
+        if memory is None or memory.held != tuple(held):
+            log.info("%s/%s: waiting for %s (another owner's) to go", *key, ", ".join(held))
+        self._memory[key] = Memory(uid, attempt, held=tuple(held))
+        self.queue.add_after(key, HELD_RETRY_SECONDS)
 
     def _record(self, raw: Object, events: list[Event]) -> None:
         """Record one decision's Events, in order (on the recorder's threads; failures are logged)."""
@@ -283,6 +475,10 @@ class Controller:
             return
         message = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())[:4000]
         meta = raw["metadata"]
+        record = {"phase": "Failed", "reason": "InvalidSpec", "message": message}
+        annotation = {LIFECYCLE_ANNOTATION: json.dumps(record, sort_keys=True, separators=(",", ":"))}
+        if self.kube.patch_job_metadata(meta["namespace"], meta["name"], {"annotations": annotation}) is None:
+            return
         written = self.kube.patch_job_status(
             meta["namespace"],
             meta["name"],
@@ -303,6 +499,8 @@ class Controller:
         self.store.drop_job(key)
         self.phases.set(*key, None)
         self._supported.pop(key, None)
+        self._memory.pop(key, None)
+        self._spec_checks.pop(key, None)
 
     # --- the resync loop --------------------------------------------------------------------------
 

@@ -63,6 +63,18 @@ class Kube:
             raise
         return _json(response)
 
+    def patch_job_metadata(self, namespace: str, name: str, metadata: Object) -> Object | None:
+        """Merge-patch the job's metadata (the operator's lifecycle annotation); None when the job is gone."""
+        try:
+            response = self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, {"metadata": metadata}, **RAW
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return _json(response)
+
     def delete_job(self, namespace: str, name: str, uid: str) -> None:
         """Delete the SFTJob (children follow by garbage collection); gone already is fine."""
         options = {"preconditions": {"uid": uid}, "propagationPolicy": "Background"}
@@ -87,9 +99,11 @@ class Kube:
                 lambda ns=namespace, **kw: self.core.list_namespaced_pod(ns, label_selector=LABEL_JOB, **kw)
             )
 
-    def create(self, obj: Object) -> Object | None:
-        """Create a child; the object as created, None when it exists already (names are deterministic)."""
-        namespace = obj["metadata"]["namespace"]
+    def create(self, obj: Object, dry_run: bool = False) -> Object | None:
+        """Create a child; the object as created. When one of that name exists already (409): that
+        object as read back, for the caller to check whose it is (None for a Pod, or when it went
+        meanwhile). `dry_run`: admission only, nothing is stored. Other refusals raise ApiException."""
+        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         creators = {
             "Pod": self.core.create_namespaced_pod,
             "Service": self.core.create_namespaced_service,
@@ -98,13 +112,32 @@ class Kube:
             "Role": self.rbac.create_namespaced_role,
             "RoleBinding": self.rbac.create_namespaced_role_binding,
         }
+        options: dict[str, Any] = {"dry_run": "All"} if dry_run else {}
         try:
-            response = creators[obj["kind"]](namespace, obj, **RAW)
+            response = creators[obj["kind"]](namespace, obj, **options, **RAW)
         except ApiException as error:
-            if error.status == 409:
-                return None
+            if error.status == 409 and not dry_run:
+                return self._existing(obj["kind"], namespace, name)
             raise
         return _json(response)
+
+    def _existing(self, kind: str, namespace: str, name: str) -> Object | None:
+        """The object of that kind and name (not for pods: the operator's store has them), or None."""
+        readers = {
+            "Service": self.core.read_namespaced_service,
+            "ConfigMap": self.core.read_namespaced_config_map,
+            "ServiceAccount": self.core.read_namespaced_service_account,
+            "Role": self.rbac.read_namespaced_role,
+            "RoleBinding": self.rbac.read_namespaced_role_binding,
+        }
+        if kind not in readers:
+            return None
+        try:
+            return _json(readers[kind](name, namespace, **RAW))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
 
     def delete_pod(self, namespace: str, name: str, uid: str) -> None:
         """Delete exactly this pod (the uid guards a same-named successor); gone already is fine."""

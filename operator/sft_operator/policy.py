@@ -37,6 +37,8 @@ class PodView:
     gated: bool = False  # held by scheduling gates (Kueue admission)
     running: bool = False  # the trainer container has started
     disrupted: bool = False  # condition DisruptionTarget: preempted, evicted, node drained (not the job's fault)
+    owner: str = ""  # uid of the controller owner reference ("" when the pod has none)
+    scheduled: datetime | None = None  # when the pod was bound to a node (condition PodScheduled)
 
 
 def is_retryable(exit_code: int | None, policy: RunPolicy) -> bool:
@@ -62,7 +64,7 @@ def describe_exit_code(exit_code: int | None) -> str:
         return str(exit_code)
 
 
-NOT_COUNTED = frozenset({"Disrupted"})
+NOT_COUNTED = frozenset({"Disrupted", "QuotaExceeded", "CreateRetrying", "ServiceAccountNotFound"})
 """Failure reasons that restart the gang without using up runPolicy.backoffLimit."""
 
 
@@ -177,3 +179,126 @@ def pods_to_clean(pods: list[PodView], clean_pod_policy: str) -> list[PodView]:
     if clean_pod_policy == "Running":
         return [pod for pod in alive if pod.phase in ("Pending", "Running", "Unknown")]
     return []
+
+
+# --- the gang rule ---------------------------------------------------------------------------------
+
+
+def gang_breach(pods: list[PodView], attempt: int, num_nodes: int, had_pods: bool, now: datetime) -> Failure | None:
+    """The one gang-integrity rule: every member of a started attempt is alive and of that attempt.
+
+    `pods` are the job's own pods (owner reference uid = the job's uid) of every attempt. An attempt
+    is started once any of its pods exists or existed (`had_pods`: this operator created or saw one).
+    A started attempt with a rank missing or being deleted, a rank outside the gang, or a live pod of
+    another attempt beside it, is broken: the whole gang restarts as the next attempt. A rank is never
+    re-created alone. An attempt with no pod at all, never started, is created whole.
+    """
+    current = [pod for pod in pods if pod.attempt == attempt]
+    if not current and not had_pods:
+        return None
+    live = {pod.rank for pod in current if not pod.deleting}
+    missing = [rank for rank in range(num_nodes) if rank not in live]
+    outside = sorted(pod.name for pod in current if not 0 <= pod.rank < num_nodes)
+    others = sorted(pod.name for pod in pods if pod.attempt != attempt and not pod.deleting)
+    if missing:
+        first = next((pod for pod in current if pod.rank == missing[0]), None)
+        gone = "is being deleted" if first is not None else "is missing"
+        return Failure(
+            reason="PodDeleted",
+            message=f"gang attempt {attempt} broken: the pod of rank {', '.join(map(str, missing))} {gone}; "
+            "restarting the whole gang",
+            rank=missing[0],
+            pod=first.name if first is not None else None,
+            retryable=True,
+            time=now,
+        )
+    if outside or (others and current):
+        names = ", ".join(outside or others)
+        return Failure(
+            reason="ForeignMember",
+            message=f"gang attempt {attempt} has pods that are not its members ({names}); restarting the whole gang",
+            retryable=True,
+            time=now,
+        )
+    return None
+
+
+def gang_start_timeout(
+    pods: list[PodView], status: SFTJobStatus, policy: RunPolicy, running: bool, queued: bool, now: datetime
+) -> Failure | None:
+    """A gang that has not reached Running (every rank started, the trainer reported) in time.
+
+    The clock starts when the attempt's pods are created; for a queued job (Kueue) when its last pod
+    was scheduled, and not at all while a pod waits for admission (scheduling gates): a queue may
+    hold a gang for hours, which is not a stuck gang.
+    """
+    limit = policy.gang_start_timeout_seconds
+    started = status.attempt_start_time
+    if running or limit is None or started is None or any(pod.gated for pod in pods):
+        return None
+    if queued:
+        started = max([started, *(pod.scheduled for pod in pods if pod.scheduled is not None)])
+    if now - started < timedelta(seconds=limit):
+        return None
+    return Failure(
+        reason="GangStartTimeout",
+        message=f"the gang of attempt {status.attempt} did not reach Running within {limit}s "
+        f"(gangStartTimeoutSeconds; it was {status.phase})",
+        retryable=True,
+        time=now,
+    )
+
+
+# --- what the API server refuses -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The API server refused to create a child: its status code, a reason for the job, its message."""
+
+    code: int
+    reason: str  # QuotaExceeded, PodSecurity, Invalid, PriorityClassNotFound, ServiceAccountNotFound, Forbidden ...
+    message: str
+    permanent: bool
+    kind: str = "Pod"
+    name: str = ""
+
+
+def classify_refusal(
+    code: int, message: str, kind: str = "Pod", name: str = "", own_service_account: str = ""
+) -> Refusal:
+    """Whether a refused create is worth retrying: quota, throttling, server errors and a lagging
+    ServiceAccount cache are transient; invalid objects, Pod Security, missing PriorityClasses or
+    ServiceAccounts the user named, and other refusals are permanent (retrying cannot succeed)."""
+    text = message.lower()
+    transient = code in (429, 500, 502, 503, 504) or code == 404
+    if code == 403 and "exceeded quota" in text:
+        reason, transient = "QuotaExceeded", True
+    elif code == 403 and "podsecurity" in text:
+        reason = "PodSecurity"
+    elif "priorityclass" in text and ("not found" in text or "no priorityclass" in text):
+        reason, transient = "PriorityClassNotFound", False
+    elif "serviceaccount" in text and "not found" in text:
+        reason = "ServiceAccountNotFound"
+        transient = bool(own_service_account) and f'"{own_service_account}"' in message
+    elif code == 422:
+        reason = "Invalid"
+    elif code == 400:
+        reason = "BadRequest"
+    elif code == 403:
+        reason = "Forbidden"
+    else:
+        reason = "CreateRetrying" if transient else f"CreateRefused{code}"
+    return Refusal(code, reason, message, permanent=not transient, kind=kind, name=name)
+
+
+def refusal_failure(refusal: Refusal, now: datetime) -> Failure:
+    """The job-level failure for a refused create (retryable when the refusal is transient)."""
+    what = f"{refusal.kind} {refusal.name}".strip()
+    return Failure(
+        reason=refusal.reason,
+        message=f"the API server refused to create {what} ({refusal.code}): {refusal.message}"[:4096],
+        pod=refusal.name if refusal.kind == "Pod" and refusal.name else None,
+        retryable=not refusal.permanent,
+        time=now,
+    )

@@ -1,19 +1,38 @@
 """The reconcile decision: (job, its pods, now) -> new status, pods to create/delete, Events.
 
-Level-based and pure: the whole state is the job's status plus the pods that exist, so an operator
-restarted at any point (or a standby taking over) computes the same decision. The handlers apply it.
+Level-based and pure: the whole state is the job's lifecycle record plus the pods it owns, so an
+operator restarted at any point (or a standby taking over) computes the same decision. The controller
+applies it.
+
+The lifecycle record (phase, attempt, restarts, failure, times) lives in an annotation of the SFTJob
+(LIFECYCLE_ANNOTATION), which only the operator writes: the trainer's token may patch the job's status,
+so the status is a mirror the operator rewrites, never a source of lifecycle facts (`trusted_status`).
+
+The gang rule, in one place (`policy.gang_breach`): a gang's pods all belong to one attempt; a missing,
+deleted, or foreign member of a started attempt restarts the whole gang as the next attempt, whatever
+the phase and however the operator learns of it. A rank is never re-created alone.
 
 Phases:  Pending -> Initializing (all pods run, no progress report yet) -> Running (reports) ->
 Succeeded | Failed; Restarting between gang attempts; Suspended while runPolicy.suspend is true.
 """
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sft_operator import policy
-from sft_operator.api import FINISHED_PHASES, Condition, Failure, Phase, ReplicaCounts, SFTJob, SFTJobStatus
-from sft_operator.policy import PodView
+from sft_operator.api import (
+    FINISHED_PHASES,
+    GROUP,
+    Condition,
+    Failure,
+    Phase,
+    ReplicaCounts,
+    SFTJob,
+    SFTJobStatus,
+)
+from sft_operator.policy import PodView, Refusal
 from sft_operator.render import ANNOTATION_TEMPLATE_HASH, LABEL_ATTEMPT, LABEL_RANK, TRAINER_CONTAINER, template_hash
 
 CONDITION_TYPES: tuple[str, ...] = ("Created", "Suspended", "Running", "Restarting", "Succeeded", "Failed")
@@ -29,6 +48,20 @@ class Event:
     type: Literal["Normal", "Warning"]
     reason: str
     message: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the controller knows besides the job and its pods (from its own calls and memory)."""
+
+    had_pods: bool = False
+    """A pod of the current attempt was created or seen by this operator (a gang with none left is broken)."""
+    held_by_others: tuple[str, ...] = ()
+    """Children's names taken by objects another owner holds (a deleted job's, not yet garbage-collected)."""
+    refusal: Refusal | None = None
+    """The API server refused to create a child of the current attempt."""
+    spec_refusal: Refusal | None = None
+    """The API server refuses the pods of the edited spec (a dry-run create): the running gang is kept."""
 
 
 @dataclass
@@ -60,6 +93,7 @@ def pod_view(pod: dict[str, Any]) -> PodView:
     )
     state = container.get("state") or {}
     terminated, waiting = state.get("terminated") or {}, state.get("waiting") or {}
+    owner = next((ref.get("uid", "") for ref in meta.get("ownerReferences") or [] if ref.get("controller")), "")
     return PodView(
         name=meta.get("name", ""),
         uid=meta.get("uid", ""),
@@ -80,6 +114,15 @@ def pod_view(pod: dict[str, Any]) -> PodView:
             item.get("type") == "DisruptionTarget" and item.get("status") == "True"
             for item in status.get("conditions") or []
         ),
+        owner=owner,
+        scheduled=next(
+            (
+                _time(item.get("lastTransitionTime"))
+                for item in status.get("conditions") or []
+                if item.get("type") == "PodScheduled" and item.get("status") == "True"
+            ),
+            None,
+        ),
     )
 
 
@@ -87,6 +130,70 @@ def pod_view(pod: dict[str, Any]) -> PodView:
 
 
 WAITING_FOR_PODS = "waiting for pods to start"
+WAITING_FOR_OLD_CHILDREN = "WaitingForOldChildren"
+LIFECYCLE_ANNOTATION = f"{GROUP}/lifecycle"
+LIFECYCLE_FIELDS = frozenset(
+    {
+        "phase",
+        "reason",
+        "message",
+        "start_time",
+        "completion_time",
+        "restarts",
+        "attempt",
+        "attempt_start_time",
+        "next_attempt_time",
+        "last_failure",
+    }
+)
+"""Status fields that drive the lifecycle: the operator keeps them in LIFECYCLE_ANNOTATION."""
+
+
+def lifecycle_record(status: SFTJobStatus) -> dict[str, Any]:
+    """The operator's lifecycle facts as stored in the annotation. Pending, Initializing and Running are
+    one record ("Active"): they are derived from the pods on every reconcile, so moving between them
+    costs no write."""
+    record: dict[str, Any] = status.model_dump(mode="json", by_alias=True, include=set(LIFECYCLE_FIELDS))
+    record = {key: value for key, value in record.items() if value is not None}
+    if status.phase in ACTIVE_PHASES:
+        record["phase"] = "Active"
+        record.pop("reason", None)
+        record.pop("message", None)
+    return record
+
+
+def stored_record(job: SFTJob) -> dict[str, Any] | None:
+    """The lifecycle record the annotation holds (None: not written yet, or unreadable)."""
+    text = job.metadata.annotations.get(LIFECYCLE_ANNOTATION)
+    if not text:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def trusted_status(job: SFTJob) -> SFTJobStatus:
+    """The job's status with every lifecycle field taken from the operator's own record.
+
+    What the trainer may have written there (`phase: Succeeded`, `attempt: 5`, `restarts: 0`,
+    `lastFailure: null`) is replaced; its progress, metrics, checkpoint and final model are kept.
+    A job with no record yet (new, or written by an operator before this one) keeps its status.
+    """
+    record = stored_record(job)
+    if record is None:
+        return job.status
+    mirror = job.status
+    data = mirror.model_dump(mode="json", by_alias=True, exclude=set(LIFECYCLE_FIELDS), exclude_none=True)
+    data.update(record)
+    if record.get("phase") == "Active":
+        data["phase"] = mirror.phase if mirror.phase in ACTIVE_PHASES else "Pending"
+        data["reason"], data["message"] = mirror.reason, mirror.message
+    try:
+        return SFTJobStatus.model_validate(data)
+    except ValueError:  # a record edited by hand into nonsense: the status is all there is
+        return job.status
 
 
 def missing_ranks(pods: list[PodView], attempt: int, num_nodes: int) -> list[int]:
@@ -178,7 +285,7 @@ def _restart(plan: Plan, pods: list[PodView], job: SFTJob, failure: Failure, now
         exhausted = failure.model_copy(
             update={
                 "reason": "BackoffLimitExceeded",
-                "message": f"{failure.message} (backoffLimit {run_policy.backoff_limit} reached)",
+                "message": f"{failure.reason}: {failure.message} (backoffLimit {run_policy.backoff_limit} reached)",
             }
         )
         _finish(plan, pods, job, "Failed", exhausted, now)
@@ -218,16 +325,16 @@ def _adopt_summary(status: SFTJobStatus, pods: list[PodView]) -> None:
 # --- the decision ---------------------------------------------------------------------------------
 
 
-def reconcile(job: SFTJob, pods: list[PodView], now: datetime) -> Plan:
-    """Decide the next status and actions from the job and every pod it owns."""
+def reconcile(job: SFTJob, pods: list[PodView], now: datetime, observed: Observed | None = None) -> Plan:
+    """Decide the next status and actions from the job (its status trusted: see `trusted_status`) and
+    every pod it owns (owner reference uid = the job's uid: the controller never passes others)."""
+    observed = observed or Observed()
     status = job.status.model_copy(deep=True)
     plan = Plan(status=status)
     spec = job.spec
     previous_phase = status.phase
     status.observed_generation = job.metadata.generation
     status.gpus = spec.resources.num_nodes * spec.resources.gpus_per_node
-    current = [pod for pod in pods if pod.attempt == status.attempt]
-    stale = [pod for pod in pods if pod.attempt != status.attempt and not pod.deleting]
 
     if status.phase is None:
         status.phase = "Pending"
@@ -242,8 +349,9 @@ def reconcile(job: SFTJob, pods: list[PodView], now: datetime) -> Plan:
     elif status.phase in ("Suspended", "Restarting"):
         _between_attempts(plan, job, pods, now)
     else:
-        plan.delete_pods = stale
-        _active(plan, job, current, now)
+        _active(plan, job, pods, now, observed)
+    if plan.create_pods and observed.held_by_others:
+        _held(plan, job, observed.held_by_others)
 
     status.replicas = replica_counts([pod for pod in pods if pod.attempt == status.attempt], spec.resources.num_nodes)
     if plan.create_pods:  # the pods about to be created are Pending: one status write, not a second one after
@@ -304,6 +412,20 @@ def _between_attempts(plan: Plan, job: SFTJob, pods: list[PodView], now: datetim
     _start_attempt(plan, job, status.attempt + 1, now)
 
 
+def _held(plan: Plan, job: SFTJob, names: tuple[str, ...]) -> None:
+    """The gang cannot be created yet: objects with its children's names belong to another owner
+    (typically the children of a deleted job of the same name that garbage collection has not yet
+    removed). The controller retries the creates; they are never taken as this job's own."""
+    status = plan.status
+    status.reason = WAITING_FOR_OLD_CHILDREN
+    status.message = (
+        f"waiting for {', '.join(names[:5])}{' ...' if len(names) > 5 else ''} to be deleted: "
+        "owned by another object (a deleted job of the same name?), never taken as this job's"
+    )
+    if job.status.reason != WAITING_FOR_OLD_CHILDREN:
+        plan.events.append(Event("Warning", WAITING_FOR_OLD_CHILDREN, status.message))
+
+
 def _start_attempt(plan: Plan, job: SFTJob, attempt: int, now: datetime) -> None:
     status = plan.status
     status.attempt = attempt
@@ -316,56 +438,73 @@ def _start_attempt(plan: Plan, job: SFTJob, attempt: int, now: datetime) -> None
     plan.events.append(Event("Normal", "Started", f"creating {job.spec.resources.num_nodes} pod(s), attempt {attempt}"))
 
 
-def _active(plan: Plan, job: SFTJob, pods: list[PodView], now: datetime) -> None:
+def _active(plan: Plan, job: SFTJob, pods: list[PodView], now: datetime, observed: Observed) -> None:
     """Pending/Initializing/Running: watch the gang for success, failure, timeouts and spec changes."""
     status = plan.status
     spec = job.spec
     if status.attempt_start_time is None:
         _start_attempt(plan, job, status.attempt, now)
         return
-    rank0 = next((pod for pod in pods if pod.rank == 0 and not pod.deleting), None)
+    current = [pod for pod in pods if pod.attempt == status.attempt]
+    rank0 = next((pod for pod in current if pod.rank == 0 and not pod.deleting), None)
     if rank0 is not None and rank0.phase == "Succeeded":
-        _adopt_summary(status, pods)
+        _adopt_summary(status, current)
         _finish(plan, pods, job, "Succeeded", None, now)
         return
-    failure = policy.gang_failure(pods, spec.run_policy, now)
+    failure = policy.refusal_failure(observed.refusal, now) if observed.refusal is not None else None
+    failure = failure or policy.gang_failure(current, spec.run_policy, now)
+    failure = failure or policy.gang_breach(pods, status.attempt, spec.resources.num_nodes, observed.had_pods, now)
+    if failure is None and not current:
+        others = [pod for pod in pods if pod.attempt != status.attempt]
+        plan.delete_pods = [pod for pod in others if not pod.deleting]
+        plan.create_pods = not others  # never two gangs at once: the old one goes first
+        _progress_phase(status, current, spec.resources.num_nodes)
+        return
+    running = _all_running(current, spec.resources.num_nodes)
     if failure is None:
-        present = {pod.rank for pod in pods if not pod.deleting}
-        missing = sorted(set(range(spec.resources.num_nodes)) - present)
-        if missing and status.phase == "Pending":
-            plan.create_pods = True  # (re)create what a crash mid-creation left out: names make it idempotent
-        elif missing:
-            failure = Failure(
-                reason="PodDeleted",
-                message=f"pod(s) of rank {', '.join(map(str, missing))} disappeared while the gang was running",
-                rank=missing[0],
-                retryable=True,
-                time=now,
-            )
+        failure = policy.pending_timeout(current, status, spec.run_policy, now)
     if failure is None:
-        failure = policy.pending_timeout(pods, status, spec.run_policy, now)
-    if failure is None and status.phase in ("Initializing", "Running"):
+        reached = _reported(status) and running
+        queued = spec.scheduling.queue_name is not None
+        failure = policy.gang_start_timeout(current, status, spec.run_policy, reached, queued, now)
+    if failure is None and running:
         failure = policy.stalled(status, spec.run_policy, now)
     if failure is not None:
         _restart(plan, pods, job, failure, now)
         return
     desired_hash = template_hash(job)
-    if any(pod.template_hash and pod.template_hash != desired_hash for pod in pods if not pod.deleting):
+    changed = any(pod.template_hash and pod.template_hash != desired_hash for pod in current if not pod.deleting)
+    if changed and observed.spec_refusal is None:
         status.phase = "Restarting"
         status.reason, status.message = "SpecChanged", "the pod template changed: restarting the gang"
         status.next_attempt_time = now
         plan.delete_pods = [pod for pod in pods if not pod.deleting]
         plan.events.append(Event("Normal", "SpecChanged", status.message))
         return
-    _progress_phase(status, pods, spec.resources.num_nodes)
+    _progress_phase(status, current, spec.resources.num_nodes)
+    if changed and observed.spec_refusal is not None:
+        refused = policy.refusal_failure(observed.spec_refusal, now)
+        status.reason = "SpecChangeRefused"
+        status.message = f"the edited spec is not applied, the running gang is kept: {refused.message}"[:4096]
+        if job.status.reason != "SpecChangeRefused":
+            plan.events.append(Event("Warning", "SpecChangeRefused", status.message))
+
+
+def _reported(status: SFTJobStatus) -> bool:
+    """The trainer has reported progress in the current attempt."""
+    report = status.progress.last_report_time if status.progress else None
+    return report is not None and status.attempt_start_time is not None and report >= status.attempt_start_time
+
+
+def _all_running(pods: list[PodView], num_nodes: int) -> bool:
+    """Every rank's trainer container has started (or already finished)."""
+    return len({pod.rank for pod in pods if pod.running and not pod.deleting}) >= num_nodes
 
 
 def _progress_phase(status: SFTJobStatus, pods: list[PodView], num_nodes: int) -> None:
     """Pending until every pod runs, Initializing until the trainer reports, then Running."""
-    report = status.progress.last_report_time if status.progress else None
-    reported = report is not None and status.attempt_start_time is not None and report >= status.attempt_start_time
-    all_running = len([pod for pod in pods if pod.running and not pod.deleting]) >= num_nodes
-    if reported:
+    all_running = _all_running(pods, num_nodes)
+    if _reported(status) and all_running:
         status.phase, status.reason, status.message = "Running", "Training", "the trainer reports progress"
     elif all_running:
         status.phase, status.reason = "Initializing", "Initializing"

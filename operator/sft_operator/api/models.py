@@ -233,6 +233,9 @@ class RunPolicy(K8sModel):
     """Restart the gang when the trainer reports no progress for this long (null: never)."""
     pending_timeout_seconds: int | None = Field(default=900, ge=10)
     """Restart the gang when a pod stays Pending (unscheduled, image pull) this long (null: never)."""
+    gang_start_timeout_seconds: int | None = Field(default=1800, ge=10)
+    """Restart the whole gang (GangStartTimeout) when it has not reached Running (every rank started and
+    the trainer's first progress report) this long after its pods were created (null: never)."""
 
 
 class Scheduling(K8sModel):

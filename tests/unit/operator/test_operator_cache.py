@@ -1,6 +1,7 @@
 """The operator's store (slim records, newest resourceVersion wins) and its de-duplicating work queue."""
 
 import threading
+from typing import Any
 
 from sft_operator import render
 from sft_operator.api import SFTJob
@@ -28,13 +29,23 @@ def job(version: str, phase: str | None = None, uid: str = "u1") -> dict:
     return raw
 
 
-def pod(name: str, version: str, uid: str, phase: str = "Pending", rank: int = 0, attempt: int = 0) -> dict:
+def pod(
+    name: str, version: str, uid: str, phase: str = "Pending", rank: int = 0, attempt: int = 0, owner: str | None = "u1"
+) -> dict:
     labels = {LABEL_JOB: "demo", LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)}
-    return {
-        "metadata": {"name": name, "namespace": "team", "uid": uid, "resourceVersion": version, "labels": labels},
-        "spec": {},
-        "status": {"phase": phase},
-    }
+    meta: dict[str, Any] = {"name": name, "namespace": "team", "uid": uid, "resourceVersion": version, "labels": labels}
+    if owner is not None:
+        meta["ownerReferences"] = [{"kind": "SFTJob", "name": "demo", "uid": owner, "controller": True}]
+    return {"metadata": meta, "spec": {}, "status": {"phase": phase}}
+
+
+def stored(*pods: dict) -> Store:
+    """A store holding the job (uid u1) and these pods."""
+    store = Store()
+    store.put_job(job("1"))
+    for item in pods:
+        store.put_pod(item)
+    return store
 
 
 def test_versions_compare_as_numbers_and_unknown_ones_always_win() -> None:
@@ -61,7 +72,7 @@ def test_an_older_job_never_replaces_a_newer_one() -> None:
 
 
 def test_pods_follow_the_newest_version_and_deleted_ones_stay_deleted() -> None:
-    store = Store()
+    store = stored()
     assert store.put_pod(pod("demo-node-0", "5", "p0")) == KEY
     assert store.put_pod(pod("demo-node-0", "4", "p0", "Running")) is None
     assert store.put_pod(pod("demo-node-0", "6", "p0", "Running")) == KEY
@@ -75,7 +86,7 @@ def test_pods_follow_the_newest_version_and_deleted_ones_stay_deleted() -> None:
 
 
 def test_a_late_event_of_a_same_named_earlier_pod_does_not_replace_the_new_one() -> None:
-    store = Store()
+    store = stored()
     assert store.put_pod(pod("demo-node-0", "20", "new", "Running", attempt=1)) == KEY  # our create response
     assert store.put_pod(pod("demo-node-0", "12", "old", "Failed", attempt=0)) is None  # a late watch event
     [view] = store.pods(KEY)
@@ -88,6 +99,23 @@ def test_a_new_job_with_an_old_name_does_not_inherit_its_pods() -> None:
     store.put_pod(pod("demo-node-0", "2", "p0"))
     store.put_job(job("3", uid="new"))
     assert store.pods(KEY) == []
+    assert [view.name for view in store.foreign(KEY)] == ["demo-node-0"]  # known, never counted as its own
+    assert not store.had_pods(KEY, 0)
+
+
+def test_pods_are_the_jobs_by_owner_uid_never_by_labels_alone() -> None:
+    store = stored(
+        pod("demo-node-0", "2", "p0"),
+        pod("demo-node-1", "3", "p1", rank=1),
+        pod("impostor", "4", "x1", rank=1, owner=None),  # the job's labels, no owner
+        pod("other", "5", "x2", rank=0, owner="someone-else"),
+    )
+    assert [view.name for view in store.pods(KEY)] == ["demo-node-0", "demo-node-1"]
+    assert [view.name for view in store.foreign(KEY)] == ["impostor", "other"]
+    assert store.had_pods(KEY, 0) and not store.had_pods(KEY, 1)
+    store.drop_pod(pod("demo-node-0", "6", "p0"))
+    store.drop_pod(pod("demo-node-1", "7", "p1", rank=1))
+    assert store.pods(KEY) == [] and store.had_pods(KEY, 0)  # the attempt had pods: a gang with none left is broken
 
 
 def test_a_full_list_drops_what_a_watch_gap_hid_but_keeps_newer_writes() -> None:

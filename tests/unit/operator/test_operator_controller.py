@@ -83,7 +83,14 @@ class RecordingKube:
         written["metadata"]["resourceVersion"] = str(self._record("patch", "status", start))
         return written
 
-    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def patch_job_metadata(self, namespace: str, name: str, metadata: dict[str, Any]) -> dict[str, Any]:
+        start = time.monotonic()
+        written = manifest()
+        written["metadata"]["annotations"] = metadata["annotations"]
+        written["metadata"]["resourceVersion"] = str(self._record("patch", "lifecycle", start))
+        return written
+
+    def create(self, obj: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
         start = time.monotonic()
         created = copy.deepcopy(obj)
         version = self._record("create", f"{obj['kind']}/{obj['metadata']['name']}", start)
@@ -113,9 +120,11 @@ def test_a_new_gang_is_written_status_first_with_its_supporting_objects_alongsid
          "Service/demo", "Pod/demo-node-0", "Pod/demo-node-1"]
     )  # fmt: skip
     status_written = kube.ended("status")
+    assert kube.ended("lifecycle") <= kube.started("status")  # the operator's own record first, then its mirror
     assert kube.started("ServiceAccount/demo-trainer") < status_written  # not waiting for the status write
     for pod in ("Pod/demo-node-0", "Pod/demo-node-1"):  # crash-safe: the attempt is recorded before its pods
         assert kube.started(pod) >= status_written and kube.started(pod) >= kube.ended("ServiceAccount/demo-trainer")
+        assert kube.started(pod) >= kube.ended("RoleBinding/demo-trainer")
     assert kube.started("RoleBinding/demo-trainer") >= kube.ended("Role/demo-trainer")
     assert [what for verb, what, _, _ in kube.calls if verb == "event"] == ["Accepted", "Started"]
     assert {view.name for view in controller.store.pods(("team-a", "demo"))} == {"demo-node-0", "demo-node-1"}
@@ -133,3 +142,51 @@ def test_a_restarted_gang_creates_rank_0_first() -> None:
     assert names == [["demo-node-0-a2"], ["demo-node-1-a2", "demo-node-2-a2", "demo-node-3-a2"]]
     missing_rank0 = render.pods(restarted)[1:]  # a crash left rank 0 created: the rest in one wave
     assert len(pod_waves([], missing_rank0, 2)) == 1
+
+
+class OldChildrenKube(RecordingKube):
+    """A job re-created under a deleted job's name: the old ConfigMap is still there (owned by the old uid)
+    until `collected`, and the old rank 1 pod holds its name."""
+
+    def __init__(self) -> None:
+        super().__init__(patch_seconds=0.0)
+        self.collected = False
+
+    def create(self, obj: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
+        if obj["kind"] == "ConfigMap" and not self.collected:
+            old = copy.deepcopy(obj)
+            old["metadata"]["ownerReferences"] = [{**obj["metadata"]["ownerReferences"][0], "uid": "old-uid"}]
+            return old  # what kube.create returns for a 409: the existing object, read back
+        return super().create(obj, dry_run)
+
+
+def test_children_of_another_owner_are_never_taken_as_the_jobs_own() -> None:
+    kube = OldChildrenKube()
+    controller = Controller(kube, Settings())  # type: ignore[arg-type]
+    controller.store.put_job({**manifest(), "metadata": {**manifest()["metadata"], "resourceVersion": "1"}})
+    controller.synced.set()
+    key = ("team-a", "demo")
+    controller.reconcile(key)
+    assert not [what for verb, what, _, _ in kube.calls if what.startswith("Pod/")], "no pod before the ConfigMap"
+    assert controller.queue.get(timeout=3) == key  # it looks again soon
+    controller.queue.done(key)
+    controller.reconcile(key)
+    record = controller.store.job(key)
+    assert record is not None and record.raw["status"]["reason"] == "WaitingForOldChildren"
+    assert "ConfigMap/demo-config" in record.raw["status"]["message"]
+    kube.collected = True  # garbage collection removed the old ConfigMap: the job creates its own
+    impostor = render.pod(SFTJob.model_validate(manifest()), 1)
+    impostor["metadata"].update(uid="x", resourceVersion="5", ownerReferences=[])
+    controller.store.put_pod(impostor)  # a pod with the job's labels and rank-1 name, owned by nobody
+    controller.reconcile(key)
+    created = [what for verb, what, _, _ in kube.calls if verb == "create" and what.startswith("Pod/")]
+    assert created == [], "the rank-1 name is held by a pod that is not the job's: no partial gang"
+    impostor["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    controller.store.drop_pod(impostor)
+    controller.reconcile(key)
+    created = [what for verb, what, _, _ in kube.calls if verb == "create" and what.startswith("Pod/")]
+    assert sorted(created) == ["Pod/demo-node-0", "Pod/demo-node-1"]
+    controller.recorder.shutdown(wait=True)
+    reasons = [what for verb, what, _, _ in kube.calls if verb == "event"]
+    assert "WaitingForOldChildren" in reasons and "ForeignPod" in reasons
+    controller.stop()

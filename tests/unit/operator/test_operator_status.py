@@ -7,8 +7,16 @@ import pytest
 
 from sft_operator import policy, render
 from sft_operator.api import Progress, RunPolicy, SFTJob
-from sft_operator.policy import PodView
-from sft_operator.status import Plan, pod_view, reconcile
+from sft_operator.policy import PodView, classify_refusal
+from sft_operator.status import (
+    LIFECYCLE_ANNOTATION,
+    Observed,
+    Plan,
+    lifecycle_record,
+    pod_view,
+    reconcile,
+    trusted_status,
+)
 from tests.unit.operator.builders import NOW, manifest
 
 
@@ -114,11 +122,55 @@ def test_new_job_creates_its_gang() -> None:
     assert reconcile(created_pods, gang(created_pods, "Pending"), NOW).status == plan.status
 
 
-def test_crash_mid_creation_creates_the_missing_ranks_again() -> None:
+def test_an_attempt_with_no_pod_yet_is_created_whole() -> None:
+    """A crash between the attempt's status write and its first pod: nothing of it exists, nothing mixes."""
     job = make_job(phase="Pending", attemptStartTime=NOW, startTime=NOW)
-    plan = reconcile(job, gang(job, "Pending")[:1], NOW + timedelta(seconds=3))
-    assert plan.create_pods and plan.status.phase == "Pending"
-    assert plan.status.replicas.pending == 2  # one there, one to create
+    plan = reconcile(job, [], NOW + timedelta(seconds=3))
+    assert plan.create_pods and plan.status.phase == "Pending" and plan.status.attempt == 0
+    assert plan.status.replicas.pending == 2
+
+
+@pytest.mark.parametrize("phase", ["Pending", "Initializing", "Running"])
+@pytest.mark.parametrize("how", ["missing", "deleting"])
+def test_a_started_attempt_missing_a_rank_restarts_the_whole_gang_in_any_phase(phase: str, how: str) -> None:
+    """Issue 22 case 1: rank 1 deleted while Pending (seen live, or found after an operator restart):
+    never re-created alone beside rank 0; the gang restarts as the next attempt, counted, with the reason."""
+    job = running_job(phase=phase)
+    pods = gang(job, "Pending" if phase == "Pending" else "Running")
+    pods = pods[:1] if how == "missing" else [pods[0], PodView(**{**pods[1].__dict__, "deleting": True})]
+    plan = reconcile(job, pods, NOW)
+    assert not plan.create_pods
+    assert plan.status.phase == "Restarting" and plan.status.restarts == 1
+    failure = plan.status.last_failure
+    assert failure is not None and failure.reason == "PodDeleted" and failure.rank == 1 and failure.retryable
+    assert {pod.name for pod in plan.delete_pods} == {"demo-node-0"}
+    nxt = advance(job, plan)
+    assert reconcile(nxt, [], NOW + timedelta(seconds=11)).status.attempt == 1  # the next attempt, whole
+
+
+def test_a_started_attempt_with_every_pod_gone_restarts_too() -> None:
+    job = running_job(phase="Pending")
+    plan = reconcile(job, [], NOW, Observed(had_pods=True))
+    assert plan.status.phase == "Restarting" and plan.status.restarts == 1 and not plan.create_pods
+
+
+def test_a_live_pod_of_another_attempt_beside_the_gang_restarts_it() -> None:
+    job = running_job(attempt=2)
+    pods = [*gang(job), PodView(name="demo-node-0", uid="old", rank=0, attempt=1, phase="Running")]
+    plan = reconcile(job, pods, NOW)
+    assert plan.status.phase == "Restarting" and plan.status.last_failure is not None
+    assert plan.status.last_failure.reason == "ForeignMember"
+    assert {pod.uid for pod in plan.delete_pods} == {"u0", "u1", "old"}
+
+
+def test_a_new_attempt_waits_for_an_older_attempts_pods_before_creating() -> None:
+    job = running_job(attempt=2, phase="Pending")
+    old = PodView(name="demo-node-0-a1", uid="old", rank=0, attempt=1, phase="Running")
+    plan = reconcile(job, [old], NOW)
+    assert not plan.create_pods and [pod.uid for pod in plan.delete_pods] == ["old"]
+    terminating = PodView(**{**old.__dict__, "deleting": True})
+    assert not reconcile(job, [terminating], NOW).create_pods
+    assert reconcile(job, [], NOW).create_pods
 
 
 def test_reconcile_is_idempotent_on_a_steady_job() -> None:
@@ -351,11 +403,101 @@ def test_clean_pod_policy_on_success(policy_name: str, at_once: int, later: int)
     assert len(reconcile(advance(job, plan), pods, NOW + timedelta(minutes=2)).delete_pods) == later
 
 
-def test_stale_pods_of_an_older_attempt_are_deleted() -> None:
-    job = running_job(attempt=2)
-    pods = [*gang(job), PodView(name="demo-node-0", uid="old", rank=0, attempt=1, phase="Running")]
-    plan = reconcile(job, pods, NOW)
-    assert [pod.uid for pod in plan.delete_pods] == ["old"]
+def test_gang_start_timeout_restarts_a_gang_that_never_reaches_running() -> None:
+    run_policy = {"gangStartTimeoutSeconds": 120, "backoffLimit": 1}
+    job = make_job(run_policy, phase="Initializing", attemptStartTime=NOW - timedelta(seconds=121), startTime=STARTED)
+    plan = reconcile(job, gang(job), NOW)
+    assert plan.status.phase == "Restarting" and plan.status.restarts == 1
+    assert plan.status.last_failure is not None and plan.status.last_failure.reason == "GangStartTimeout"
+    assert "GangStartTimeout" in {event.reason for event in plan.events}
+    again = make_job(
+        run_policy,
+        phase="Pending",
+        attempt=1,
+        restarts=1,
+        attemptStartTime=NOW - timedelta(seconds=200),
+        startTime=STARTED,
+    )
+    final = reconcile(again, gang(again, "Pending"), NOW)
+    assert final.status.phase == "Failed" and final.status.reason == "BackoffLimitExceeded"
+    assert "GangStartTimeout" in (final.status.last_failure.message if final.status.last_failure else "")
+    young = make_job(run_policy, phase="Initializing", attemptStartTime=NOW - timedelta(seconds=60), startTime=STARTED)
+    assert reconcile(young, gang(young), NOW).status.phase == "Initializing"
+    gated = reconcile(job, gang(job, "Pending", gated=True), NOW)
+    assert gated.status.phase == "Pending"  # waiting for admission is not being stuck
+
+
+def test_lifecycle_facts_come_from_the_operators_record_not_the_status() -> None:
+    """Issue 16 item 3: what the trainer patches into status (phase, attempt, restarts, lastFailure)
+    is replaced by the operator's record; its progress and metrics are kept."""
+    job = running_job(restarts=1, lastFailure={"reason": "PodFailed", "time": STARTED, "retryable": True})
+    record = lifecycle_record(job.status)
+    assert record["phase"] == "Active" and "reason" not in record
+    forged = job.model_dump(mode="json", by_alias=True)
+    forged["metadata"]["annotations"] = {LIFECYCLE_ANNOTATION: json.dumps(record)}
+    forged["status"].update(phase="Succeeded", attempt=5, restarts=0, lastFailure=None, metrics={"loss": 1.5})
+    trusted_job = SFTJob.model_validate(forged)
+    trusted = trusted_status(trusted_job)
+    assert trusted.phase == "Pending" and trusted.attempt == 0 and trusted.restarts == 1  # active: from the pods
+    plan = reconcile(trusted_job.model_copy(update={"status": trusted}), gang(job), NOW)
+    assert plan.status.phase == "Running" and not plan.delete_pods  # not finished by the forged phase
+    assert trusted.last_failure is not None and trusted.last_failure.reason == "PodFailed"
+    assert trusted.metrics is not None and trusted.metrics.loss == 1.5
+    unrecorded = SFTJob.model_validate({**forged, "metadata": {**forged["metadata"], "annotations": {}}})
+    assert trusted_status(unrecorded).phase == "Succeeded"  # no record yet: the status is all there is
+
+
+def test_a_refused_create_fails_the_job_or_retries_without_counting() -> None:
+    job = running_job(phase="Pending")
+    psa = classify_refusal(403, 'pods "demo-node-0" is forbidden: violates PodSecurity "restricted:latest": ...')
+    failed = reconcile(job, gang(job, "Pending")[:1], NOW, Observed(refusal=psa))
+    assert failed.status.phase == "Failed" and failed.status.reason == "PodSecurity"
+    assert "violates PodSecurity" in str(failed.status.message) and failed.delete_pods
+    quota = classify_refusal(403, 'pods "demo-node-1" is forbidden: exceeded quota: q, requested: cpu=1', "Pod", "x")
+    retrying = reconcile(job, gang(job, "Pending")[:1], NOW, Observed(refusal=quota))
+    assert retrying.status.phase == "Restarting" and retrying.status.reason == "QuotaExceeded"
+    assert retrying.status.restarts == 0 and retrying.status.next_attempt_time == NOW + timedelta(seconds=10)
+    reasons = {event.reason: event.type for event in retrying.events}
+    assert reasons["QuotaExceeded"] == "Warning" and "Restarting" in reasons
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "reason", "permanent"),
+    [
+        (422, 'Pod "x" is invalid: spec.tolerations[0].operator: Unsupported value: "Sometimes"', "Invalid", True),
+        (403, 'pods "x" is forbidden: violates PodSecurity "baseline:latest": hostPath volumes', "PodSecurity", True),
+        (403, 'pods "x" is forbidden: exceeded quota: compute, requested: pods=1', "QuotaExceeded", False),
+        (403, 'pods "x" is forbidden: no PriorityClass with name urgent was found', "PriorityClassNotFound", True),
+        (403, 'pods "x" is forbidden: error looking up service account t/robot: serviceaccount "robot" not found',
+         "ServiceAccountNotFound", True),
+        (403, 'pods "x" is forbidden: error looking up service account t/demo-trainer: serviceaccount "demo-trainer" '
+         "not found", "ServiceAccountNotFound", False),
+        (500, "etcdserver: request timed out", "CreateRetrying", False),
+    ],
+)  # fmt: skip
+def test_api_refusals_are_classified(code: int, message: str, reason: str, permanent: bool) -> None:
+    refusal = classify_refusal(code, message, "Pod", "x", own_service_account="demo-trainer")
+    assert (refusal.reason, refusal.permanent) == (reason, permanent)
+
+
+def test_an_edit_the_api_server_refuses_keeps_the_running_gang() -> None:
+    job = running_job()
+    edited = make_job(None, **job.status.model_dump(by_alias=True))
+    edited = edited.model_copy(update={"spec": edited.spec.model_copy(update={"image": "elsewhere/trainer:2"})})
+    refused = classify_refusal(403, 'violates PodSecurity "restricted:latest": runAsNonRoot != true')
+    plan = reconcile(edited, gang(job), NOW, Observed(spec_refusal=refused))
+    assert plan.status.phase == "Running" and not plan.delete_pods and not plan.create_pods
+    assert plan.status.reason == "SpecChangeRefused" and "PodSecurity" in str(plan.status.message)
+    assert [event.reason for event in plan.events] == ["SpecChangeRefused"]
+    assert reconcile(edited, gang(job), NOW).status.phase == "Restarting"  # the API server would take it
+
+
+def test_names_held_by_another_owner_hold_the_gang_back_with_a_reason() -> None:
+    job = make_job()
+    plan = reconcile(job, [], NOW, Observed(held_by_others=("ConfigMap/demo-config",)))
+    assert plan.create_pods  # the controller retries, and never takes the old object as its own
+    assert plan.status.reason == "WaitingForOldChildren" and "ConfigMap/demo-config" in str(plan.status.message)
+    assert "WaitingForOldChildren" in {event.reason for event in plan.events}
 
 
 # --- reading pods -------------------------------------------------------------------------------------
