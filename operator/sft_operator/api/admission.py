@@ -9,7 +9,8 @@ The rules (docs/security.md explains them and how to relax them):
   UPDATE only names the old spec did not have are checked); a ServiceAccount other than the job's own
   `<job>-trainer` needs `create pods` in the namespace; labels and annotations the pods would get
   under the reserved domain (`kube-sft.io/`, `*.kube-sft.io/`) are refused; the creator annotations
-  are what the creator policy wrote and never change.
+  are what the creator policy wrote and never change; the job's own annotations under the reserved
+  domain (the operator's lifecycle record) are written by the operator only.
 - `sftjob-host-access` (bound by the chart to every namespace but `admission.hostAccessNamespaces`):
   hostPath volumes (storage locations and pod volumes), a toleration of every taint or of the
   control plane's taints, and Bidirectional mount propagation are refused.
@@ -43,6 +44,8 @@ CREATOR_ANNOTATION = f"{GROUP}/created-by"
 CREATOR_GROUPS_ANNOTATION = f"{GROUP}/created-by-groups"
 CREATOR_UID_ANNOTATION = f"{GROUP}/created-by-uid"
 GROUP_SEPARATOR = ","
+OPERATOR_USERNAME = "KUBE_SFT_OPERATOR_USERNAME"
+"""Placeholder the chart replaces with its operator's username (`system:serviceaccount:<ns>:<name>`)."""
 """Separates the creator's groups in CREATOR_GROUPS_ANNOTATION."""
 
 RESERVED_KEY_PATTERN = "^([^/]*[.])?" + RESERVED_DOMAIN.replace(".", "[.]") + "/"
@@ -344,6 +347,27 @@ def _creator_rules() -> list[Object]:
     return validations
 
 
+def _job_annotation_rules() -> tuple[list[Object], list[Object]]:
+    """Annotations of the SFTJob under the reserved domain (the operator's lifecycle record) are the operator's."""
+    creators = ", ".join(_quote(key) for key in creator_values())
+    mine = f"k.matches('{RESERVED_KEY_PATTERN}') && !(k in [{creators}])"
+    new, old = "object.metadata.?annotations.orValue({})", "oldObject.metadata.?annotations.orValue({})"
+    changed = (
+        f"request.operation == 'CREATE' ? {new}.filter(k, {mine}) : "
+        f"{new}.filter(k, {mine} && (!(k in {old}) || {old}[k] != object.metadata.annotations[k])) + "
+        f"{old}.filter(k, {mine} && !(k in {new}))"
+    )
+    variables = [_variable("reservedJobAnnotations", changed)]
+    validations = [
+        _validation(
+            f"{USER} == '{OPERATOR_USERNAME}' || size(variables.reservedJobAnnotations) == 0",
+            "'metadata.annotations: ' + variables.reservedJobAnnotations.join(', ') + "
+            f"' are written only by the kube-sft operator (keys under {RESERVED_DOMAIN}/ and *.{RESERVED_DOMAIN}/)'",
+        )
+    ]
+    return variables, validations
+
+
 def authorization_policy() -> Object:
     """The ValidatingAdmissionPolicy refusing references, ServiceAccounts and keys the author may not use."""
     variables: list[Object] = []
@@ -352,7 +376,7 @@ def authorization_policy() -> Object:
         more_variables, more_validations = _reference_rules(resource)
         variables += more_variables
         validations += more_validations
-    for rules in (_service_account_rules(), _reserved_key_rules()):
+    for rules in (_service_account_rules(), _reserved_key_rules(), _job_annotation_rules()):
         variables += rules[0]
         validations += rules[1]
     validations += _creator_rules()
