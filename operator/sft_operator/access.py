@@ -10,8 +10,8 @@ checked (`creator_of` returns None), as the operator did before.
 
 The hook for the controller: before it creates a job's children (first attempt and every restart),
 
-    problems = access.creator_access_problems(authorization_api, job_body)
-    if problems: fail the job, reason AccessDenied, message "; ".join(problems), Warning Event
+    refusal = access.access_refusal(authorization_api, raw_job)   # a policy.Refusal or None
+    if refusal: the decision fails the job with it (permanent: condition + Warning Event, no pods)
 
 `creator_access_problems` makes one API call per right (none when the creator is unknown).
 """
@@ -30,6 +30,7 @@ from sft_operator.api.admission import (
     AccessCheck,
     required_access,
 )
+from sft_operator.policy import Refusal
 
 Object = dict[str, Any]
 
@@ -88,3 +89,12 @@ def creator_access_problems(authorization: Any, job: Object) -> list[str]:
         return bool(review.status.allowed)
 
     return access_problems(job, allowed)
+
+
+def access_refusal(authorization: Any, job: Object) -> Refusal | None:
+    """The job's missing rights as a permanent Refusal (reason REASON) for the controller's decision, or None."""
+    problems = creator_access_problems(authorization, job)
+    if not problems:
+        return None
+    message = "; ".join(problems) + " (an SFTJob may only use what its creator may use directly)"
+    return Refusal(403, REASON, message, permanent=True, kind="SFTJob", name=job["metadata"]["name"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -433,16 +434,19 @@ def test_admission_policies_type_check_against_the_crd(sft_system: System) -> No
     ours = [p for p in policies["items"] if p["metadata"]["name"].endswith(f".{GROUP}")]
     assert len(ours) == 3, [p["metadata"]["name"] for p in policies["items"]]
     for policy in ours:
+        name = policy["metadata"]["name"]
+
+        def type_checking(name: str = name) -> dict[str, Any] | None:
+            found = custom.get_cluster_custom_object(
+                "admissionregistration.k8s.io", "v1", "validatingadmissionpolicies", name
+            )
+            result: dict[str, Any] | None = found.get("status", {}).get("typeChecking")
+            return result
+
         checked = sft_system.wait(
-            lambda policy=policy: (
-                custom.get_cluster_custom_object(
-                    "admissionregistration.k8s.io", "v1", "validatingadmissionpolicies", policy["metadata"]["name"]
-                )
-                .get("status", {})
-                .get("typeChecking")
-            ),
+            type_checking,
             60,
-            f"type checking of {policy['metadata']['name']}",
+            f"type checking of {name}",
         )
         assert not checked.get("expressionWarnings"), json.dumps(checked, indent=1)
 
@@ -534,15 +538,27 @@ def test_the_trainer_token_cannot_drive_the_lifecycle(two_tenants: dict[str, Sys
     custom = kubernetes.client.CustomObjectsApi(alice.cluster.api_client(token))
     for field, patch in TRAINER_ATTEMPTS:
         error = forbidden(
-            lambda patch=patch: custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, TENANT_A, PLURAL, VICTIM, {"status": patch}
+            functools.partial(
+                custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                TENANT_A,
+                PLURAL,
+                VICTIM,
+                {"status": patch},
             )
         )
         assert error.status == 403 and f"status.{field}" in str(error.body), f"{field}: {error.status} {error.body}"
     for namespace, name in ((TENANT_A, IDLE), (TENANT_B, INTRUDER)):
         error = forbidden(
-            lambda namespace=namespace, name=name: custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, {"status": {"phase": "Failed"}}
+            functools.partial(
+                custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"status": {"phase": "Failed"}},
             )
         )
         assert error.status == 403, f"{namespace}/{name}: {error.status}"

@@ -195,3 +195,35 @@ def test_user_labels_never_replace_the_operators() -> None:
     assert labels[render.LABEL_RANK] == "0"
     assert labels["app.kubernetes.io/managed-by"] == render.MANAGED_BY
     assert labels["team"] == "a"
+
+
+class FakeAuthorization:
+    """AuthorizationV1Api's create_subject_access_review, answering from a set of allowed (verb, resource, name)."""
+
+    def __init__(self, allowed: set[tuple[str, str, str]]) -> None:
+        self.allowed = allowed
+        self.reviews: list[dict[str, Any]] = []
+
+    def create_subject_access_review(self, body: dict[str, Any]) -> Any:
+        self.reviews.append(body)
+        attributes = body["spec"]["resourceAttributes"]
+        answer = (attributes["verb"], attributes["resource"], attributes.get("name", "")) in self.allowed
+
+        class Status:
+            allowed = answer
+
+        class Review:
+            status = Status
+
+        return Review
+
+
+def test_access_refusal_is_a_permanent_refusal_naming_the_fields() -> None:
+    job = job_with({"pod": {"env": EVERY_REFERENCE["pod"]["env"]}}, annotations={admission.CREATOR_ANNOTATION: "alice"})
+    api = FakeAuthorization({("get", "configmaps", "env-config")})
+    refusal = access.access_refusal(api, job)
+    assert refusal is not None and refusal.permanent and refusal.reason == access.REASON
+    assert "spec.pod.env[TOKEN].valueFrom.secretKeyRef.name: alice may not get secrets/env-secret" in refusal.message
+    assert "configMapKeyRef" not in refusal.message
+    assert [review["spec"]["user"] for review in api.reviews] == ["alice", "alice"]
+    assert access.access_refusal(FakeAuthorization({("get", "secrets", "env-secret"), *api.allowed}), job) is None
