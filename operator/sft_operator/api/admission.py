@@ -22,7 +22,8 @@ The rules (docs/security.md explains them and how to relax them):
 
 A CEL expression may make at most two authorization checks (each costs 350 000 of the 1 000 000 per
 expression) and a policy at most 28 (10 000 000 per evaluation), so the names of each resource are
-deduplicated and checked in SLOTS one-check variables: more distinct new names than slots are refused.
+deduplicated and checked in SLOTS one-check validations: more distinct new names than slots are refused.
+(A message expression runs without the authorizer, so the checks sit in the validations themselves.)
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ def _field_cel(parts: FieldParts) -> str:
     for part in parts:
         if part.startswith("("):
             merged += [_quote(literal)] if literal else []
-            merged.append(part[1:-1])
+            merged.append(f"string{part}")
             literal = ""
         else:
             literal += part
@@ -209,7 +210,7 @@ def _references_cel(root: str, segments: tuple[Segment, ...], field: FieldParts,
         name = f"n{depth}"
         return (
             f"[{chain}.orValue('')].filter({name}, {name} != '')"
-            f".map({name}, {{'field': {_field_cel(field)}, 'name': {name}}})"
+            f".map({name}, {{'field': {_field_cel(field)}, 'name': string({name})}})"
         )
     chain = _optional_chain(root, segments[: split + 1])
     item, naming = f"x{depth}", segments[split].naming
@@ -239,16 +240,27 @@ def _resource_rules(resource: str, operations: list[str]) -> Object:
 
 
 def _reference_rules(resource: str) -> tuple[list[Object], list[Object]]:
-    """Variables and validations: every newly named object of `resource` needs `get` on it."""
+    """Variables and validations: every newly named object of `resource` needs `get` on it.
+
+    One validation per slot makes the check: a message expression is evaluated without the
+    authorizer, so it names the slot's name and fields from variables that make no check."""
     stem, slots = VARIABLE_STEM[resource], SLOTS[resource]
     own = [reference for reference in REFERENCES if reference.resource == resource]
     current = " + ".join(references_cel("object.spec", reference) for reference in own)
     old = " + ".join(references_cel("oldObject.spec", reference) for reference in own)
-    refs, olds, new, denied = f"{stem}Refs", f"{stem}OldNames", f"{stem}NewNames", f"{stem}Denied"
+    refs, olds, new = f"{stem}Refs", f"{stem}OldNames", f"{stem}NewNames"
     variables = [
         _variable(refs, current),
         _variable(olds, f"request.operation == 'UPDATE' ? ({old}).map(r, r.name) : []"),
         _variable(new, f"variables.{refs}.map(r, r.name).distinct().filter(n, !(n in variables.{olds}))"),
+    ]
+    validations = [
+        _validation(
+            f"size(variables.{new}) <= {slots}",
+            f"'an SFTJob may newly reference at most {slots} {resource} at once (it names ' + "
+            f"string(size(variables.{new})) + '); split the change'",
+            "Invalid",
+        )
     ]
     for slot in range(slots):
         name = f"variables.{new}[{slot}]"
@@ -256,23 +268,14 @@ def _reference_rules(resource: str) -> tuple[list[Object], list[Object]]:
             f"authorizer.group('').resource('{resource}').namespace(request.namespace).name({name})"
             ".check('get').allowed()"
         )
-        variables.append(_variable(f"{stem}Denied{slot}", f"size(variables.{new}) > {slot} && !{check} ? {name} : ''"))
-    slots_list = ", ".join(f"variables.{stem}Denied{slot}" for slot in range(slots))
-    variables.append(_variable(denied, f"[{slots_list}].filter(n, n != '')"))
-    validations = [
-        _validation(
-            f"size(variables.{new}) <= {slots}",
-            f"'an SFTJob may newly reference at most {slots} {resource} at once (it names ' + "
-            f"string(size(variables.{new})) + '); split the change'",
-            "Invalid",
-        ),
-        _validation(
-            f"size(variables.{denied}) == 0",
-            f"variables.{refs}.filter(r, r.name in variables.{denied}).map(r, r.field).join(', ') + ': ' + "
-            f"{USER} + ' may not get {resource} ' + variables.{denied}.join(', ') + ' in namespace ' + "
-            "request.namespace + ', so an SFTJob of theirs may not reference them'",
-        ),
-    ]
+        validations.append(
+            _validation(
+                f"size(variables.{new}) <= {slot} || {check}",
+                f"variables.{refs}.filter(r, r.name == {name}).map(r, r.field).join(', ') + ': ' + {USER} + "
+                f"' may not get {resource} ' + {name} + ' in namespace ' + request.namespace + "
+                "', so an SFTJob of theirs may not reference it'",
+            )
+        )
     return variables, validations
 
 
@@ -401,13 +404,13 @@ def host_access_fields_cel() -> str:
     return (
         f"[{storage}].filter(f, f != '')"
         " + object.spec.?pod.?volumes.orValue([]).filter(v, has(v.hostPath))"
-        ".map(v, 'spec.pod.volumes[' + v.name + '].hostPath')"
+        ".map(v, 'spec.pod.volumes[' + string(v.name) + '].hostPath')"
         " + object.spec.?pod.?tolerations.orValue([])"
         ".filter(t, (t.?key.orValue('') == '' && t.?operator.orValue('') == 'Exists') || "
         f"t.?key.orValue('') in [{taints}])"
-        ".map(t, 'spec.pod.tolerations[' + (t.?key.orValue('') == '' ? '*' : t.key) + ']')"
+        ".map(t, 'spec.pod.tolerations[' + (t.?key.orValue('') == '' ? '*' : string(t.key)) + ']')"
         " + object.spec.?pod.?volumeMounts.orValue([]).filter(m, m.?mountPropagation.orValue('') == 'Bidirectional')"
-        ".map(m, 'spec.pod.volumeMounts[' + m.name + '].mountPropagation')"
+        ".map(m, 'spec.pod.volumeMounts[' + string(m.name) + '].mountPropagation')"
     )
 
 
