@@ -50,7 +50,9 @@ def test_rendered_policies_equal_the_generated_ones() -> None:
     operator = f"system:serviceaccount:kube-sft-system:{RELEASE}"
     text = yaml.safe_dump_all(rendered, sort_keys=False)
     assert operator in text
-    assert list(yaml.safe_load_all(text.replace(operator, admission.OPERATOR_USERNAME))) == admission.policies()
+    restored = list(yaml.safe_load_all(text.replace(operator, admission.OPERATOR_USERNAME)))
+    by_name = {policy["metadata"]["name"]: policy for policy in restored}
+    assert by_name == {policy["metadata"]["name"]: policy for policy in admission.policies()}
 
 
 def test_every_policy_is_bound_once_to_the_served_namespaces() -> None:
