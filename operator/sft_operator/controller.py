@@ -204,6 +204,7 @@ class Controller:
         self._supported: dict[Key, str] = {}  # job -> uid whose Service, ConfigMap, RBAC exist
         self._memory: dict[Key, Memory] = {}  # what the last creates of a job's gang met
         self._spec_checks: dict[Key, tuple[str, str, Refusal | None]] = {}  # (uid, template hash, refusal)
+        self._record_writable = True
         self._reported: dict[str, None] = {}  # foreign pod uids already reported in an Event (ordered, bounded)
         self._leading = False
         self._relisted = float("-inf")
@@ -344,14 +345,8 @@ class Controller:
         namespace, name = job.metadata.namespace, job.metadata.name
         key = (namespace, name)
         supporting = self._create_supporting(job) if plan.create_pods else Supporting()
-        record = lifecycle_record(plan.status)
-        if record != stored_record(job):  # the operator's own lifecycle record first: the status mirrors it
-            annotation = json.dumps(record, sort_keys=True, separators=(",", ":"))
-            written = self.kube.patch_job_metadata(namespace, name, {"annotations": {LIFECYCLE_ANNOTATION: annotation}})
-            if written is None:
-                self.forget(key)
-                return
-            self.store.put_job(written)
+        if not self._write_record(key, job, plan):
+            return
         patch = status_patch(raw.get("status") or {}, job.status, plan.status)
         if patch:
             written = self.kube.patch_job_status(namespace, name, patch)
@@ -374,6 +369,29 @@ class Controller:
         if plan.delete_job:
             self.kube.delete_job(namespace, name, job.metadata.uid)
             self.forget(key)
+
+    def _write_record(self, key: Key, job: SFTJob, plan: Plan) -> bool:
+        """Write the lifecycle record when it changed; False when the job is gone.
+
+        Without `patch` on sftjobs (a chart older than this operator) the record cannot be kept: the
+        operator then says so once and works from the status alone, as operators before it did."""
+        record = lifecycle_record(plan.status)
+        if not self._record_writable or record == stored_record(job):
+            return True
+        annotation = json.dumps(record, sort_keys=True, separators=(",", ":"))
+        try:
+            written = self.kube.patch_job_metadata(*key, {"annotations": {LIFECYCLE_ANNOTATION: annotation}})
+        except ApiException as error:
+            if error.status != 403:
+                raise
+            self._record_writable = False
+            log.error("no right to patch sftjobs (%s): lifecycle facts are read from the status", error.reason)
+            return True
+        if written is None:
+            self.forget(key)
+            return False
+        self.store.put_job(written)
+        return True
 
     def _create_supporting(self, job: SFTJob) -> Supporting:
         """Start creating a new job's supporting objects (once per job): the first wave now, in the
@@ -477,8 +495,12 @@ class Controller:
         meta = raw["metadata"]
         record = {"phase": "Failed", "reason": "InvalidSpec", "message": message}
         annotation = {LIFECYCLE_ANNOTATION: json.dumps(record, sort_keys=True, separators=(",", ":"))}
-        if self.kube.patch_job_metadata(meta["namespace"], meta["name"], {"annotations": annotation}) is None:
-            return
+        try:
+            if self.kube.patch_job_metadata(meta["namespace"], meta["name"], {"annotations": annotation}) is None:
+                return
+        except ApiException as error:
+            if error.status != 403:
+                raise
         written = self.kube.patch_job_status(
             meta["namespace"],
             meta["name"],
