@@ -598,6 +598,10 @@ def _train(config: SFTConfig, env: DistributedEnv, device: torch.device, reporte
     barrier()
     if not env.is_rank_zero:
         splits = build_datasets(config, tokenizer)
+    if env.is_rank_zero:
+        from sft_trainer.data.inspect import counts_line
+
+        log.info("data: %s", counts_line(splits.stats))
     backend = create_backend(config, tokenizer, env, device)
     demo = DemoAccuracy(config, tokenizer) if config.data.synthetic is not None and env.is_rank_zero else None
     if demo is not None:

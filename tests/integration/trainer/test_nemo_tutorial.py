@@ -8,6 +8,7 @@ OpenAssistant trees converted by `sft data convert oasst`.
 """
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -117,6 +118,7 @@ def test_tutorial_prompt_response_command(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert_every_key_reported(arguments, result.stderr)
     assert "model.data.num_workers: ignored" in result.stderr
+    assert "data: train: 40 examples" in result.stderr and "(dropped 0, truncated 0, bad rows 0)" in result.stderr
     assert 'model.restore_from_path -> model.path = "' in result.stderr
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2]
@@ -156,6 +158,7 @@ def test_tutorial_chat_command(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert_every_key_reported(arguments, result.stderr)
     assert 'model.data.chat -> data.format = "nemo_chat"' in result.stderr
+    assert re.search(r"data: train: \d+ examples, \d+ trained tokens \(dropped \d+, truncated \d+", result.stderr)
     assert 'exp_manager.checkpoint_callback_params.monitor -> checkpoint.monitor = "validation_loss"' in result.stderr
     meta = json.loads((output / "checkpoints" / "step-2" / "meta.json").read_text())
     assert meta["metrics"]["val_loss"] == pytest.approx(meta["val_loss"])
