@@ -1,4 +1,4 @@
-"""The `sft` command line: `sft train`, `sft run`, `sft generate`, `sft data ...`, `sft export`, `sft report`.
+"""The `sft` command line: `sft train`, `sft migrate`, `sft run`, `sft generate`, `sft data ...`, `sft export`, `sft report`.
 
 `sft train` is torchrun-aware: it reads RANK / WORLD_SIZE / LOCAL_RANK and re-checks the
 configuration against the real number of processes. Its exit code follows
@@ -30,18 +30,25 @@ def _fail(lines: list[str], code: ExitCode) -> typer.Exit:
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train(
     ctx: typer.Context,
-    config: Annotated[Path, typer.Option("--config", "-c", help="Run YAML or an SFTJob manifest.")],
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Run YAML, a NeMo-Aligner gpt_sft.yaml or an SFTJob manifest.")
+    ] = None,
 ) -> None:
-    """Fine-tune a model: `sft train --config run.yaml` followed by any dotted.key=value overrides."""
-    from sft_trainer.config import ConfigError, ConfigProblem, consistency_problems, load_config
+    """Fine-tune a model: `sft train --config run.yaml` followed by any dotted.key=value overrides (ours or NeMo-Aligner's)."""
+    from sft_trainer.config import ConfigError, ConfigProblem, consistency_problems
+    from sft_trainer.config.loading import load_config_and_notes
     from sft_trainer.distributed import current_env
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    env = current_env()
     try:
-        run_config = load_config(config, list(ctx.args))
+        run_config, notes = load_config_and_notes(config, list(ctx.args))
     except ConfigError as error:
         raise _fail(["invalid configuration:", *(f"  {p}" for p in error.problems)], ExitCode.CONFIG_ERROR) from None
-    env = current_env()
+    if notes and env.is_rank_zero:
+        typer.echo("NeMo-Aligner keys:", err=True)
+        for note in notes:
+            typer.echo(f"  {note}", err=True)
     problems = consistency_problems(run_config, env.world_size) if env.is_distributed else []
     if problems:
         lines = [str(ConfigProblem("", f"{p} (with {env.world_size} processes from WORLD_SIZE)")) for p in problems]
@@ -60,6 +67,37 @@ def train(
     if summary.exit_code != ExitCode.OK and env.is_rank_zero:
         typer.echo(f"sft train: {summary.outcome}: {summary.message}", err=True)
     raise typer.Exit(summary.exit_code)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def migrate(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="A NeMo-Aligner gpt_sft.yaml (or any run YAML).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here (default: standard output).")] = None,
+    sftjob: Annotated[
+        str | None, typer.Option("--sftjob", metavar="NAME", help="Write an SFTJob manifest of this name.")
+    ] = None,
+) -> None:
+    """Our SFTConfig (or an SFTJob) for a NeMo-Aligner config and its dotted overrides; each key's fate on stderr."""
+    from sft_trainer.config import ConfigError
+    from sft_trainer.config.migrate import migrated_yaml
+
+    try:
+        text, notes = migrated_yaml(config, list(ctx.args), sftjob)
+    except ConfigError as error:
+        raise _fail(["invalid configuration:", *(f"  {p}" for p in error.problems)], ExitCode.CONFIG_ERROR) from None
+    for note in notes:
+        typer.echo(f"# {note}", err=True)
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    from sft_trainer.data.jsonl import atomic_path
+
+    with atomic_path(out) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote {out}", err=True)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -194,6 +194,7 @@ class Trainer:
         self.total_steps = total_steps(t, self.per_epoch)
         self.stop = _StopFlag()
         self.last_loss: float | None = None
+        self.last_grad_norm: float | None = None
         self.config_hash = ckpt.config_hash(config)
         device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
         self.peak_tflops = peak_tflops(device_name, config.logging.peak_tflops_per_device)
@@ -292,14 +293,24 @@ class Trainer:
             elapsed_s=state.elapsed_s,
             config_hash=self.config_hash,
             rng=ckpt.capture_rng(),
+            metrics=self._logged_metrics(state),
         )
+
+    def _logged_metrics(self, state: LoopState) -> dict[str, float]:
+        """What was logged at this step (the values `checkpoint.monitor` can rank by)."""
+        metrics = {"loss": self.last_loss, "grad_norm": self.last_grad_norm}
+        if state.last_val_step == state.step and state.last_val_loss is not None:
+            metrics["val_loss"] = state.last_val_loss
+            metrics["val_perplexity"] = math.exp(min(state.last_val_loss, 700.0))
+        return {name: float(value) for name, value in metrics.items() if value is not None and math.isfinite(value)}
 
     def _publish(self, staging: Path, meta: ckpt.CheckpointMeta | None, started: float) -> None:
         """Rank 0: meta.json, atomic rename to `step-<N>`, `last`, retention, report (no-op elsewhere)."""
         if meta is None:
             return
         final = ckpt.publish(self.checkpoint_root, staging, meta, self.config.checkpoint.save_last)
-        ckpt.apply_retention(self.checkpoint_root, self.config.checkpoint.save_top_k)
+        checkpoint = self.config.checkpoint
+        ckpt.apply_retention(self.checkpoint_root, checkpoint.save_top_k, checkpoint.metric, checkpoint.mode)
         self.reporters.checkpoint(CheckpointReport(meta.step, str(final), time.perf_counter() - started))
 
     # -- validation
@@ -353,7 +364,7 @@ class Trainer:
                     f"{state.step + 1}; the last good state is checkpointed at {path}"
                 )
             seconds = time.perf_counter() - step_started
-            self.last_loss = result.loss
+            self.last_loss, self.last_grad_norm = result.loss, result.grad_norm
             step_seconds = seconds if step_seconds is None else 0.9 * step_seconds + 0.1 * seconds
             state = replace(
                 state,
@@ -587,6 +598,10 @@ def _train(config: SFTConfig, env: DistributedEnv, device: torch.device, reporte
     barrier()
     if not env.is_rank_zero:
         splits = build_datasets(config, tokenizer)
+    if env.is_rank_zero:
+        from sft_trainer.data.inspect import counts_line
+
+        log.info("data: %s", counts_line(splits.stats))
     backend = create_backend(config, tokenizer, env, device)
     demo = DemoAccuracy(config, tokenizer) if config.data.synthetic is not None and env.is_rank_zero else None
     if demo is not None:

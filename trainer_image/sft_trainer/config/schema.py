@@ -162,6 +162,21 @@ class TrainingConfig(Strict):
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
 
+#: `checkpoint.monitor` names (ours and NeMo's) -> the metric of metrics.jsonl / meta.json they rank by.
+MONITOR_METRICS = {
+    "val_loss": "val_loss",
+    "validation_loss": "val_loss",
+    "val_perplexity": "val_perplexity",
+    "loss": "loss",
+    "train_loss": "loss",
+    "reduced_train_loss": "loss",
+    "grad_norm": "grad_norm",
+}
+Monitor = Literal[
+    "val_loss", "validation_loss", "val_perplexity", "loss", "train_loss", "reduced_train_loss", "grad_norm"
+]
+
+
 class CheckpointConfig(Strict):
     """Checkpoint retention and resume."""
 
@@ -170,8 +185,18 @@ class CheckpointConfig(Strict):
         description="auto: newest checkpoint in output_dir, if any; never: start fresh; or a checkpoint path.",
     )
     save_top_k: int = Field(default=1, ge=0, description="Keep the k best by `monitor`, plus `last`.")
-    monitor: Literal["val_loss"] = "val_loss"
+    monitor: Monitor = Field(
+        default="val_loss",
+        description="The logged metric that ranks checkpoints: val_loss (= NeMo's validation_loss), "
+        "val_perplexity, loss (= train_loss, reduced_train_loss) or grad_norm.",
+    )
+    mode: Literal["min", "max"] = Field(default="min", description="Whether a lower or a higher `monitor` is better.")
     save_last: bool = True
+
+    @property
+    def metric(self) -> str:
+        """The metrics.jsonl name of `monitor`."""
+        return MONITOR_METRICS[self.monitor]
 
 
 class ParallelismConfig(Strict):
@@ -207,6 +232,8 @@ class WandbConfig(Strict):
 
     project: str = "kube-sft"
     mode: Literal["offline", "online"] = "offline"
+    name: str | None = Field(default=None, description="The run's name (default: the config's `name`).")
+    tags: list[str] = Field(default_factory=list, description="Tags of the W&B run.")
 
 
 class LoggingConfig(Strict):

@@ -189,9 +189,9 @@ def encode_rendered(
                     raise
                 bad_rows.add(error)
         encoded = encode_with_offsets(tokenizer, [text for text, _ in rendered])
-        for (_, spans), (ids, starts) in zip(rendered, encoded, strict=True):
+        for (text, spans), (ids, starts) in zip(rendered, encoded, strict=True):
             counts.rows += 1
-            example = finish(ids, starts, spans, bos, config, counts)
+            example = finish(ids, starts, spans, bos, config, counts, len(text))
             if example is None:
                 counts.dropped += 1
             else:
@@ -199,10 +199,19 @@ def encode_rendered(
 
 
 def finish(
-    ids: list[int], starts: list[int], spans: list[Span], bos: list[int], config: DataConfig, counts: EncodeCounts
+    ids: list[int],
+    starts: list[int],
+    spans: list[Span],
+    bos: list[int],
+    config: DataConfig,
+    counts: EncodeCounts,
+    text_length: int | None = None,
 ) -> Example | None:
     """Targets from spans (all tokens without answer-only loss), BOS, truncation; None if no target is left."""
-    targets = targets_from_spans(starts, spans) if config.answer_only_loss else np.ones(len(ids), dtype=bool)
+    if config.answer_only_loss:
+        targets = targets_from_spans(starts, spans, text_length)
+    else:
+        targets = np.ones(len(ids), dtype=bool)
     input_ids = np.array(bos + ids, dtype=np.int32)
     targets = np.concatenate([np.zeros(len(bos), dtype=bool), targets])
     if len(input_ids) > config.max_seq_length:
