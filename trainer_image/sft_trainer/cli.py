@@ -123,20 +123,51 @@ def generate(
     stop: Annotated[list[str] | None, typer.Option(help="Stop string; repeat for several.")] = None,
     seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
     raw: Annotated[bool, typer.Option(help="Do not apply the stored prompt template.")] = False,
+    system: Annotated[
+        str | None, typer.Option(help="Chat system prompt (default: the one training used most; '' for none).")
+    ] = None,
+    label: Annotated[
+        str | None,
+        typer.Option(
+            help="NeMo SteerLM label of the answer, e.g. quality:4,... (default: training's most used; '' none)."
+        ),
+    ] = None,
+    history: Annotated[
+        str | None,
+        typer.Option(help="Earlier turns: a JSON file or inline JSON (NeMo `conversations` or HF `messages`)."),
+    ] = None,
 ) -> None:
-    """Answer prompts with a fine-tuned model, using the template stored in its sft.json."""
-    from sft_trainer.generate import GenerationSettings, load_for_generation, prompt_token_ids
+    """Answer prompts with a fine-tuned model, prompted as in training (template, system prompt, label, history)."""
+    from sft_trainer.data.errors import DataError
+    from sft_trainer.generate import GenerationSettings, load_for_generation, prompt_token_ids, read_history
     from sft_trainer.generate import generate as run_generate
     from sft_trainer.models import ModelError
 
     try:
-        hf_model, tokenizer, data = load_for_generation(model)
+        hf_model, tokenizer, stored = load_for_generation(model)
     except (ModelError, OSError) as error:
         raise _fail([f"sft generate: {error}"], ExitCode.MODEL_ERROR) from None
     settings = GenerationSettings(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop or ()), seed=seed
     )
-    prompts = [prompt_token_ids(None if raw else data, tokenizer, p) for p in prompt]
+    try:
+        turns = read_history(history) if history else []
+        prompts = [
+            prompt_token_ids(
+                None if raw else stored.data,
+                tokenizer,
+                text,
+                history=turns,
+                system=system,
+                label=label,
+                defaults=stored.chat,
+            )
+            for text in prompt
+        ]
+    except (ValueError, OSError) as error:
+        raise _fail([f"sft generate: {error}"], ExitCode.CONFIG_ERROR) from None
+    except DataError as error:
+        raise _fail([f"sft generate: {error}"], ExitCode.MODEL_ERROR) from None
     for answer in run_generate(hf_model, tokenizer, prompts, settings):
         typer.echo(answer)
 

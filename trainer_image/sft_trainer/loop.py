@@ -518,6 +518,7 @@ def sft_metadata(config: SFTConfig, summary: RunSummary, data_stats: dict[str, A
         "prompt_template": config.data.prompt_template,
         "chat_prompt_tokens": config.data.chat_prompt_tokens.model_dump(),
         "data": config.data.model_dump(mode="json"),
+        "chat": data_stats.get("chat"),  # generation defaults: the system prompt and label training used most
         "training": {
             "name": config.name,
             "steps": summary.step,
@@ -535,6 +536,20 @@ def sft_metadata(config: SFTConfig, summary: RunSummary, data_stats: dict[str, A
     }
 
 
+def chat_template_for_export(config: SFTConfig, stats: dict[str, Any]) -> str | None:
+    """The chat template `final/` carries so it stands alone: hf_chat's (from `data.chat_template` or the
+    tokenizer), or a Jinja rendering of the NeMo chat format with the training defaults; None otherwise."""
+    data = config.data
+    if data.format == "hf_chat" and data.chat_template:
+        return Path(data.chat_template).read_text(encoding="utf-8")
+    if data.format == "nemo_chat":
+        from sft_trainer.data.chat_context import ChatDefaults
+        from sft_trainer.data.nemo_chat import nemo_chat_jinja
+
+        return nemo_chat_jinja(data, ChatDefaults.from_stats(stats.get("chat")))
+    return None
+
+
 def export_final(
     backend: Backend, tokenizer: Any, config: SFTConfig, summary: RunSummary, env: DistributedEnv, stats: dict[str, Any]
 ) -> Path:
@@ -547,6 +562,9 @@ def export_final(
     barrier()
     backend.export_hf(staging)
     if env.is_rank_zero:
+        template = chat_template_for_export(config, stats)
+        if template is not None:
+            tokenizer.chat_template = template
         tokenizer.save_pretrained(str(staging))
         metadata = sft_metadata(config, summary, stats)
         (staging / "sft.json").write_text(json.dumps(metadata, indent=2, default=str), encoding="utf-8")
