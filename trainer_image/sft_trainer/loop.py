@@ -126,6 +126,30 @@ def is_due(step: int, interval: int, last_step: int) -> bool:
     return step % interval == 0 or step == last_step
 
 
+def summed_loss(
+    backend: Backend,
+    dataset: Sequence[Sample],
+    count: int,
+    micro_batch_size: int,
+    collate: Collate,
+    pad_id: int,
+    device: torch.device,
+) -> tuple[float, int]:
+    """(summed token loss, loss tokens) over the first `count` rows, over all ranks; no gradients.
+
+    Validation in the loop and `sft eval` both use it, so they report the same number for a file.
+    """
+    rows = np.arange(count, dtype=np.int64)
+    mine = rows[backend.data_parallel_rank :: backend.data_parallel_size]
+    loss_sum, tokens = 0.0, 0
+    for chunk in chunks(mine, micro_batch_size):
+        result = backend.eval_step(collate([dataset[int(i)] for i in chunk], pad_id))
+        loss_sum += result.loss_sum
+        tokens += result.loss_tokens
+    total_loss, total_tokens = all_reduce_sum([loss_sum, float(tokens)], device)
+    return total_loss, int(total_tokens)
+
+
 # ---------------------------------------------------------------------------- state
 
 
@@ -321,15 +345,10 @@ class Trainer:
         count = validation_rows(len(self.validation), t.global_batch_size, t.limit_val_batches)
         if count == 0:
             return None
-        rows = np.arange(count, dtype=np.int64)
-        mine = rows[self.backend.data_parallel_rank :: self.backend.data_parallel_size]
-        loss_sum, tokens = 0.0, 0
-        for chunk in chunks(mine, t.micro_batch_size):
-            result = self.backend.eval_step(self.collate([self.validation[int(i)] for i in chunk], self.pad_id))
-            loss_sum += result.loss_sum
-            tokens += result.loss_tokens
-        total_loss, total_tokens = all_reduce_sum([loss_sum, float(tokens)], self.device)
-        return total_loss / total_tokens if total_tokens else None
+        loss_sum, tokens = summed_loss(
+            self.backend, self.validation, count, t.micro_batch_size, self.collate, self.pad_id, self.device
+        )
+        return loss_sum / tokens if tokens else None
 
     # -- run
 
@@ -634,4 +653,27 @@ def _train(config: SFTConfig, env: DistributedEnv, device: torch.device, reporte
     summary = replace(summary, final_model=str(final))
     if demo is not None:
         demo.after(final)
+    if config.evaluation is not None and env.is_rank_zero:
+        summary = evaluate_final(config, final, device, summary)
     return summary
+
+
+def evaluate_final(config: SFTConfig, final: Path, device: torch.device, summary: RunSummary) -> RunSummary:
+    """The `evaluation` step: `sft eval` of final/ into `<output_dir>/eval.json` and the summary's
+    `eval_metrics`. A failing evaluation is logged; the trained model stays and the run succeeds."""
+    from sft_trainer.evaluate import EVAL_FILE, evaluate, status_metrics, write_result
+
+    assert config.evaluation is not None
+    file = config.evaluation.file or config.data.validation_file
+    if file is None:
+        log.error("evaluation: no evaluation.file and no data.validation_file; skipped")
+        return summary
+    try:
+        result = evaluate(final, file, config.evaluation, device=device)
+    except Exception as error:
+        log.exception("evaluation of %s on %s failed", final, file)
+        return replace(summary, message=f"{summary.message}; evaluation failed: {error}")
+    write_result(Path(config.output_dir) / EVAL_FILE, result)
+    metrics = status_metrics(result)
+    log.info("evaluation on %s: %s", file, ", ".join(f"{k} {v:.6g}" for k, v in metrics.items()))
+    return replace(summary, eval_metrics=metrics)
