@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
@@ -21,6 +20,7 @@ from sft_trainer.data.converters import convert_oasst
 from sft_trainer.distributed import DistributedEnv
 from sft_trainer.generate import prompt_format, prompt_token_ids
 from sft_trainer.loop import run_training
+from tests.unit.data.conftest import require
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 MODEL = SHARED / "models" / "stories260K" / "stories260K.bin"
@@ -59,8 +59,8 @@ def generate(final: Path, *extra: str) -> str:
     return result.output
 
 
-@pytest.mark.skipif(not MODEL.is_file(), reason="needs ../shared/data")
 def test_nemo_chat_final_carries_its_template_and_defaults(tmp_path: Path) -> None:
+    require(MODEL)
     groups, _ = convert_oasst(str(SHARED / "chat" / "oasst_en_100_trees.jsonl"))
     rows = groups["all"][:8]
     train_file = tmp_path / "oasst.jsonl"
@@ -86,8 +86,8 @@ def test_nemo_chat_final_carries_its_template_and_defaults(tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.skipif(not (MODEL.is_file() and TEMPLATE.is_file()), reason="needs ../shared/data")
 def test_hf_chat_final_generates_after_the_template_file_is_gone(tmp_path: Path) -> None:
+    require(MODEL, TEMPLATE)
     template = tmp_path / "template.jinja"
     shutil.copy(TEMPLATE, template)
     rows = [

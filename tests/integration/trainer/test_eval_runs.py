@@ -6,7 +6,6 @@ import json
 from itertools import islice
 from pathlib import Path
 
-import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -14,6 +13,7 @@ from sft_trainer.cli import app
 from sft_trainer.config import load_config
 from sft_trainer.distributed import DistributedEnv
 from sft_trainer.loop import run_training
+from tests.unit.data.conftest import require
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 MODEL = SHARED / "models" / "stories260K" / "stories260K.bin"
@@ -21,8 +21,8 @@ GSM8K = SHARED / "instruct" / "gsm8k_train.jsonl"
 FINAL = r"####\s*(.+)"
 
 
-@pytest.mark.skipif(not (MODEL.is_file() and GSM8K.is_file()), reason="needs ../shared/data")
 def test_sft_eval_reproduces_the_logged_validation_loss_and_scores_gsm8k(tmp_path: Path) -> None:
+    require(MODEL, GSM8K)
     with GSM8K.open() as handle:
         rows = list(islice(handle, 40))
     (tmp_path / "train.jsonl").write_text("".join(rows[:32]))

@@ -23,6 +23,7 @@ from sft_trainer.distributed import DistributedEnv
 from sft_trainer.loop import run_training
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.procs import wait_until
+from tests.unit.data.conftest import require
 
 ROOT = Path(__file__).resolve().parents[3]
 SHARED = ROOT.parent / "shared" / "data"
@@ -62,10 +63,10 @@ def trainer_identity(cluster: ControlPlane, namespace: str, job: str, directory:
     return directory
 
 
-@pytest.mark.skipif(not (MODEL.is_file() and GSM8K.is_file()), reason="needs ../shared/data")
 def test_the_evaluation_step_reaches_the_sftjob_status(
     kube_cluster: ControlPlane, namespace: str, crd_installed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    require(MODEL, GSM8K)
     with GSM8K.open() as handle:
         rows = list(islice(handle, 24))
     (tmp_path / "train.jsonl").write_text("".join(rows[:16]))

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.data.conftest import require
+
 ROOT = Path(__file__).resolve().parents[3]
 SHARED = ROOT.parent / "shared"
 MODEL = SHARED / "data" / "models" / "stories260K" / "stories260K.bin"
@@ -92,8 +94,8 @@ def dolly_rows(count: int) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not MODEL.is_file(), reason="needs ../shared/data/models/stories260K")
 def test_tutorial_prompt_response_command(tmp_path: Path) -> None:
+    require(MODEL)
     raw = tmp_path / "dolly.jsonl"
     raw.write_text("".join(json.dumps(row) + "\n" for row in dolly_rows(130)))
     converted = tmp_path / "databricks-dolly-15k-output.jsonl"
@@ -130,8 +132,8 @@ def test_tutorial_prompt_response_command(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # 128 OASST conversations of up to 4096 tokens a step: about 3 minutes on 2 busy cores
-@pytest.mark.skipif(not (MODEL.is_file() and OASST.is_file()), reason="needs ../shared/data")
 def test_tutorial_chat_command(tmp_path: Path) -> None:
+    require(MODEL, OASST)
     data = tmp_path / "data" / "oasst"
     data.mkdir(parents=True)
     subprocess.run(

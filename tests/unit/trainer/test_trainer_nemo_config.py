@@ -14,7 +14,6 @@ from sft_trainer.config.nemo import nemo_rule, resolve_interpolations
 
 ROOT = Path(__file__).resolve().parents[3]
 MIGRATION = ROOT / "docs" / "migration.md"
-MODEL = ROOT.parent / "shared" / "data" / "models" / "stories260K" / "stories260K.bin"
 BASE = ["model.restore_from_path=/models/hf-llama", "model.data.train_ds.file_path=train.jsonl"]
 
 
