@@ -78,7 +78,9 @@ def test_override_values_are_values_not_yaml_documents() -> None:
 def test_a_bad_override_names_its_position_and_key() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(None, [*BASE, "trainer.sft.max_steps=many"])
-    assert str(caught.value.problems[0]).startswith("command-line override 3: trainer.max_steps:")
+    assert str(caught.value.problems[0]).startswith(
+        "command-line override 3: trainer.sft.max_steps: trainer.max_steps: Input should be a valid integer"
+    )
     with pytest.raises(ConfigError) as caught:
         load_config(None, [*BASE, "trainer.sft.max_stepz=5"])
     assert str(caught.value.problems[0]) == (

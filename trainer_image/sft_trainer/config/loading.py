@@ -270,7 +270,7 @@ def translate(leaves: list[tuple[KeyPath, Any, str | None]]) -> Translation:
         for target, new in mapped:
             target_path = tuple(target.split("."))
             set_dotted(out.tree, target_path, new)
-            out.origins[target_path] = origin
+            out.origins[target_path] = f"{origin}: {dotted}" if origin else dotted  # errors name what was typed
         shown = ", ".join(f"{target} = {_show(new)}" for target, new in mapped)
         out.notes.append(f"{dotted} -> {shown}" + (f" ({rule.note})" if rule.note else ""))
     interval = out.tree.get("trainer", {}).get("val_check_interval")
