@@ -156,3 +156,12 @@ def test_history_reads_nemo_turns_hf_messages_and_rows(tmp_path: Path) -> None:
         read_history("[oops")
     with pytest.raises(ValueError, match="turn 0"):
         read_history('[{"x": 1}]')
+
+
+def test_a_label_is_refused_for_a_chat_template_model(gpt2_tok: Any) -> None:
+    from sft_trainer.data.generation import prompt_for_generation
+
+    chat = data_config(format="hf_chat", chat_template=str(shared("chat_templates/Qwen-Qwen2.5-7B-Instruct.jinja")))
+    with pytest.raises(ValueError, match="NeMo chat format only"):
+        prompt_for_generation(chat, "hi", tokenizer=gpt2_tok, label="quality:4")
+    assert prompt_for_generation(chat, "hi", tokenizer=gpt2_tok, label="").endswith("<|im_start|>assistant\n")

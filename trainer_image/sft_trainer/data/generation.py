@@ -49,6 +49,8 @@ def prompt_for_generation(
         return nemo_chat_prompt(data_config, turns, system_text, chosen, answer_label)
     from sft_trainer.data.hf_chat import hf_chat_prompt
 
+    if label:
+        raise ValueError("a label line is part of the NeMo chat format only; this model uses a chat template")
     if tokenizer is None:
         raise ValueError("hf_chat prompts need the tokenizer (its chat template)")
     messages = [{"role": "system", "content": system_text}] if system_text else []
