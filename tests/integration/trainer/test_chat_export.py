@@ -21,6 +21,7 @@ from sft_trainer.distributed import DistributedEnv
 from sft_trainer.generate import prompt_format, prompt_token_ids
 from sft_trainer.loop import run_training
 from tests.unit.data.conftest import require
+from tests.unit.data.test_chat_generation import answer_prompts_match
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 MODEL = SHARED / "models" / "stories260K" / "stories260K.bin"
@@ -61,8 +62,8 @@ def generate(final: Path, *extra: str) -> str:
 
 def test_nemo_chat_final_carries_its_template_and_defaults(tmp_path: Path) -> None:
     require(MODEL)
-    groups, _ = convert_oasst(str(SHARED / "chat" / "oasst_en_100_trees.jsonl"))
-    rows = groups["all"][:8]
+    groups, _ = convert_oasst(str(SHARED / "chat" / "oasst_en_100_trees.jsonl"), split=0.9, seed=10)
+    rows = groups["train"][:8]
     train_file = tmp_path / "oasst.jsonl"
     train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     final = train(tmp_path, {"format": "nemo_chat", "train_file": str(train_file)})
@@ -76,6 +77,8 @@ def test_nemo_chat_final_carries_its_template_and_defaults(tmp_path: Path) -> No
     ours = prompt_token_ids(stored.data, tokenizer, "Hello there", defaults=stored.chat)
     assert plain == "\x00System\n" + rows[0]["system"] + "\n\x11User\nHello there\n\x11Assistant\n"
     assert tokenizer.encode(plain, add_special_tokens=False) == ours
+    # the trained model's own tokenizer: every held-out answer's prompt equals its training prefix
+    assert answer_prompts_match(tokenizer, groups["validation"]) == 105
     history = json.dumps([{"from": "User", "value": "Hi"}, {"from": "Assistant", "value": "Hello!"}])
     generate(final, "--history", history, "--system", "", "--label", "quality:4")
     # what `kubectl sft generate` (and its generation Job) runs: the history file travels inline
