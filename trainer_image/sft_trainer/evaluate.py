@@ -184,7 +184,7 @@ def evaluate(
     if stored.data is None and not data_overrides:
         raise ValueError(f"{model_dir} has no sft.json: give the data format as data.* overrides")
     base = stored.data.model_dump() if stored.data is not None else {}
-    data = DataConfig.model_validate({**base, **(data_overrides or {}), "train_file": file})
+    data = DataConfig.model_validate({**base, **(data_overrides or {}), "train_file": file, "synthetic": None})
     micro = int(meta.get("training", {}).get("micro_batch_size", 1))
     config = evaluation_config(model_dir, data, file, micro)
     if not Path(file).is_file():

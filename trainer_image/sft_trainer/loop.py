@@ -661,12 +661,13 @@ def _train(config: SFTConfig, env: DistributedEnv, device: torch.device, reporte
 def evaluate_final(config: SFTConfig, final: Path, device: torch.device, summary: RunSummary) -> RunSummary:
     """The `evaluation` step: `sft eval` of final/ into `<output_dir>/eval.json` and the summary's
     `eval_metrics`. A failing evaluation is logged; the trained model stays and the run succeeds."""
+    from sft_trainer.data.build import data_files
     from sft_trainer.evaluate import EVAL_FILE, evaluate, status_metrics, write_result
 
     assert config.evaluation is not None
-    file = config.evaluation.file or config.data.validation_file
+    file = config.evaluation.file or data_files(config)[1]  # a synthetic task's held-out file too
     if file is None:
-        log.error("evaluation: no evaluation.file and no data.validation_file; skipped")
+        log.error("evaluation: no evaluation.file and no validation file; skipped")
         return summary
     try:
         result = evaluate(final, file, config.evaluation, device=device)

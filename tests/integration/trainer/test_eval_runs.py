@@ -89,3 +89,32 @@ def test_sft_eval_reproduces_the_logged_validation_loss_and_scores_gsm8k(tmp_pat
     bad.write_text('{"question": "q"}\n')
     result = CliRunner().invoke(app, ["eval", "--model", str(tmp_path / "run" / "final"), "--file", str(bad)])
     assert result.exit_code == 11 and f"{bad}:1" in result.output
+
+
+def test_the_evaluation_step_of_a_synthetic_task_uses_its_held_out_file(tmp_path: Path) -> None:
+    config = {
+        "model": {
+            "source": "random",
+            "tokenizer": {"type": "byte"},
+            "architecture": {"hidden_size": 32, "num_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2},
+        },
+        "data": {"synthetic": {"train_examples": 64, "validation_examples": 12}, "prompt_template": "{input}{output}"},
+        "trainer": {
+            "max_steps": 4,
+            "global_batch_size": 8,
+            "val_check_interval": 4,
+            "save_interval": 4,
+            "precision": "fp32",
+        },
+        "logging": {"progress": "none"},
+        "evaluation": {"max_examples": 12, "max_new_tokens": 4},
+        "output_dir": str(tmp_path / "run"),
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    summary = run_training(load_config(path), DistributedEnv())
+    assert summary.exit_code == 0 and summary.eval_metrics is not None, summary.message
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
+    step = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert step["file"].endswith("arithmetic_validation.jsonl") and step["generation"]["examples"] == 12
+    assert abs(step["val_loss"] - logged["val_loss"]) <= 1e-6
