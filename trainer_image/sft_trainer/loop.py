@@ -6,6 +6,7 @@ global batch holds (read from the dataset, no communication), the learning rate,
 checkpoint cadence, resume, non-finite losses, SIGTERM, and reporting. The backend does the math.
 """
 
+import gc
 import json
 import logging
 import math
@@ -617,6 +618,8 @@ def run_training(config: SFTConfig, env: DistributedEnv) -> RunSummary:
         latest = ckpt.list_checkpoints(Path(config.output_dir) / ckpt.CHECKPOINTS_DIR)
         if latest:
             summary = replace(summary, step=latest[-1].step, latest_checkpoint=str(latest[-1].path))
+    if config.evaluation is not None and summary.final_model and env.is_rank_zero:
+        summary = evaluate_final(config, Path(summary.final_model), device, summary)  # the trained model is freed
     reporters.finish(summary)
     destroy_process_group()
     return summary
@@ -653,8 +656,6 @@ def _train(config: SFTConfig, env: DistributedEnv, device: torch.device, reporte
     summary = replace(summary, final_model=str(final))
     if demo is not None:
         demo.after(final)
-    if config.evaluation is not None and env.is_rank_zero:
-        summary = evaluate_final(config, final, device, summary)
     return summary
 
 
@@ -665,16 +666,19 @@ def evaluate_final(config: SFTConfig, final: Path, device: torch.device, summary
     from sft_trainer.evaluate import EVAL_FILE, evaluate, status_metrics, write_result
 
     assert config.evaluation is not None
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the training model and optimizer are gone; final/ is loaded afresh
     file = config.evaluation.file or data_files(config)[1]  # a synthetic task's held-out file too
     if file is None:
         log.error("evaluation: no evaluation.file and no validation file; skipped")
         return summary
     try:
         result = evaluate(final, file, config.evaluation, device=device)
+        write_result(Path(config.output_dir) / EVAL_FILE, result)
     except Exception as error:
         log.exception("evaluation of %s on %s failed", final, file)
         return replace(summary, message=f"{summary.message}; evaluation failed: {error}")
-    write_result(Path(config.output_dir) / EVAL_FILE, result)
     metrics = status_metrics(result)
     log.info("evaluation on %s: %s", file, ", ".join(f"{k} {v:.6g}" for k, v in metrics.items()))
     return replace(summary, eval_metrics=metrics)

@@ -118,3 +118,30 @@ def test_the_evaluation_step_of_a_synthetic_task_uses_its_held_out_file(tmp_path
     step = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert step["file"].endswith("arithmetic_validation.jsonl") and step["generation"]["examples"] == 12
     assert abs(step["val_loss"] - logged["val_loss"]) <= 1e-6
+
+
+def test_a_failing_evaluation_keeps_the_trained_model_and_the_success(tmp_path: Path) -> None:
+    config = {
+        "model": {
+            "source": "random",
+            "tokenizer": {"type": "byte"},
+            "architecture": {"hidden_size": 32, "num_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2},
+        },
+        "data": {"synthetic": {"train_examples": 32, "validation_examples": 4}, "prompt_template": "{input}{output}"},
+        "trainer": {
+            "max_steps": 1,
+            "global_batch_size": 8,
+            "val_check_interval": 1,
+            "save_interval": 1,
+            "precision": "fp32",
+        },
+        "logging": {"progress": "none"},
+        "evaluation": {"file": str(tmp_path / "missing.jsonl")},
+        "output_dir": str(tmp_path / "run"),
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    summary = run_training(load_config(path), DistributedEnv())
+    assert summary.exit_code == 0 and summary.eval_metrics is None
+    assert "evaluation failed" in summary.message and "missing.jsonl" in summary.message
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
