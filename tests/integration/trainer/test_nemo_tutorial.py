@@ -167,3 +167,28 @@ def test_tutorial_chat_command(tmp_path: Path) -> None:
     meta = json.loads((output / "checkpoints" / "step-1" / "meta.json").read_text())
     assert meta["metrics"]["val_loss"] == pytest.approx(meta["val_loss"])
     assert json.loads((output / "final" / "sft.json").read_text())["data"]["format"] == "nemo_chat"
+
+
+def test_sft_run_takes_a_migrated_manifest_and_nemo_overrides(tmp_path: Path) -> None:
+    require(MODEL)
+    data = tmp_path / "dolly.jsonl"
+    rows = [{"input": row["instruction"], "output": row["response"]} for row in dolly_rows(16)]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    manifest = tmp_path / "job.yaml"
+    migrate = [sys.executable, "-m", "sft_trainer.cli", "migrate", "--sftjob", "dolly", "--out", str(manifest)]
+    nemo = [f"model.restore_from_path={MODEL}", f"model.data.train_ds.file_path={data}", "model.data.num_workers=0"]
+    done = subprocess.run([*migrate, *nemo], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "# model.data.num_workers: ignored" in done.stderr
+    overrides = [
+        "trainer.sft.max_steps=1",
+        "model.data.train_ds.global_batch_size=4",
+        f"exp_manager.explicit_log_dir={tmp_path / 'results'}",
+        "model.data.train_ds.prompt_template={input} {output}",
+    ]
+    command = [sys.executable, "-m", "sft_trainer.cli", "run", str(manifest), *overrides]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "trainer.sft.max_steps -> trainer.max_steps = 1" in result.stderr
+    assert (tmp_path / "results" / "final" / "sft.json").is_file()
