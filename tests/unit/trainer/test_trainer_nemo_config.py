@@ -196,3 +196,16 @@ def test_sft_migrate_refuses_an_unknown_key_with_exit_10() -> None:
     result = CliRunner().invoke(app, ["migrate", *BASE, "exp_manager.resume_if_exist=True"])
     assert result.exit_code == 10
     assert "did you mean exp_manager.resume_if_exists?" in result.output
+
+
+def test_an_override_of_a_file_key_is_reported_as_the_override(tmp_path: Path) -> None:
+    path = tmp_path / "dolly.yaml"
+    path.write_text("model:\n  path: /m\ndata:\n  train_file: t.jsonl\ntrainer:\n  max_steps: 3\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ["optim.lr=0.001", "trainer.max_steps=lots"])
+    assert [str(p) for p in caught.value.problems] == [
+        "command-line override 2: trainer.max_steps: Input should be a valid integer, unable to parse string as an integer"
+    ]
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ["trainer.sft=1"])
+    assert str(caught.value.problems[0]).startswith("command-line override 1: trainer.sft: unknown key")
