@@ -28,7 +28,8 @@ MODEL = SHARED / "models" / "stories260K" / "stories260K.bin"
 TEMPLATE = SHARED / "chat_templates" / "Qwen-Qwen2.5-7B-Instruct.jinja"
 
 
-def train(tmp_path: Path, data: dict[str, Any]) -> Path:
+def train(tmp_path: Path, data: dict[str, Any]) -> tuple[Path, float | None]:
+    """Train one step; returns final/ copied elsewhere (the run directory is deleted) and the logged val_loss."""
     config = {
         "model": {"source": "llama2c", "path": str(MODEL)},
         "data": {"max_seq_length": 256, **data},
@@ -46,10 +47,12 @@ def train(tmp_path: Path, data: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(config))
     summary = run_training(load_config(path), DistributedEnv())
     assert summary.exit_code == 0, summary.message
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = next((r["val_loss"] for r in reversed(records) if "val_loss" in r), None)
     moved = tmp_path / "elsewhere" / "final"
     shutil.copytree(tmp_path / "run" / "final", moved)
     shutil.rmtree(tmp_path / "run")  # nothing of the run is left but the copied final/
-    return moved
+    return moved, logged
 
 
 def generate(final: Path, *extra: str) -> str:
@@ -66,8 +69,20 @@ def test_nemo_chat_final_carries_its_template_and_defaults(tmp_path: Path) -> No
     rows = groups["train"][:8]
     train_file = tmp_path / "oasst.jsonl"
     train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    final = train(tmp_path, {"format": "nemo_chat", "train_file": str(train_file)})
+    held_out = tmp_path / "oasst_val.jsonl"
+    held_out.write_text("".join(json.dumps(r) + "\n" for r in groups["validation"][:12]))
+    final, logged = train(
+        tmp_path, {"format": "nemo_chat", "train_file": str(train_file), "validation_file": str(held_out)}
+    )
     train_file.unlink()
+    # sft eval of the chat model on its held-out file: the loss training logged for it, and answers scored
+    result = CliRunner().invoke(
+        app, ["eval", "--model", str(final), "--file", str(held_out), "--max-examples", "2", "--max-new-tokens", "4"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert logged is not None and abs(report["val_loss"] - logged) <= 1e-6, (report["val_loss"], logged)
+    assert report["format"] == "nemo_chat" and report["generation"]["examples"] == 2
     meta = json.loads((final / "sft.json").read_text())
     assert meta["chat"]["system"] == rows[0]["system"] and meta["chat"]["type"] == "VALUE_TO_TEXT"
     tokenizer = AutoTokenizer.from_pretrained(str(final))  # plain transformers
@@ -105,7 +120,7 @@ def test_hf_chat_final_generates_after_the_template_file_is_gone(tmp_path: Path)
     ]
     train_file = tmp_path / "chat.jsonl"
     train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    final = train(tmp_path, {"format": "hf_chat", "train_file": str(train_file), "chat_template": str(template)})
+    final, _ = train(tmp_path, {"format": "hf_chat", "train_file": str(train_file), "chat_template": str(template)})
     template.unlink()
     assert (final / "chat_template.jinja").is_file() or "chat_template" in json.loads(
         (final / "tokenizer_config.json").read_text()
