@@ -248,15 +248,31 @@ def _storage_mounts(spec: Object) -> list[tuple[str, Object]]:
     return found
 
 
-def generate_args(model: str, prompts: list[str], max_new_tokens: int, temperature: float) -> list[str]:
-    """Arguments of `sft generate` for the prompts."""
+def generate_args(
+    model: str, prompts: list[str], max_new_tokens: int, temperature: float, chat: dict[str, str] | None = None
+) -> list[str]:
+    """Arguments of `sft generate` for the prompts; `chat` may hold `system`, `label` and `history` (inline JSON)."""
     args = ["generate", "--model", model]
     for prompt in prompts:
         args += ["--prompt", prompt]
+    for key, value in (chat or {}).items():
+        args += [f"--{key}", value]
     return [*args, "--max-new-tokens", str(max_new_tokens), "--temperature", str(temperature)]
 
 
-def generation_job(job: Object, prompts: list[str], max_new_tokens: int = 128, temperature: float = 0.0) -> Object:
+def chat_options(system: str | None, label: str | None, history: Path | None) -> dict[str, str]:
+    """`sft generate`'s chat options; a history file is read here and passed inline (a Job cannot see it)."""
+    options = {"system": system, "label": label, "history": history.read_text(encoding="utf-8") if history else None}
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def generation_job(
+    job: Object,
+    prompts: list[str],
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    chat: dict[str, str] | None = None,
+) -> Object:
     """A batch/v1 Job running `sft generate` on the SFTJob's final model, with its volume mounted read-only.
 
     Raises ValueError when the job has no final model or no persistent volume holds it.
@@ -280,7 +296,7 @@ def generation_job(job: Object, prompts: list[str], max_new_tokens: int = 128, t
     container: Object = {
         "name": "generate",
         "image": spec.get("image") or DEFAULT_IMAGE,
-        "command": ["sft", *generate_args(final, prompts, max_new_tokens, temperature)],
+        "command": ["sft", *generate_args(final, prompts, max_new_tokens, temperature, chat)],
         "volumeMounts": [mount],
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
@@ -583,15 +599,31 @@ def generate(
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
     temperature: Annotated[float, typer.Option(min=0.0, help="0: greedy.")] = 0.0,
+    system: Annotated[
+        str | None, typer.Option(help="Chat system prompt (default: the one training used most; '' for none).")
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option(help="NeMo SteerLM label of the answer (default: training's most used; '' none).")
+    ] = None,
+    history: Annotated[
+        Path | None, typer.Option(help="JSON file of earlier turns (NeMo `conversations` or HF `messages`).")
+    ] = None,
     namespace: NamespaceOption = None,
     kubeconfig: KubeconfigOption = None,
     context: ContextOption = None,
 ) -> None:
     """Answer prompts with a finished job's final model (status.finalModel).
 
-    When the model's directory is reachable here (the same path, or through --mount), `sft generate`
-    runs locally; otherwise the kubectl commands of a generation Job are printed.
+    The model is prompted as in training: its template, and for chat models the system prompt and
+    label training used most (or --system / --label) after the --history turns. When the model's
+    directory is reachable here (the same path, or through --mount), `sft generate` runs locally;
+    otherwise the kubectl commands of a generation Job are printed (the history travels inline).
     """
+    try:
+        chat = chat_options(system, label, history)
+    except OSError as error:
+        typer.echo(f"error: --history {history}: {error.strerror}", err=True)
+        raise typer.Exit(1) from None
     job = _cluster(namespace, kubeconfig, context).get_job(name)
     final = (job.get("status") or {}).get("finalModel")
     if not final:
@@ -599,10 +631,10 @@ def generate(
         raise typer.Exit(1)
     local = local_model_path(final, parse_mounts(mount or []))
     if local is not None:
-        argv = [*_sft_command(), *generate_args(str(local), prompt, max_new_tokens, temperature)]
+        argv = [*_sft_command(), *generate_args(str(local), prompt, max_new_tokens, temperature, chat)]
         raise typer.Exit(subprocess.run(argv, check=False).returncode)
     try:
-        manifest = generation_job(job, prompt, max_new_tokens, temperature)
+        manifest = generation_job(job, prompt, max_new_tokens, temperature, chat)
     except ValueError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None

@@ -1,4 +1,4 @@
-"""The `sft` command line: `sft train`, `sft migrate`, `sft run`, `sft generate`, `sft data ...`, `sft export`, `sft report`.
+"""The `sft` command line: `sft train`, `sft migrate`, `sft run`, `sft generate`, `sft eval`, `sft data ...`, `sft export`, `sft report`.
 
 `sft train` is torchrun-aware: it reads RANK / WORLD_SIZE / LOCAL_RANK and re-checks the
 configuration against the real number of processes. Its exit code follows
@@ -123,22 +123,114 @@ def generate(
     stop: Annotated[list[str] | None, typer.Option(help="Stop string; repeat for several.")] = None,
     seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
     raw: Annotated[bool, typer.Option(help="Do not apply the stored prompt template.")] = False,
+    system: Annotated[
+        str | None, typer.Option(help="Chat system prompt (default: the one training used most; '' for none).")
+    ] = None,
+    label: Annotated[
+        str | None,
+        typer.Option(
+            help="NeMo SteerLM label of the answer, e.g. quality:4,... (default: training's most used; '' none)."
+        ),
+    ] = None,
+    history: Annotated[
+        str | None,
+        typer.Option(help="Earlier turns: a JSON file or inline JSON (NeMo `conversations` or HF `messages`)."),
+    ] = None,
 ) -> None:
-    """Answer prompts with a fine-tuned model, using the template stored in its sft.json."""
-    from sft_trainer.generate import GenerationSettings, load_for_generation, prompt_token_ids
+    """Answer prompts with a fine-tuned model, prompted as in training (template, system prompt, label, history)."""
+    from sft_trainer.data.errors import DataError
+    from sft_trainer.generate import GenerationSettings, load_for_generation, prompt_token_ids, read_history
     from sft_trainer.generate import generate as run_generate
     from sft_trainer.models import ModelError
 
     try:
-        hf_model, tokenizer, data = load_for_generation(model)
+        hf_model, tokenizer, stored = load_for_generation(model)
     except (ModelError, OSError) as error:
         raise _fail([f"sft generate: {error}"], ExitCode.MODEL_ERROR) from None
     settings = GenerationSettings(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop or ()), seed=seed
     )
-    prompts = [prompt_token_ids(None if raw else data, tokenizer, p) for p in prompt]
+    try:
+        turns = read_history(history) if history else []
+        prompts = [
+            prompt_token_ids(
+                None if raw else stored.data,
+                tokenizer,
+                text,
+                history=turns,
+                system=system,
+                label=label,
+                defaults=stored.chat,
+            )
+            for text in prompt
+        ]
+    except (ValueError, OSError) as error:
+        raise _fail([f"sft generate: {error}"], ExitCode.CONFIG_ERROR) from None
+    except DataError as error:
+        raise _fail([f"sft generate: {error}"], ExitCode.MODEL_ERROR) from None
     for answer in run_generate(hf_model, tokenizer, prompts, settings):
         typer.echo(answer)
+
+
+@app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def eval_command(
+    ctx: typer.Context,
+    model: Annotated[Path, typer.Option("--model", "-m", help="A final model directory (sft.json gives the format).")],
+    file: Annotated[Path, typer.Option("--file", "-f", help="Held-out JSONL in the model's data format.")],
+    generate: Annotated[bool, typer.Option("--generate/--no-generate", help="Also score generated answers.")] = True,
+    max_examples: Annotated[int, typer.Option(min=1, help="Rows answered for the generation metrics.")] = 100,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
+    answer_regex: Annotated[
+        str | None, typer.Option(help="Extract the answer before comparing (group 1), e.g. '####\\s*(.+)'.")
+    ] = None,
+    match_regex: Annotated[str | None, typer.Option(help="Report the share of answers this regex finds.")] = None,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop string; repeat for several.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON here.")] = None,
+) -> None:
+    """Validation loss and perplexity of a model on a file, and exact match / contains / regex of its answers (JSON).
+
+    Dotted `data.key=value` overrides may follow (e.g. the format of a plain Hugging Face directory).
+    """
+    import json
+
+    from pydantic import ValidationError
+
+    from sft_trainer.config import ConfigError, ConfigProblem, EvaluationConfig
+    from sft_trainer.config.loading import parse_value, split_override, target_annotation
+    from sft_trainer.data.errors import DataError
+    from sft_trainer.evaluate import evaluate, write_result
+    from sft_trainer.models import ModelError
+    from sft_trainer.tokenization import TokenizerError
+
+    try:
+        settings = EvaluationConfig(
+            file=str(file),
+            generate=generate,
+            max_examples=max_examples,
+            max_new_tokens=max_new_tokens,
+            answer_regex=answer_regex,
+            match_regex=match_regex,
+            stop=list(stop or []),
+        )
+        overrides: dict[str, object] = {}
+        for index, text in enumerate(ctx.args, start=1):
+            key, raw = split_override(text, index)
+            if len(key) != 2 or key[0] != "data":
+                raise ConfigError([ConfigProblem(".".join(key), "only data.* keys", f"command-line override {index}")])
+            overrides[key[1]] = parse_value(raw, target_annotation(key))
+    except (ValidationError, ConfigError) as error:
+        raise _fail([f"sft eval: {error}"], ExitCode.CONFIG_ERROR) from None
+    try:
+        result = evaluate(model, str(file), settings, overrides)
+    except DataError as error:
+        raise _fail([f"sft eval: {error}"], ExitCode.DATA_ERROR) from None
+    except (ModelError, TokenizerError, OSError) as error:
+        raise _fail([f"sft eval: {error}"], ExitCode.MODEL_ERROR) from None
+    except (ValueError, ValidationError) as error:
+        raise _fail([f"sft eval: {error}"], ExitCode.CONFIG_ERROR) from None
+    if output is not None:
+        write_result(output, result)
+    typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
 
 
 @app.command()

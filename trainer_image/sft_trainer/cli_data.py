@@ -137,7 +137,7 @@ def inspect_command(
     if use_color:
         from rich.console import Console
 
-        console = Console(highlight=False)
+        console = Console(highlight=False, force_terminal=True)
     typer.echo(counts_line(splits.stats))
     for number in index or [0]:
         if not 0 <= number < store.num_examples:

@@ -342,6 +342,13 @@ class Metrics(K8sModel):
     grad_norm: float | None = None
     tokens_per_second: float | None = None
     mfu: float | None = None
+    eval_loss: float | None = None
+    """`spec.training.evaluation` after training: loss of final/ on the held-out file."""
+    eval_perplexity: float | None = None
+    eval_exact_match: float | None = None
+    """Share of held-out answers equal to the reference (after `evaluation.answer_regex`)."""
+    eval_contains: float | None = None
+    eval_regex_match: float | None = None
 
 
 class CheckpointInfo(K8sModel):

@@ -1,8 +1,9 @@
 """The two training commands of NeMo-Aligner's SFT tutorial, run through `sft train` on CPU.
 
 The commands are the ones in `../shared/reference/nemo-aligner-sft-commands.md`, word for word,
-except for what a CPU test must change: the paths (data, model, output), `trainer.devices` (1), the
-step count (`trainer.sft.max_steps=2`) and the global batch size (8 rows, not 128). The model is
+except for what a CPU test must change: the paths (data, model, output), `trainer.devices` (1) and
+the step count (`trainer.sft.max_steps`: 2 for Dolly, 1 for chat). Batch sizes stay (128 rows a
+step, micro-batches of 1). The model is
 the real stories260K (`model.restore_from_path` of a llama2.c `.bin`), the chat data the real
 OpenAssistant trees converted by `sft data convert oasst`.
 """
@@ -15,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.unit.data.conftest import require
 
 ROOT = Path(__file__).resolve().parents[3]
 SHARED = ROOT.parent / "shared"
@@ -46,12 +49,11 @@ model.data.validation_ds.file_path=data/oasst/val.jsonl model.data.validation_ds
 {COMMON_TAIL.format(run="chat_sft_run")}"""
 
 
-def for_cpu(command: str, paths: dict[str, Path]) -> list[str]:
-    """The tutorial's arguments with only paths, devices, step count and batch size changed."""
+def for_cpu(command: str, paths: dict[str, Path], steps: int) -> list[str]:
+    """The tutorial's arguments with only paths, devices and the step count changed."""
     changes = {
         "trainer.devices=8": "trainer.devices=1",
-        "trainer.sft.max_steps=-1": "trainer.sft.max_steps=2",
-        "global_batch_size=128": "global_batch_size=8",
+        "trainer.sft.max_steps=-1": f"trainer.sft.max_steps={steps}",
         "/path/to/your/mcore_gpt.nemo": str(MODEL),
         **{old: str(new) for old, new in paths.items()},
     }
@@ -91,10 +93,11 @@ def dolly_rows(count: int) -> list[dict[str, str]]:
     return rows
 
 
-@pytest.mark.skipif(not MODEL.is_file(), reason="needs ../shared/data/models/stories260K")
+@pytest.mark.slow
 def test_tutorial_prompt_response_command(tmp_path: Path) -> None:
+    require(MODEL)
     raw = tmp_path / "dolly.jsonl"
-    raw.write_text("".join(json.dumps(row) + "\n" for row in dolly_rows(40)))
+    raw.write_text("".join(json.dumps(row) + "\n" for row in dolly_rows(130)))
     converted = tmp_path / "databricks-dolly-15k-output.jsonl"
     subprocess.run(
         [
@@ -113,12 +116,12 @@ def test_tutorial_prompt_response_command(tmp_path: Path) -> None:
         capture_output=True,
     )
     output = tmp_path / "results"
-    arguments = for_cpu(DOLLY, {"/path/to/databricks-dolly-15k-output.jsonl": converted, "/results": output})
+    arguments = for_cpu(DOLLY, {"/path/to/databricks-dolly-15k-output.jsonl": converted, "/results": output}, 2)
     result = run_train(arguments, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_every_key_reported(arguments, result.stderr)
     assert "model.data.num_workers: ignored" in result.stderr
-    assert "data: train: 40 examples" in result.stderr and "(dropped 0, truncated 0, bad rows 0)" in result.stderr
+    assert "data: train: 130 examples" in result.stderr and "(dropped 0, truncated 0, bad rows 0)" in result.stderr
     assert 'model.restore_from_path -> model.path = "' in result.stderr
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2]
@@ -128,8 +131,9 @@ def test_tutorial_prompt_response_command(tmp_path: Path) -> None:
     assert list((output / "wandb").glob("offline-run-*"))
 
 
-@pytest.mark.skipif(not (MODEL.is_file() and OASST.is_file()), reason="needs ../shared/data")
+@pytest.mark.slow  # 128 OASST conversations of up to 4096 tokens a step: about 3 minutes on 2 busy cores
 def test_tutorial_chat_command(tmp_path: Path) -> None:
+    require(MODEL, OASST)
     data = tmp_path / "data" / "oasst"
     data.mkdir(parents=True)
     subprocess.run(
@@ -153,13 +157,38 @@ def test_tutorial_chat_command(tmp_path: Path) -> None:
     (data / "oasst_train.jsonl").rename(data / "train.jsonl")
     (data / "oasst_val.jsonl").rename(data / "val.jsonl")
     output = tmp_path / "results"
-    arguments = for_cpu(CHAT, {"/results": output})  # data/oasst/... is relative, as in the tutorial
+    arguments = for_cpu(CHAT, {"/results": output}, 1)  # data/oasst/... is relative, as in the tutorial
     result = run_train(arguments, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_every_key_reported(arguments, result.stderr)
     assert 'model.data.chat -> data.format = "nemo_chat"' in result.stderr
     assert re.search(r"data: train: \d+ examples, \d+ trained tokens \(dropped \d+, truncated \d+", result.stderr)
     assert 'exp_manager.checkpoint_callback_params.monitor -> checkpoint.monitor = "validation_loss"' in result.stderr
-    meta = json.loads((output / "checkpoints" / "step-2" / "meta.json").read_text())
+    meta = json.loads((output / "checkpoints" / "step-1" / "meta.json").read_text())
     assert meta["metrics"]["val_loss"] == pytest.approx(meta["val_loss"])
     assert json.loads((output / "final" / "sft.json").read_text())["data"]["format"] == "nemo_chat"
+
+
+def test_sft_run_takes_a_migrated_manifest_and_nemo_overrides(tmp_path: Path) -> None:
+    require(MODEL)
+    data = tmp_path / "dolly.jsonl"
+    rows = [{"input": row["instruction"], "output": row["response"]} for row in dolly_rows(16)]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    manifest = tmp_path / "job.yaml"
+    migrate = [sys.executable, "-m", "sft_trainer.cli", "migrate", "--sftjob", "dolly", "--out", str(manifest)]
+    nemo = [f"model.restore_from_path={MODEL}", f"model.data.train_ds.file_path={data}", "model.data.num_workers=0"]
+    done = subprocess.run([*migrate, *nemo], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "# model.data.num_workers: ignored" in done.stderr
+    overrides = [
+        "trainer.sft.max_steps=1",
+        "model.data.train_ds.global_batch_size=4",
+        f"exp_manager.explicit_log_dir={tmp_path / 'results'}",
+        "model.data.train_ds.prompt_template={input} {output}",
+    ]
+    command = [sys.executable, "-m", "sft_trainer.cli", "run", str(manifest), *overrides]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "trainer.sft.max_steps -> trainer.max_steps = 1" in result.stderr
+    assert (tmp_path / "results" / "final" / "sft.json").is_file()

@@ -249,4 +249,5 @@ def test_a_bad_template_fails_at_config_load(tmp_path: Path) -> None:
         ConfigError, match=r"prompt_template: the label placeholder \{output\} must come last"
     ) as caught:
         load_config(config)
-    assert caught.value.problems[0].source == f"{config}:2"
+    assert caught.value.problems[0].source == f"{config}:4"  # the prompt_template line
+    assert caught.value.problems[0].key == "data.prompt_template"

@@ -46,5 +46,7 @@ def test_sft_data_inspect_marks_the_answer_and_prints_counts(tmp_path: Path) -> 
     assert "train: 2 examples" in result.output and "(dropped 1, truncated 1, bad rows 0)" in result.output
     assert "1+1=[[ 2]]" in result.output
     assert "x" * 11 + "[[ long]]" in result.output  # 16 tokens: the input lost its end
+    result = CliRunner().invoke(app, ["data", "inspect", "--config", str(path), "--color"])
+    assert result.exit_code == 0 and "\x1b[1;32m 2" in result.output and "[[" not in result.output
     result = CliRunner().invoke(app, ["data", "inspect", "--config", str(path), "-i", "5"])
     assert result.exit_code == 11 and "has 2 examples" in result.output

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from sft_trainer.data.chat_context import ChatDefaults, ChatTurn
 from sft_trainer.data.converters import convert_oasst
 from sft_trainer.data.errors import DataError
 from sft_trainer.data.nemo_chat import encode_nemo_chat, nemo_chat_prompt, parse_conversation, render
@@ -126,7 +127,7 @@ def test_bad_rows_name_the_field(bad: dict[str, Any], field: str) -> None:
 
 def test_generation_prompt_matches_the_training_rendering() -> None:
     config = data_config(format="nemo_chat")
-    prompt = nemo_chat_prompt(config, [{"from": "User", "value": "hi"}], system="S")
+    prompt = nemo_chat_prompt(config, [ChatTurn("user", "hi")], "S", ChatDefaults(), None)
     text, spans = render(parse_conversation(row(None), "x", 1), config.chat_prompt_tokens)
     assert prompt == "\x00System\nS\n\x11User\nhi\n\x11Assistant\n"
     assert text.startswith(prompt) and text[spans[0][0] :].startswith("yo")

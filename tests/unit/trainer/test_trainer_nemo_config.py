@@ -14,8 +14,50 @@ from sft_trainer.config.nemo import nemo_rule, resolve_interpolations
 
 ROOT = Path(__file__).resolve().parents[3]
 MIGRATION = ROOT / "docs" / "migration.md"
-MODEL = ROOT.parent / "shared" / "data" / "models" / "stories260K" / "stories260K.bin"
 BASE = ["model.restore_from_path=/models/hf-llama", "model.data.train_ds.file_path=train.jsonl"]
+#: a valid value for every key of the table that does not take `1`
+SAMPLE_VALUES = {
+    "name": "dolly",
+    "trainer.precision": "bf16",
+    "trainer.sft.save_interval": "100",
+    "exp_manager.checkpoint_callback_params.monitor": "validation_loss",
+    "exp_manager.checkpoint_callback_params.mode": "max",
+    "model.restore_from_path": "/m/x.bin",
+    "model.data.train_ds.file_path": "train.jsonl",
+    "model.virtual_pipeline_model_parallel_size": "2",
+    "model.sequence_parallel": "true",
+    "model.activations_checkpoint_granularity": "selective",
+    "model.peft.peft_scheme": "lora",
+    "model.peft.lora_tuning.adapter_dropout": "0.1",
+    "model.peft.lora_tuning.target_modules": "[attention_qkv, attention_dense]",
+    "model.data.train_ds.max_seq_length": "4096",
+    "model.data.train_ds.label_key": "response",
+    "model.data.train_ds.truncation_method": "left",
+    "model.data.train_ds.prompt_template": "{input} {output}",
+    "model.optim.name": "distributed_fused_adam",
+    "model.optim.betas": "[0.9, 0.95]",
+    "model.optim.sched.name": "CosineAnnealing",
+    "model.optim.sched.min_lr": "1e-7",
+    "model.data.chat": "true",
+    "model.data.chat_prompt_tokens.turn_start": "<turn>",
+    "exp_manager.explicit_log_dir": "/results",
+    "exp_manager.create_wandb_logger": "True",
+    "exp_manager.wandb_logger_kwargs.tags": "[dolly, sft]",
+}
+#: keys whose value is only valid together with another
+NEEDS = {
+    "model.virtual_pipeline_model_parallel_size": [
+        "model.pipeline_model_parallel_size=2",
+        "trainer.devices=2",
+        "model.data.train_ds.global_batch_size=8",
+    ],
+    "model.sequence_parallel": ["model.tensor_model_parallel_size=2", "trainer.devices=2"],
+    "model.data.train_ds.label_key": ["model.data.train_ds.prompt_template={input} {response}"],
+    **{
+        f"exp_manager.wandb_logger_kwargs.{k}": ["exp_manager.create_wandb_logger=True"]
+        for k in ("project", "name", "tags")
+    },
+}
 
 
 def migration_rows() -> list[tuple[str, str | None]]:
@@ -54,13 +96,16 @@ def test_every_row_of_docs_migration_is_what_the_code_does(nemo_key: str, ours: 
     assert rule.target == ours
     if ours is not None:
         assert schema_annotation(tuple(ours.split(".")))[0], f"{ours} is not a key of our schema"
-    # and loading it gives a note naming the key
-    value = {"model.restore_from_path": "/m/x.bin", "model.data.train_ds.file_path": "train.jsonl"}.get(key, 1)
-    try:
-        _, notes = load_config_and_notes(None, [*BASE, f"{key}={value}"])
-    except ConfigError:
-        return  # 1 is not a valid value for every key; the mapping itself is checked above
-    assert any(note.startswith(key) for note in notes)
+    # and loading it works and says what became of it
+    value = SAMPLE_VALUES.get(key, "1")
+    config, notes = load_config_and_notes(None, [*BASE, *NEEDS.get(key, []), f"{key}={value}"])
+    if key == "exp_manager.create_wandb_logger":
+        assert config.logging.wandb is not None and f"{key} -> logging.wandb (" in notes[-1]
+    elif rule.target is None:
+        assert any(note.startswith(f"{key}: ignored (") for note in notes), notes
+    else:
+        assert any(note.startswith(f"{key} -> {ours} = ") for note in notes), notes
+        assert config.model_dump(mode="json")  # a valid configuration
 
 
 def test_override_values_are_values_not_yaml_documents() -> None:
@@ -79,7 +124,9 @@ def test_override_values_are_values_not_yaml_documents() -> None:
 def test_a_bad_override_names_its_position_and_key() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(None, [*BASE, "trainer.sft.max_steps=many"])
-    assert str(caught.value.problems[0]).startswith("command-line override 3: trainer.max_steps:")
+    assert str(caught.value.problems[0]).startswith(
+        "command-line override 3: trainer.sft.max_steps: trainer.max_steps: Input should be a valid integer"
+    )
     with pytest.raises(ConfigError) as caught:
         load_config(None, [*BASE, "trainer.sft.max_stepz=5"])
     assert str(caught.value.problems[0]) == (
@@ -195,3 +242,16 @@ def test_sft_migrate_refuses_an_unknown_key_with_exit_10() -> None:
     result = CliRunner().invoke(app, ["migrate", *BASE, "exp_manager.resume_if_exist=True"])
     assert result.exit_code == 10
     assert "did you mean exp_manager.resume_if_exists?" in result.output
+
+
+def test_an_override_of_a_file_key_is_reported_as_the_override(tmp_path: Path) -> None:
+    path = tmp_path / "dolly.yaml"
+    path.write_text("model:\n  path: /m\ndata:\n  train_file: t.jsonl\ntrainer:\n  max_steps: 3\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ["optim.lr=0.001", "trainer.max_steps=lots"])
+    assert [str(p) for p in caught.value.problems] == [
+        "command-line override 2: trainer.max_steps: Input should be a valid integer, unable to parse string as an integer"
+    ]
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ["trainer.sft=1"])
+    assert str(caught.value.problems[0]).startswith("command-line override 1: trainer.sft: unknown key")

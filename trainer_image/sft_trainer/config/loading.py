@@ -7,10 +7,11 @@ file and line, or `command-line override N`; an unknown key gets the closest kno
 
 import difflib
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -138,7 +139,8 @@ def split_override(text: str, index: int) -> tuple[KeyPath, str]:
 
 def _takes_text(annotation: Any) -> bool:
     """A `str` or `str | None` field: its override is taken as written."""
-    return annotation is str or (str in typing.get_args(annotation) and typing.get_origin(annotation) is not Literal)
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return annotation is str or (union and str in typing.get_args(annotation))
 
 
 def parse_value(raw: str, annotation: Any) -> Any:
@@ -270,7 +272,7 @@ def translate(leaves: list[tuple[KeyPath, Any, str | None]]) -> Translation:
         for target, new in mapped:
             target_path = tuple(target.split("."))
             set_dotted(out.tree, target_path, new)
-            out.origins[target_path] = origin
+            out.origins[target_path] = f"{origin}: {dotted}" if origin else dotted  # errors name what was typed
         shown = ", ".join(f"{target} = {_show(new)}" for target, new in mapped)
         out.notes.append(f"{dotted} -> {shown}" + (f" ({rule.note})" if rule.note else ""))
     interval = out.tree.get("trainer", {}).get("val_check_interval")
@@ -318,11 +320,13 @@ def _problem(
     message = str(error["msg"])
     if error["type"] == "extra_forbidden":
         message = f"unknown key{did_you_mean('.'.join(loc))}"
-    key = ".".join(loc)
-    if not loc and message.split(":", 1)[0].count("."):
+    head, colon, rest = message.partition(": ")
+    if not loc and colon and head.count("."):
         # Cross-field rules put the key first in their message.
-        key, _, message = message.partition(": ")
-        loc = tuple(key.split("."))
+        loc, message = tuple(head.split(".")), rest
+    elif colon and head.isidentifier() and schema_annotation((*loc, head))[0]:
+        loc, message = (*loc, head), rest  # a block's rule about one of its keys (data: prompt_template: ...)
+    key = ".".join(loc)
     where = source
     for depth in range(len(loc), 0, -1):
         if loc[:depth] in origins:

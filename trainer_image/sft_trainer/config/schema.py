@@ -4,6 +4,7 @@ Knob names and meanings follow NeMo-Aligner's `gpt_sft.yaml` (the seed) where it
 No torch import here: the operator validates SFTJob specs with these same models.
 """
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -253,6 +254,39 @@ class LoggingConfig(Strict):
     )
 
 
+class EvaluationConfig(Strict):
+    """`sft eval` after training (an SFTJob step): loss on a held-out file, and generation metrics.
+
+    The result is written to `<output_dir>/eval.json` and reported in the job's status metrics.
+    """
+
+    file: str | None = Field(
+        default=None, description="Held-out JSONL in the run's data format (default: data.validation_file)."
+    )
+    generate: bool = Field(default=True, description="Also answer the rows and score the answers.")
+    max_examples: int = Field(
+        default=100, ge=1, description="Rows answered for the generation metrics (the loss uses all)."
+    )
+    max_new_tokens: int = Field(default=128, ge=1)
+    answer_regex: str | None = Field(
+        default=None,
+        description="Extract the answer (group 1, else the whole match) from reference and generation before comparing, "
+        "e.g. '####\\s*(.+)' for GSM8K.",
+    )
+    match_regex: str | None = Field(default=None, description="Also report the share of answers this regex finds.")
+    stop: list[str] = Field(default_factory=list, description="Stop strings that end an answer.")
+
+    @field_validator("answer_regex", "match_regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"not a valid regular expression: {error}") from None
+        return value
+
+
 class SFTConfig(Strict):
     """A whole fine-tuning run: `sft train --config run.yaml` and an SFTJob's `spec.training`."""
 
@@ -266,6 +300,9 @@ class SFTConfig(Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     parallelism: ParallelismConfig = Field(default_factory=ParallelismConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    evaluation: EvaluationConfig | None = Field(
+        default=None, description="Evaluate final/ after training (sft eval); the result lands in the status metrics."
+    )
 
     @property
     def world_size(self) -> int:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from sft_trainer.config.data import DataConfig
+from sft_trainer.data.chat_context import ChatTally
 from sft_trainer.data.dataset import BoolArray
 from sft_trainer.data.encoding import cut, encode_texts, plan_cuts, special_id
 from sft_trainer.data.errors import BadRows, DataError
@@ -30,11 +31,12 @@ Example = tuple[IntArray, BoolArray]
 
 @dataclass
 class EncodeCounts:
-    """What happened to the rows of one file."""
+    """What happened to the rows of one file (and, for chat formats, what their conversations used)."""
 
     rows: int = 0
     dropped: int = 0  # rows with no target left (empty answer, or truncated away)
     truncated: int = 0
+    chat: ChatTally = field(default_factory=ChatTally)
 
 
 @dataclass
