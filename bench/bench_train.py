@@ -560,8 +560,7 @@ def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
         real_tokens: ClassVar[list[int]] = []
 
         def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
-            mask = inputs.get("attention_mask")
-            self.real_tokens.append(int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel()))
+            self.real_tokens.append(real_tokens(inputs))
             return super().training_step(model, inputs, num_items_in_batch)
 
     runs = []
@@ -573,6 +572,7 @@ def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
             model = model.to(dtype=torch.bfloat16)  # type: ignore[call-arg]
             attention, options = TRL_MODES[args.trl_mode]
             model.set_attn_implementation(attention)
+            static: dict[str, Any] = {"pad_to_multiple_of": batch * SEQ} if args.trl_mode == "best" else {}
             sft_args = SFTConfig(
                 output_dir=str(WORK / "trl" / f"{args.name}-{batch}"),
                 max_length=SEQ,
@@ -591,6 +591,7 @@ def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
                 dataset_num_proc=8,
                 seed=1234,
                 **options,
+                **static,
             )
             timer = Timer()
             TimedSFTTrainer.real_tokens = []
@@ -629,12 +630,32 @@ def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
             "max_length": SEQ,
             "gradient_checkpointing": False,
             **options,
+            **(
+                {"pad_to_multiple_of": "batch x max_length (one static shape: flex attention compiles once)"}
+                if args.trl_mode == "best"
+                else {}
+            ),
         },
         "trl_rows": args.trl_rows,
         "cross_example_attention": args.trl_mode == "wrapped",
         "flops_per_token": flops,
         "runs": runs,
     }
+
+
+def real_tokens(inputs: Any) -> int:
+    """Non-padding tokens of a TRL batch (on the host, before the step): the attention mask's ones; for a
+    padding-free row, its length before the right padding (padding has position 0, and every example's
+    later tokens positions > 0)."""
+    mask = inputs.get("attention_mask")
+    if mask is not None:
+        return int(mask.sum())
+    positions = inputs.get("position_ids")
+    if positions is None:
+        return int(inputs["input_ids"].numel())
+    flat = positions.reshape(-1)
+    nonzero = flat.nonzero().flatten()
+    return int(nonzero[-1]) + 1 if len(nonzero) else 0
 
 
 # ---------------------------------------------------------------------------- orchestration
@@ -701,11 +722,14 @@ def stage_plan(
         ours_8b.append("--bf16-grads")
     ours_8b_dp = ["ours", "--model", "llama-8b", "--rows-per-gpu", "8", "--mbs", mbs_8b, *common]
     ours_8b_half = ["ours", "--model", "llama-8b-half", "--rows-per-gpu", "8", "--mbs", mbs_8b, *common]
+    # TRL's best: flex attention compiles in its first step (one static shape per batch size), so its window
+    # is 2 warm-up + 6 measured steps
+    trl_best = ["trl", "--model", "llama-1b", "--steps", str(min(steps, 6)), "--warmup", str(min(warmup, 2))]
     torch_1b = ["torch", "--model", "llama-1b", "--rows-per-gpu", "16", *common]
     return {
         "s1": [  # llama-1b on one GPU: ours (bf16, FP8, and the full-head reference) and TRL at its best
             ("ours-1b-1gpu", [*ours_1b, "--profile"], 1),
-            ("trl-best", [*trl, "--trl-mode", "best", "--batch", "4,8,16,32"], 1),
+            ("trl-best", [*trl_best, "--trl-mode", "best", "--batch", "4,8,16,32"], 1),
             ("ours-1b-1gpu-fp8", [*ours_1b, "--fp8", "hybrid"], 1),
             ("ours-1b-1gpu-fullhead", [*ours_1b, "--full-head"], 1),
         ],
