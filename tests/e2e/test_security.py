@@ -435,17 +435,16 @@ def test_admission_policies_type_check_against_the_crd(sft_system: System) -> No
         name = policy["metadata"]["name"]
 
         def type_checking(name: str = name) -> dict[str, Any] | None:
+            """The policy's status once the API server checked its generation (typeChecking {} is clean)."""
             found = custom.get_cluster_custom_object(
                 "admissionregistration.k8s.io", "v1", "validatingadmissionpolicies", name
             )
-            result: dict[str, Any] | None = found.get("status", {}).get("typeChecking")
-            return result
+            status: dict[str, Any] = found.get("status") or {}
+            done = status.get("observedGeneration") == found["metadata"]["generation"] and "typeChecking" in status
+            return status if done else None
 
-        checked = sft_system.wait(
-            type_checking,
-            60,
-            f"type checking of {name}",
-        )
+        status = sft_system.wait(type_checking, 60, f"type checking of {name}")
+        checked = status["typeChecking"]
         assert not checked.get("expressionWarnings"), json.dumps(checked, indent=1)
 
 
