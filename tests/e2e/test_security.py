@@ -262,6 +262,9 @@ def tenants(sft_system: System) -> System:
     ]  # fmt: skip
     documents = "\n---\n".join(yaml.safe_dump(item) for item in objects)
     sft_system.cluster.kubectl("apply", "-f", "-", input=documents)
+    for namespace in TENANT_NAMESPACES:  # docs/security.md: tenants' namespaces enforce Pod Security `restricted`
+        sft_system.cluster.kubectl("label", "--overwrite", "namespace", namespace,
+                                   "pod-security.kubernetes.io/enforce=restricted")  # fmt: skip
     return dataclasses.replace(sft_system, namespace=TENANT_A)
 
 
@@ -269,7 +272,10 @@ def tenant_job(name: str, namespace: str, max_steps: int = 8) -> dict[str, Any]:
     """A 1-node CPU job on synthetic data (no host directory): what an ordinary user may run."""
     data = {"synthetic": {"task": "arithmetic", "train_examples": 256, "validation_examples": 16},
             "prompt_template": "{input}{output}"}  # fmt: skip
-    training = tiny_training(output_dir=f"/output/{name}", data=data, max_steps=max_steps, num_nodes=1, save_interval=4)
+    save = max(4, max_steps // 8 // 4 * 4)
+    training = tiny_training(
+        output_dir=f"/output/{name}", data=data, max_steps=max_steps, num_nodes=1, save_interval=save
+    )
     body = sftjob(name, training, num_nodes=1)
     body["metadata"]["namespace"] = namespace
     return body
@@ -457,12 +463,15 @@ def two_tenants(tenants: System) -> Iterator[dict[str, System]]:
     systems = {ALICE: tenants, BOB: dataclasses.replace(tenants, namespace=TENANT_B)}
     idle = tenant_job(IDLE, TENANT_A)
     idle["spec"]["runPolicy"]["suspend"] = True
-    for user, body in ((ALICE, tenant_job(VICTIM, TENANT_A, max_steps=16)), (BOB, tenant_job(INTRUDER, TENANT_B)),
+    for user, body in ((ALICE, tenant_job(VICTIM, TENANT_A, max_steps=240)), (BOB, tenant_job(INTRUDER, TENANT_B)),
                        (ALICE, idle)):  # fmt: skip
         result = apply_as(tenants, user, body)
         assert result.returncode == 0, result.stderr
     tenants.wait(lambda: tenants.status(VICTIM).get("phase") == "Running", 180, "the victim running", VICTIM)
     yield systems
+    for pod in tenants.core.list_namespaced_pod(TENANT_A).items:
+        if pod.metadata.name == "impostor":  # it carries the victim's label: gone before the victim's pods are awaited
+            tenants.core.delete_namespaced_pod("impostor", TENANT_A, grace_period_seconds=0)
     for system, name in ((tenants, VICTIM), (tenants, IDLE), (systems[BOB], INTRUDER)):
         system.delete(name)
 
@@ -514,6 +523,45 @@ def test_a_user_of_another_namespace_cannot_disturb_the_victim(two_tenants: dict
     aimed["spec"]["pod"]["serviceAccountName"] = f"{VICTIM}-trainer"
     result = apply_as(alice, BOB, aimed)
     assert result.returncode != 0 and "spec.pod.serviceAccountName" in result.stderr, result.stderr
+
+
+def test_an_impostor_pod_with_the_victims_labels_is_ignored(two_tenants: dict[str, System]) -> None:
+    """dana, who may create pods in tenant-a, creates a failing pod carrying the victim's rank-0 labels:
+    the operator reports it (ForeignPod) and never counts it as the victim's."""
+    alice = two_tenants[ALICE]
+    victim_pod = alice.core.read_namespaced_pod(alice.rank_pod(VICTIM, 0), TENANT_A)
+    labels = {key: value for key, value in victim_pod.metadata.labels.items() if key.startswith(f"{GROUP}/")}
+    core = kubernetes.client.CoreV1Api(impersonating_client(alice.cluster, DANA))
+    core.create_namespaced_pod(
+        TENANT_A,
+        {
+            "metadata": {"name": "impostor", "labels": labels},
+            "spec": {
+                "restartPolicy": "Never",
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": 1000,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "containers": [
+                    {
+                        "name": "trainer",
+                        "image": victim_pod.spec.containers[0].image,
+                        "command": ["python", "-c", "raise SystemExit(1)"],
+                        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                    }
+                ],
+            },
+        },
+    )
+    alice.wait(
+        lambda: any(reason == "ForeignPod" and "impostor" in message for reason, message in alice.events(VICTIM)),
+        60,
+        "a ForeignPod Event about the impostor",
+        VICTIM,
+    )
+    status = alice.status(VICTIM)
+    assert status.get("phase") in ("Running", "Succeeded") and status.get("restarts", 0) == 0, status
 
 
 TRAINER_ATTEMPTS: list[tuple[str, dict[str, Any]]] = [
