@@ -26,10 +26,12 @@ import pytest
 import yaml
 from kubernetes.client import ApiException
 
+from sft_operator import access
 from tests.e2e.harness import (
     GROUP,
     JOBS_NAMESPACE,
     PLURAL,
+    RELEASE,
     SYSTEM_NAMESPACE,
     TENANT_NAMESPACES,
     VERSION,
@@ -623,3 +625,32 @@ def test_the_victim_finishes_as_its_pods_did(two_tenants: dict[str, System]) -> 
         stored = system.get(name)
         assert stored is not None and stored["metadata"]["annotations"][CREATOR] == user
     assert two_tenants[ALICE].status(IDLE).get("phase") in (None, "Suspended")
+
+
+def test_the_operator_rechecks_the_creators_rights(tenants: System) -> None:
+    """What admission cannot see: a right revoked after the job was admitted. The operator's own
+    credentials (the chart's ServiceAccount) ask the API server again for the recorded creator."""
+    body = tenant_job("rechecked", TENANT_A)
+    body["spec"]["runPolicy"]["suspend"] = True
+    pod_field(env=ENV_SECRET, serviceAccountName=OTHER_SA)(body)
+    assert apply_as(tenants, DANA, body).returncode == 0
+    operator = tenants.cluster.api_client(tenants.cluster.service_account_kubeconfig(SYSTEM_NAMESPACE, RELEASE))
+    authorization = kubernetes.client.AuthorizationV1Api(operator)
+    job = tenants.get("rechecked")
+    assert job is not None and access.access_refusal(authorization, job) is None
+    rbac_api = kubernetes.client.RbacAuthorizationV1Api(tenants.cluster.client)
+    binding = rbac_api.read_namespaced_role_binding("team-reader", TENANT_A)
+    rbac_api.delete_namespaced_role_binding("team-reader", TENANT_A)
+    try:
+        refusal = tenants.wait(
+            lambda: access.access_refusal(authorization, job), 30, "the revoked rights to show", "rechecked"
+        )
+    finally:
+        binding.metadata.resource_version = None
+        rbac_api.create_namespaced_role_binding(TENANT_A, binding)
+    assert refusal.permanent and refusal.reason == "AccessDenied"
+    assert (
+        f"spec.pod.env[TOKEN].valueFrom.secretKeyRef.name: {DANA} may not get secrets/{TEAM_SECRET}" in refusal.message
+    )
+    assert f"spec.pod.serviceAccountName: {DANA} may not create pods in namespace {TENANT_A}" in refusal.message
+    tenants.delete("rechecked")
