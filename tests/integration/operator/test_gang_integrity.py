@@ -40,6 +40,7 @@ pytestmark = pytest.mark.integration
 SOAK_SECONDS = float(os.environ.get("KUBE_SFT_SOAK_SECONDS", "240"))
 SOAK_SEEDS = [int(seed) for seed in os.environ.get("KUBE_SFT_SOAK_SEEDS", "22").split(",")]
 SOAK_RECORD = os.environ.get("KUBE_SFT_SOAK_RECORD")  # a file to append each run's summary to
+SOAK_REAL = os.environ.get("KUBE_SFT_SOAK_REAL_TRAINER") == "1"  # one real-trainer job per run (the long soak)
 
 
 @pytest.fixture(scope="module")
@@ -251,12 +252,15 @@ def test_randomized_fault_soak(
     replicas: list[Operator],
     gang_namespaces: list[str],
     seed: int,
+    tmp_path: Path,
 ) -> None:
     """The seeded fault soak (KUBE_SFT_SOAK_SECONDS, default 240; KUBE_SFT_SOAK_SEEDS, default 22)."""
     for replica in replicas:
         if replica.process is None or replica.process.poll() is not None:
             replica.start()
     soak = Soak(kube_cluster, node_agent, replicas, gang_namespaces, seed=seed, seconds=SOAK_SECONDS)
+    if SOAK_REAL:
+        soak.start_real_trainer(tmp_path)
     summary = soak.run()
     orphans = soak.clean_up_and_check_orphans()
     table = f"{TABLE_HEADER}\n{summary.row()}"
