@@ -398,9 +398,13 @@ class Soak:
 
     # --- jobs -----------------------------------------------------------------------------------------
 
-    def submit(self, namespace: str, name: str, nodes: int) -> JobSeen | None:
+    def submit(
+        self, namespace: str, name: str, nodes: int, node_selector: dict[str, str] | None = None
+    ) -> JobSeen | None:
         """Create a job (retrying while the control plane is down); None when it could not be created."""
         body = soak_job(name, nodes, self.rng.randint(3, 8))
+        if node_selector:
+            body["spec"]["pod"]["nodeSelector"] = node_selector
         for _ in range(40):
             try:
                 created = self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
