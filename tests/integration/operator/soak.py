@@ -66,8 +66,8 @@ REAL_STEPS = 60
 TRAINING: dict[str, Any] = {
     "model": {"source": "hf", "path": "/models/tiny"},
     "data": {"train_file": "/data/train.jsonl"},
-    "trainer": {"max_steps": 20, "val_check_interval": 5, "save_interval": 10, "global_batch_size": 8},
-}
+    "trainer": {"max_steps": 20, "val_check_interval": 5, "save_interval": 10, "global_batch_size": 12},
+}  # 12: divisible by every gang size the soak draws (1-3 nodes)
 STAND_IN = textwrap.dedent(
     """
     import os, sys, time
@@ -201,6 +201,7 @@ class Ledger:
     partial_since: dict[str, float] = field(default_factory=dict)
     max_overlap: float = 0.0
     max_partial: float = 0.0
+    max_partial_job: str = ""
     violations: list[str] = field(default_factory=list)
 
     def job(self, job: JobSeen) -> None:
@@ -249,7 +250,10 @@ class Ledger:
         self._interval(self.overlap_since, job_uid, len(attempts) > 1, now, "overlap")
         newest = max(attempts, default=-1)
         members = [pod for pod in alive if pod.attempt == newest]
-        self._interval(self.partial_since, job_uid, 0 < len(members) < job.nodes, now, "partial")
+        finishing = any(  # a rank that exited 0: the gang is ending, not missing a member
+            pod.job_uid == job_uid and pod.attempt == newest and pod.phase == "Succeeded" for pod in self.pods.values()
+        )
+        self._interval(self.partial_since, job_uid, 0 < len(members) < job.nodes and not finishing, now, "partial")
 
     def _interval(self, opened: dict[str, float], key: str, now_true: bool, now: float, kind: str) -> None:
         if now_true:
@@ -264,8 +268,9 @@ class Ledger:
             if length > OVERLAP_GRACE:
                 job = self.jobs[key]
                 self.violations.append(f"two attempts of {job.namespace}/{job.name} alive together for {length:.1f}s")
-        else:
-            self.max_partial = max(self.max_partial, length)
+        elif length > self.max_partial:
+            self.max_partial = length
+            self.max_partial_job = f"{self.jobs[key].namespace}/{self.jobs[key].name}"
 
     def close(self, now: float) -> None:
         """Close the open intervals (at the end of the run)."""
@@ -347,6 +352,7 @@ class Summary:
     expected_pods: int
     max_overlap: float
     max_partial: float
+    max_partial_job: str
     stuck: list[str]
     violations: list[str]
 
@@ -356,7 +362,8 @@ class Summary:
         return (
             f"| {self.seed} | {self.seconds / 60:.1f} | {self.jobs} ({self.succeeded} Succeeded, {self.deleted} deleted) "
             f"| {faults} | {self.restarts} | {self.resumes} | {self.pods} / {self.expected_pods} "
-            f"| {self.max_overlap:.1f} | {self.max_partial:.1f} | {len(self.stuck)} | {len(self.violations)} |"
+            f"| {self.max_overlap:.1f} | {self.max_partial:.1f} ({self.max_partial_job}) | {len(self.stuck)} "
+            f"| {len(self.violations)} |"
         )
 
 
@@ -679,6 +686,7 @@ class Soak:
             expected_pods=expected,
             max_overlap=ledger.max_overlap,
             max_partial=ledger.max_partial,
+            max_partial_job=ledger.max_partial_job,
             stuck=stuck,
             violations=violations,
         )
