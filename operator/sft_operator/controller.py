@@ -123,7 +123,11 @@ def is_active(peers: Object | None, identity: str, priority: int, now: datetime)
 
 SECOND_WAVE_KINDS = frozenset({"RoleBinding", "Pod"})
 EVENT_THREADS = 4  # Events are recorded off the workers, a few at a time: they never delay a gang
-HELD_RETRY_SECONDS = 1.0  # a child's name held by another owner: look again this soon
+HELD_RETRY_SECONDS = 1.0
+STALE_DELETE_SECONDS = 30.0
+"""A pod this operator deleted that the store still shows after this long, beyond its grace period,
+makes the resync loop re-list: its DELETED event was missed (a delete made at startup, before kopf's
+watch began, is never reported by it). A gang's next attempt waits for the old pods to be gone."""  # a child's name held by another owner: look again this soon
 MAX_REPORTED_FOREIGN = 4096
 
 
@@ -204,6 +208,7 @@ class Controller:
         self._supported: dict[Key, str] = {}  # job -> uid whose Service, ConfigMap, RBAC exist
         self._memory: dict[Key, Memory] = {}  # what the last creates of a job's gang met
         self._spec_checks: dict[Key, tuple[str, str, Refusal | None]] = {}  # (uid, template hash, refusal)
+        self._record_writable = True
         self._reported: dict[str, None] = {}  # foreign pod uids already reported in an Event (ordered, bounded)
         self._leading = False
         self._relisted = float("-inf")
@@ -344,14 +349,8 @@ class Controller:
         namespace, name = job.metadata.namespace, job.metadata.name
         key = (namespace, name)
         supporting = self._create_supporting(job) if plan.create_pods else Supporting()
-        record = lifecycle_record(plan.status)
-        if record != stored_record(job):  # the operator's own lifecycle record first: the status mirrors it
-            annotation = json.dumps(record, sort_keys=True, separators=(",", ":"))
-            written = self.kube.patch_job_metadata(namespace, name, {"annotations": {LIFECYCLE_ANNOTATION: annotation}})
-            if written is None:
-                self.forget(key)
-                return
-            self.store.put_job(written)
+        if not self._write_record(key, job, plan):
+            return
         patch = status_patch(raw.get("status") or {}, job.status, plan.status)
         if patch:
             written = self.kube.patch_job_status(namespace, name, patch)
@@ -361,7 +360,7 @@ class Controller:
             self.store.put_job(written)
         for pod in plan.delete_pods:
             self.kube.delete_pod(namespace, pod.name, pod.uid)
-            self.store.mark_deleting(key, pod.name, pod.uid)
+            self.store.mark_deleting(key, pod.name, pod.uid, job.spec.pod.termination_grace_period_seconds)
         if plan.create_pods:
             self._create_gang(job.model_copy(update={"status": plan.status}), supporting)
         if plan.events:
@@ -374,6 +373,29 @@ class Controller:
         if plan.delete_job:
             self.kube.delete_job(namespace, name, job.metadata.uid)
             self.forget(key)
+
+    def _write_record(self, key: Key, job: SFTJob, plan: Plan) -> bool:
+        """Write the lifecycle record when it changed; False when the job is gone.
+
+        Without `patch` on sftjobs (a chart older than this operator) the record cannot be kept: the
+        operator then says so once and works from the status alone, as operators before it did."""
+        record = lifecycle_record(plan.status)
+        if not self._record_writable or record == stored_record(job):
+            return True
+        annotation = json.dumps(record, sort_keys=True, separators=(",", ":"))
+        try:
+            written = self.kube.patch_job_metadata(*key, {"annotations": {LIFECYCLE_ANNOTATION: annotation}})
+        except ApiException as error:
+            if error.status != 403:
+                raise
+            self._record_writable = False
+            log.error("no right to patch sftjobs (%s): lifecycle facts are read from the status", error.reason)
+            return True
+        if written is None:
+            self.forget(key)
+            return False
+        self.store.put_job(written)
+        return True
 
     def _create_supporting(self, job: SFTJob) -> Supporting:
         """Start creating a new job's supporting objects (once per job): the first wave now, in the
@@ -441,6 +463,7 @@ class Controller:
             if isinstance(outcome, ApiException):
                 refusal = refusal_of(obj, outcome, own_account)
                 log.warning("%s/%s: %s %s refused: %s", *key, obj["kind"], obj["metadata"]["name"], refusal.message)
+                metrics.RECONCILE_ERRORS.labels(error=refusal.reason).inc()
                 self._memory[key] = Memory(uid, attempt, refusal=refusal)
                 self.queue.add(key)
                 return False
@@ -477,8 +500,12 @@ class Controller:
         meta = raw["metadata"]
         record = {"phase": "Failed", "reason": "InvalidSpec", "message": message}
         annotation = {LIFECYCLE_ANNOTATION: json.dumps(record, sort_keys=True, separators=(",", ":"))}
-        if self.kube.patch_job_metadata(meta["namespace"], meta["name"], {"annotations": annotation}) is None:
-            return
+        try:
+            if self.kube.patch_job_metadata(meta["namespace"], meta["name"], {"annotations": annotation}) is None:
+                return
+        except ApiException as error:
+            if error.status != 403:
+                raise
         written = self.kube.patch_job_status(
             meta["namespace"],
             meta["name"],
@@ -510,19 +537,20 @@ class Controller:
         peers = self.kube.peering_status(self.settings.peering_name, namespace)
         return is_active(peers, self.settings.identity, self.settings.priority, datetime.now(UTC))
 
-    def relist(self) -> None:
+    def relist(self, startup: bool = False) -> None:
         """Re-read every job, then every pod (paginated lists), correct the store, mark what changed dirty.
 
         Runs at startup before kopf's watches start and on becoming the active replica: until then
         the workers wait, since a job whose pods are not in the store yet would look like a gang
-        with missing ranks.
+        with missing ranks. After the startup list the first resync lists once more: what the
+        workers changed before kopf's watches began (a pod deleted then) no watch ever reports.
         """
         changed = set(self.store.replace_jobs(self.kube.list_jobs(self.settings.namespaces)))
         changed |= self.store.replace_pods(self.kube.list_pods(self.settings.namespaces))
         for key in changed:
             self.queue.add(key)
         self._relisted = time.monotonic()
-        self._leading = True
+        self._leading = not startup
         self.synced.set()
 
     def resync(self) -> None:
@@ -538,7 +566,12 @@ class Controller:
             self._leading = False
             self.synced.clear()  # paused: the store goes stale until the next relist
             return
-        if not self._leading or time.monotonic() - self._relisted >= self.settings.relist_seconds:
+        since = time.monotonic() - self._relisted
+        if (
+            not self._leading
+            or since >= self.settings.relist_seconds
+            or (since >= STALE_DELETE_SECONDS and self.store.deleting_longer_than(STALE_DELETE_SECONDS))
+        ):
             self.relist()
         now = datetime.now(UTC)
         for record in self.store.jobs():

@@ -103,7 +103,7 @@ class Kube:
         """Create a child; the object as created. When one of that name exists already (409): that
         object as read back, for the caller to check whose it is (None for a Pod, or when it went
         meanwhile). `dry_run`: admission only, nothing is stored. Other refusals raise ApiException."""
-        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        namespace = obj["metadata"]["namespace"]
         creators = {
             "Pod": self.core.create_namespaced_pod,
             "Service": self.core.create_namespaced_service,
@@ -117,12 +117,13 @@ class Kube:
             response = creators[obj["kind"]](namespace, obj, **options, **RAW)
         except ApiException as error:
             if error.status == 409 and not dry_run:
-                return self._existing(obj["kind"], namespace, name)
+                return self._existing(obj)
             raise
         return _json(response)
 
-    def _existing(self, kind: str, namespace: str, name: str) -> Object | None:
-        """The object of that kind and name (not for pods: the operator's store has them), or None."""
+    def _existing(self, obj: Object) -> Object | None:
+        """The stored object of `obj`'s kind and name (not for pods: the operator's store has them), or None."""
+        kind, namespace, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
         readers = {
             "Service": self.core.read_namespaced_service,
             "ConfigMap": self.core.read_namespaced_config_map,
@@ -137,6 +138,9 @@ class Kube:
         except ApiException as error:
             if error.status == 404:
                 return None
+            if error.status == 403:  # a chart older than this operator: no `get`, the owner cannot be checked
+                log.warning("no right to read %s %s/%s: taking it as the job's own, unchecked", kind, namespace, name)
+                return obj
             raise
 
     def delete_pod(self, namespace: str, name: str, uid: str) -> None:

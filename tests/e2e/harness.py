@@ -29,6 +29,7 @@ import pytest
 import yaml
 from kubernetes.client import ApiException
 
+from tests.chart_pending_rules import grant_pending_chart_rules
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.procs import wait_until
@@ -379,6 +380,7 @@ def install(cluster: ControlPlane, agent: NodeAgent, prometheus: PrometheusServe
         return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
 
     wait_until(established, 30, "the SFTJob CRD Established", interval=0.2)
+    grant_pending_chart_rules(cluster, SYSTEM_NAMESPACE, RELEASE)  # until the chart's ClusterRole has them
     system = System(cluster, agent, prometheus)
     system.wait_operators(2, timeout=180)
     _SYSTEM = system

@@ -16,11 +16,19 @@ from pathlib import Path
 import kubernetes
 import pytest
 
+from tests.chart_pending_rules import grant_pending_chart_rules
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.procs import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[3]
-CHART = REPO / "charts" / "kube-sft"
+CHART = Path(os.environ.get("KUBE_SFT_TEST_CHART") or REPO / "charts" / "kube-sft")
+"""The chart under test; KUBE_SFT_TEST_CHART points at another (an older tree's, to show a regression test
+failing on the code before its fix)."""
+
+
+def operator_service_account(release: str) -> str:
+    """The chart's ServiceAccount name for a release (the chart's fullname rule)."""
+    return f"{release}-kube-sft" if "kube-sft" not in release else release
 
 
 @dataclass
@@ -33,12 +41,14 @@ class Operator:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     metrics_port: int = 0
+    more_namespaces: tuple[str, ...] = ()
 
     def start(self) -> Operator:
         """Start (or start again) and wait until it answers on its metrics port."""
         self.metrics_port = free_port()
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "POD_NAME": f"operator-{uuid.uuid4().hex[:6]}"}
         argv = [sys.executable, "-m", "sft_operator", "--namespace", self.namespace, "--peering-name", self.peering]
+        argv += [arg for namespace in self.more_namespaces for arg in ("--namespace", namespace)]
         argv += ["--metrics-port", str(self.metrics_port), "--liveness-port", str(free_port()), "--resync-seconds", "1"]
         argv += ["--peering-lifetime", "8"]
         with self.log_path.open("ab") as log:
@@ -109,6 +119,7 @@ def installed_chart(kube_cluster: ControlPlane, sft_namespace: str) -> Iterator[
         return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
 
     wait_until(established, 30, "the SFTJob CRD to be Established", interval=0.2)
+    grant_pending_chart_rules(kube_cluster, system, operator_service_account(release))
     yield release
     kube_cluster.helm("uninstall", release, "--namespace", system, check=False)
 
@@ -123,7 +134,7 @@ def operator(
 ) -> Iterator[Operator]:
     """The operator, authenticated as the chart's ServiceAccount."""
     system = f"{sft_namespace}-system"
-    service_account = f"{installed_chart}-kube-sft" if "kube-sft" not in installed_chart else installed_chart
+    service_account = operator_service_account(installed_chart)
     kubeconfig = kube_cluster.service_account_kubeconfig(system, service_account)
     log_path = tmp_path_factory.mktemp("operator") / "operator.log"
     process = Operator(sft_namespace, kubeconfig, installed_chart, log_path).start()
