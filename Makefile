@@ -12,7 +12,7 @@ export UV_PYTHON_DOWNLOADS := never
 # Heavy, version-keyed builds (the Kubernetes control plane) live outside the repository.
 export KUBE_SFT_CACHE ?= $(HOME)/.cache/kube-sft
 
-.PHONY: images help env demo test lint typecheck unit crds cluster-bins bench-data bench-train bench-operator gpu-test clean
+.PHONY: images help env demo test lint typecheck unit crds cluster-bins bench-data bench-train bench-operator gpu-test soak-long clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -60,6 +60,13 @@ bench-train:  ## training throughput vs TRL (GPU device, after `source .gpu-rig/
 bench-operator: env cluster-bins  ## operator at scale on KWOK vs Kubeflow's training-operator -> bench/results/operator.json
 	hack/training-operator/build.sh
 	$(BIN)/python -m bench.bench_operator
+
+SOAK_SECONDS ?= 660
+SOAK_SEEDS ?= 1,2,3
+SOAK_RECORD ?= /tmp/kube-sft-soak.jsonl
+soak-long: env cluster-bins  ## the gang fault soak, long: 3 seeds x 11 min (+ drain), summary rows appended to $(SOAK_RECORD)
+	KUBE_SFT_SOAK_SECONDS=$(SOAK_SECONDS) KUBE_SFT_SOAK_SEEDS=$(SOAK_SEEDS) KUBE_SFT_SOAK_RECORD=$(SOAK_RECORD) KUBE_SFT_SOAK_REAL_TRAINER=1 \
+		$(BIN)/pytest -s --timeout 3600 tests/integration/operator/test_gang_integrity.py -k randomized_fault_soak
 
 gpu-test:  ## the GPU tests (run on the device, after `source .gpu-rig/setup.sh`)
 	python3 -m pytest -m gpu tests/gpu

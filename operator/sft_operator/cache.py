@@ -26,13 +26,14 @@ a job keeps the metadata the operator reads, its spec and status; a pod is a `Po
 """
 
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from sft_operator.api import API_VERSION, FINISHED_PHASES, KIND, SFTJob
 from sft_operator.policy import PodView
-from sft_operator.render import LABEL_JOB
+from sft_operator.render import LABEL_JOB, Names
 from sft_operator.status import pod_view
 
 Object = dict[str, Any]
@@ -95,6 +96,13 @@ def pod_job_key(raw: Object) -> Key | None:
     return None if job is None else (str(meta.get("namespace")), str(job))
 
 
+def _own(view: PodView, key: Key, owner: str | None) -> bool:
+    """A pod is the job's when its controller owner reference is the job's uid and it has the name the
+    operator gives its rank and attempt (an owner reference alone can be written by anyone who may
+    create pods in the namespace)."""
+    return view.owner == owner and view.name == Names(key[1]).pod(view.rank, view.attempt)
+
+
 @dataclass
 class JobRecord:
     """One SFTJob as last seen, with its validated model (made on first use, kept while it is current)."""
@@ -132,6 +140,7 @@ class Store:
         self._pods: dict[Key, dict[str, PodRecord]] = {}
         self._gone: dict[Key, list[str]] = {}  # uids of deleted pods: a late create response must not revive one
         self._attempts: dict[Key, dict[str, set[int]]] = {}  # owner uid -> attempts a pod was seen of
+        self._deleted_at: dict[str, float] = {}  # uid -> when this operator deleted it (until it is gone)
 
     # --- jobs -----------------------------------------------------------------------------------
 
@@ -190,7 +199,8 @@ class Store:
                 return None
             view = pod_view(raw)
             pods[name] = PodRecord(view, seen)
-            self._attempts.setdefault(key, {}).setdefault(view.owner, set()).add(view.attempt)
+            if view.name == Names(key[1]).pod(view.rank, view.attempt):
+                self._attempts.setdefault(key, {}).setdefault(view.owner, set()).add(view.attempt)
             return key
 
     def drop_pod(self, raw: Object) -> Key | None:
@@ -212,12 +222,23 @@ class Store:
                 self._pods.pop(key, None)
             return key
 
-    def mark_deleting(self, key: Key, name: str, uid: str) -> None:
-        """This operator just deleted a pod: show it as terminating until the watch says more."""
+    def mark_deleting(self, key: Key, name: str, uid: str, grace: float = 0.0) -> None:
+        """This operator just deleted a pod: show it as terminating until the watch says more.
+        `grace`: its termination grace period (it may take that long to go)."""
         with self._lock:
             stored = self._pods.get(key, {}).get(name)
             if stored is not None and stored.view.uid == uid:
                 self._pods[key][name] = PodRecord(replace(stored.view, deleting=True), stored.version)
+                self._deleted_at.setdefault(uid, time.monotonic() + grace)
+
+    def deleting_longer_than(self, seconds: float) -> bool:
+        """Whether a pod this operator deleted is still stored `seconds` past its grace period."""
+        with self._lock:
+            live = {record.view.uid for pods in self._pods.values() for record in pods.values()}
+            for uid in [uid for uid in self._deleted_at if uid not in live]:
+                del self._deleted_at[uid]
+            now = time.monotonic()
+            return any(now - since > seconds for since in self._deleted_at.values())
 
     def _owner(self, key: Key) -> str | None:
         record = self._jobs.get(key)
@@ -227,13 +248,19 @@ class Store:
         """The job's own pods (controller owner reference = the stored job's uid), in name order."""
         with self._lock:
             owner = self._owner(key)
-            return [record.view for _, record in sorted(self._pods.get(key, {}).items()) if record.view.owner == owner]
+            return [
+                record.view for _, record in sorted(self._pods.get(key, {}).items()) if _own(record.view, key, owner)
+            ]
 
     def foreign(self, key: Key) -> list[PodView]:
         """Pods with the job's label that the job does not own, in name order."""
         with self._lock:
             owner = self._owner(key)
-            return [record.view for _, record in sorted(self._pods.get(key, {}).items()) if record.view.owner != owner]
+            return [
+                record.view
+                for _, record in sorted(self._pods.get(key, {}).items())
+                if not _own(record.view, key, owner)
+            ]
 
     def had_pods(self, key: Key, attempt: int) -> bool:
         """Whether a pod of the stored job's `attempt` was ever stored (seen, created, or deleted since)."""

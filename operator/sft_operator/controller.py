@@ -123,7 +123,11 @@ def is_active(peers: Object | None, identity: str, priority: int, now: datetime)
 
 SECOND_WAVE_KINDS = frozenset({"RoleBinding", "Pod"})
 EVENT_THREADS = 4  # Events are recorded off the workers, a few at a time: they never delay a gang
-HELD_RETRY_SECONDS = 1.0  # a child's name held by another owner: look again this soon
+HELD_RETRY_SECONDS = 1.0
+STALE_DELETE_SECONDS = 30.0
+"""A pod this operator deleted that the store still shows after this long, beyond its grace period,
+makes the resync loop re-list: its DELETED event was missed (a delete made at startup, before kopf's
+watch began, is never reported by it). A gang's next attempt waits for the old pods to be gone."""  # a child's name held by another owner: look again this soon
 MAX_REPORTED_FOREIGN = 4096
 
 
@@ -356,7 +360,7 @@ class Controller:
             self.store.put_job(written)
         for pod in plan.delete_pods:
             self.kube.delete_pod(namespace, pod.name, pod.uid)
-            self.store.mark_deleting(key, pod.name, pod.uid)
+            self.store.mark_deleting(key, pod.name, pod.uid, job.spec.pod.termination_grace_period_seconds)
         if plan.create_pods:
             self._create_gang(job.model_copy(update={"status": plan.status}), supporting)
         if plan.events:
@@ -459,6 +463,7 @@ class Controller:
             if isinstance(outcome, ApiException):
                 refusal = refusal_of(obj, outcome, own_account)
                 log.warning("%s/%s: %s %s refused: %s", *key, obj["kind"], obj["metadata"]["name"], refusal.message)
+                metrics.RECONCILE_ERRORS.labels(error=refusal.reason).inc()
                 self._memory[key] = Memory(uid, attempt, refusal=refusal)
                 self.queue.add(key)
                 return False
@@ -532,19 +537,20 @@ class Controller:
         peers = self.kube.peering_status(self.settings.peering_name, namespace)
         return is_active(peers, self.settings.identity, self.settings.priority, datetime.now(UTC))
 
-    def relist(self) -> None:
+    def relist(self, startup: bool = False) -> None:
         """Re-read every job, then every pod (paginated lists), correct the store, mark what changed dirty.
 
         Runs at startup before kopf's watches start and on becoming the active replica: until then
         the workers wait, since a job whose pods are not in the store yet would look like a gang
-        with missing ranks.
+        with missing ranks. After the startup list the first resync lists once more: what the
+        workers changed before kopf's watches began (a pod deleted then) no watch ever reports.
         """
         changed = set(self.store.replace_jobs(self.kube.list_jobs(self.settings.namespaces)))
         changed |= self.store.replace_pods(self.kube.list_pods(self.settings.namespaces))
         for key in changed:
             self.queue.add(key)
         self._relisted = time.monotonic()
-        self._leading = True
+        self._leading = not startup
         self.synced.set()
 
     def resync(self) -> None:
@@ -560,7 +566,12 @@ class Controller:
             self._leading = False
             self.synced.clear()  # paused: the store goes stale until the next relist
             return
-        if not self._leading or time.monotonic() - self._relisted >= self.settings.relist_seconds:
+        since = time.monotonic() - self._relisted
+        if (
+            not self._leading
+            or since >= self.settings.relist_seconds
+            or (since >= STALE_DELETE_SECONDS and self.store.deleting_longer_than(STALE_DELETE_SECONDS))
+        ):
             self.relist()
         now = datetime.now(UTC)
         for record in self.store.jobs():

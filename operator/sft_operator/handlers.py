@@ -72,7 +72,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.label_selectors["", "v1", "pods"] = LABEL_JOB  # has the label, whatever its value
     connections = operator_settings.workers + operator_settings.create_parallelism + EVENT_THREADS + 4  # + resync
     controller = Controller(Kube(kubernetes_client(connections), operator_settings.identity), operator_settings)
-    controller.relist()  # before kopf's watches start: the workers decide from a full store
+    controller.relist(startup=True)  # before kopf's watches start: the workers decide from a full store
     controller.start()
     stop = threading.Event()
     thread = threading.Thread(target=controller.resync_forever, args=(stop,), name="resync", daemon=True)

@@ -291,7 +291,8 @@ def _restart(plan: Plan, pods: list[PodView], job: SFTJob, failure: Failure, now
         _finish(plan, pods, job, "Failed", exhausted, now)
         return
     status.restarts += 1 if counted else 0
-    delay = policy.backoff_seconds(max(status.restarts, 1), run_policy)
+    # Uncounted restarts (disruptions, a quota that is full) back off with the attempt number instead.
+    delay = policy.backoff_seconds(max(status.restarts, 1) if counted else status.attempt + 1, run_policy)
     status.phase = "Restarting"
     status.last_failure = failure
     status.reason, status.message = failure.reason, failure.message

@@ -187,7 +187,7 @@ PASS_THROUGH: list[tuple[str, Edit, str]] = [
      "spec.pod.volumes[0].emptyDir.sizeLimit"),
     ("volume-csi-no-driver", pod_list("volumes", {"name": "c", "csi": {"readOnly": True}}),
      "spec.pod.volumes[0].csi.driver: Required value"),
-    ("volume-nfs-no-server", pod_list("volumes", {"name": "n", "nfs": {"path": "/x"}}),
+    ("volume-nfs-no-server", pod_list("volumes", {"name": "share", "nfs": {"path": "/x"}}),
      "spec.pod.volumes[0].nfs.server: Required value"),
     ("volume-projected-misspelt", pod_list("volumes", {"name": "p", "projected": {"source": []}}),
      'unknown field "spec.pod.volumes[0].projected.source"'),

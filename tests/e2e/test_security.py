@@ -26,10 +26,12 @@ import pytest
 import yaml
 from kubernetes.client import ApiException
 
+from sft_operator import access
 from tests.e2e.harness import (
     GROUP,
     JOBS_NAMESPACE,
     PLURAL,
+    RELEASE,
     SYSTEM_NAMESPACE,
     TENANT_NAMESPACES,
     VERSION,
@@ -262,6 +264,9 @@ def tenants(sft_system: System) -> System:
     ]  # fmt: skip
     documents = "\n---\n".join(yaml.safe_dump(item) for item in objects)
     sft_system.cluster.kubectl("apply", "-f", "-", input=documents)
+    for namespace in TENANT_NAMESPACES:  # docs/security.md: tenants' namespaces enforce Pod Security `restricted`
+        sft_system.cluster.kubectl("label", "--overwrite", "namespace", namespace,
+                                   "pod-security.kubernetes.io/enforce=restricted")  # fmt: skip
     return dataclasses.replace(sft_system, namespace=TENANT_A)
 
 
@@ -269,7 +274,10 @@ def tenant_job(name: str, namespace: str, max_steps: int = 8) -> dict[str, Any]:
     """A 1-node CPU job on synthetic data (no host directory): what an ordinary user may run."""
     data = {"synthetic": {"task": "arithmetic", "train_examples": 256, "validation_examples": 16},
             "prompt_template": "{input}{output}"}  # fmt: skip
-    training = tiny_training(output_dir=f"/output/{name}", data=data, max_steps=max_steps, num_nodes=1, save_interval=4)
+    save = max(4, max_steps // 8 // 4 * 4)
+    training = tiny_training(
+        output_dir=f"/output/{name}", data=data, max_steps=max_steps, num_nodes=1, save_interval=save
+    )
     body = sftjob(name, training, num_nodes=1)
     body["metadata"]["namespace"] = namespace
     return body
@@ -435,17 +443,16 @@ def test_admission_policies_type_check_against_the_crd(sft_system: System) -> No
         name = policy["metadata"]["name"]
 
         def type_checking(name: str = name) -> dict[str, Any] | None:
+            """The policy's status once the API server checked its generation (typeChecking {} is clean)."""
             found = custom.get_cluster_custom_object(
                 "admissionregistration.k8s.io", "v1", "validatingadmissionpolicies", name
             )
-            result: dict[str, Any] | None = found.get("status", {}).get("typeChecking")
-            return result
+            status: dict[str, Any] = found.get("status") or {}
+            done = status.get("observedGeneration") == found["metadata"]["generation"] and "typeChecking" in status
+            return status if done else None
 
-        checked = sft_system.wait(
-            type_checking,
-            60,
-            f"type checking of {name}",
-        )
+        status = sft_system.wait(type_checking, 60, f"type checking of {name}")
+        checked = status["typeChecking"]
         assert not checked.get("expressionWarnings"), json.dumps(checked, indent=1)
 
 
@@ -458,12 +465,15 @@ def two_tenants(tenants: System) -> Iterator[dict[str, System]]:
     systems = {ALICE: tenants, BOB: dataclasses.replace(tenants, namespace=TENANT_B)}
     idle = tenant_job(IDLE, TENANT_A)
     idle["spec"]["runPolicy"]["suspend"] = True
-    for user, body in ((ALICE, tenant_job(VICTIM, TENANT_A, max_steps=16)), (BOB, tenant_job(INTRUDER, TENANT_B)),
+    for user, body in ((ALICE, tenant_job(VICTIM, TENANT_A, max_steps=240)), (BOB, tenant_job(INTRUDER, TENANT_B)),
                        (ALICE, idle)):  # fmt: skip
         result = apply_as(tenants, user, body)
         assert result.returncode == 0, result.stderr
     tenants.wait(lambda: tenants.status(VICTIM).get("phase") == "Running", 180, "the victim running", VICTIM)
     yield systems
+    for pod in tenants.core.list_namespaced_pod(TENANT_A).items:
+        if pod.metadata.name == "impostor":  # it carries the victim's label: gone before the victim's pods are awaited
+            tenants.core.delete_namespaced_pod("impostor", TENANT_A, grace_period_seconds=0)
     for system, name in ((tenants, VICTIM), (tenants, IDLE), (systems[BOB], INTRUDER)):
         system.delete(name)
 
@@ -515,6 +525,45 @@ def test_a_user_of_another_namespace_cannot_disturb_the_victim(two_tenants: dict
     aimed["spec"]["pod"]["serviceAccountName"] = f"{VICTIM}-trainer"
     result = apply_as(alice, BOB, aimed)
     assert result.returncode != 0 and "spec.pod.serviceAccountName" in result.stderr, result.stderr
+
+
+def test_an_impostor_pod_with_the_victims_labels_is_ignored(two_tenants: dict[str, System]) -> None:
+    """dana, who may create pods in tenant-a, creates a failing pod carrying the victim's rank-0 labels:
+    the operator reports it (ForeignPod) and never counts it as the victim's."""
+    alice = two_tenants[ALICE]
+    victim_pod = alice.core.read_namespaced_pod(alice.rank_pod(VICTIM, 0), TENANT_A)
+    labels = {key: value for key, value in victim_pod.metadata.labels.items() if key.startswith(f"{GROUP}/")}
+    core = kubernetes.client.CoreV1Api(impersonating_client(alice.cluster, DANA))
+    core.create_namespaced_pod(
+        TENANT_A,
+        {
+            "metadata": {"name": "impostor", "labels": labels},
+            "spec": {
+                "restartPolicy": "Never",
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": 1000,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "containers": [
+                    {
+                        "name": "trainer",
+                        "image": victim_pod.spec.containers[0].image,
+                        "command": ["python", "-c", "raise SystemExit(1)"],
+                        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                    }
+                ],
+            },
+        },
+    )
+    alice.wait(
+        lambda: any(reason == "ForeignPod" and "impostor" in message for reason, message in alice.events(VICTIM)),
+        60,
+        "a ForeignPod Event about the impostor",
+        VICTIM,
+    )
+    status = alice.status(VICTIM)
+    assert status.get("phase") in ("Running", "Succeeded") and status.get("restarts", 0) == 0, status
 
 
 TRAINER_ATTEMPTS: list[tuple[str, dict[str, Any]]] = [
@@ -576,3 +625,32 @@ def test_the_victim_finishes_as_its_pods_did(two_tenants: dict[str, System]) -> 
         stored = system.get(name)
         assert stored is not None and stored["metadata"]["annotations"][CREATOR] == user
     assert two_tenants[ALICE].status(IDLE).get("phase") in (None, "Suspended")
+
+
+def test_the_operator_rechecks_the_creators_rights(tenants: System) -> None:
+    """What admission cannot see: a right revoked after the job was admitted. The operator's own
+    credentials (the chart's ServiceAccount) ask the API server again for the recorded creator."""
+    body = tenant_job("rechecked", TENANT_A)
+    body["spec"]["runPolicy"]["suspend"] = True
+    pod_field(env=ENV_SECRET, serviceAccountName=OTHER_SA)(body)
+    assert apply_as(tenants, DANA, body).returncode == 0
+    operator = tenants.cluster.api_client(tenants.cluster.service_account_kubeconfig(SYSTEM_NAMESPACE, RELEASE))
+    authorization = kubernetes.client.AuthorizationV1Api(operator)
+    job = tenants.get("rechecked")
+    assert job is not None and access.access_refusal(authorization, job) is None
+    rbac_api = kubernetes.client.RbacAuthorizationV1Api(tenants.cluster.client)
+    binding = rbac_api.read_namespaced_role_binding("team-reader", TENANT_A)
+    rbac_api.delete_namespaced_role_binding("team-reader", TENANT_A)
+    try:
+        refusal = tenants.wait(
+            lambda: access.access_refusal(authorization, job), 30, "the revoked rights to show", "rechecked"
+        )
+    finally:
+        binding.metadata.resource_version = None
+        rbac_api.create_namespaced_role_binding(TENANT_A, binding)
+    assert refusal.permanent and refusal.reason == "AccessDenied"
+    assert (
+        f"spec.pod.env[TOKEN].valueFrom.secretKeyRef.name: {DANA} may not get secrets/{TEAM_SECRET}" in refusal.message
+    )
+    assert f"spec.pod.serviceAccountName: {DANA} may not create pods in namespace {TENANT_A}" in refusal.message
+    tenants.delete("rechecked")

@@ -474,9 +474,26 @@ def trainer_status_policy() -> Object:
     )
 
 
+def creator_patch_cel() -> str:
+    """CEL: the JSON patch adding the creator annotations (to the existing map, or as a new one).
+
+    A JSON patch, not an apply configuration: applying one converts the object to its schema's types
+    first, so a wrong type anywhere in the spec would be reported as this policy's error instead of the
+    API server's schema error naming the field."""
+    values = creator_values()
+    each = ", ".join(
+        f"JSONPatch{{op: 'add', path: '/metadata/annotations/' + jsonpatch.escapeKey({_quote(key)}), value: {value}}}"
+        for key, value in values.items()
+    )
+    whole = ", ".join(f"{_quote(key)}: {value}" for key, value in values.items())
+    return (
+        f"has(object.metadata.annotations) ? [{each}] : "
+        f"[JSONPatch{{op: 'add', path: '/metadata/annotations', value: {{{whole}}}}}]"
+    )
+
+
 def creator_policy() -> Object:
     """The MutatingAdmissionPolicy recording who created an SFTJob (for the operator's re-check)."""
-    entries = ", ".join(f"{_quote(key)}: {value}" for key, value in creator_values().items())
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingAdmissionPolicy",
@@ -485,14 +502,7 @@ def creator_policy() -> Object:
             "failurePolicy": "Fail",
             "reinvocationPolicy": "Never",
             "matchConstraints": _resource_rules(PLURAL, ["CREATE"]),
-            "mutations": [
-                {
-                    "patchType": "ApplyConfiguration",
-                    "applyConfiguration": {
-                        "expression": f"Object{{metadata: Object.metadata{{annotations: {{{entries}}}}}}}"
-                    },
-                }
-            ],
+            "mutations": [{"patchType": "JSONPatch", "jsonPatch": {"expression": creator_patch_cel()}}],
         },
     }
 

@@ -21,7 +21,9 @@ from tests.cluster.controlplane import ControlPlane
 from tests.cluster.procs import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[3]
-CHART = REPO / "charts" / "kube-sft"
+CHART = Path(os.environ.get("KUBE_SFT_TEST_CHART") or REPO / "charts" / "kube-sft")
+"""The chart under test; KUBE_SFT_TEST_CHART points at another (an older tree's, to show a regression test
+failing on the code before its fix)."""
 
 
 def operator_service_account(release: str) -> str:

@@ -18,14 +18,17 @@ API server ever shows and checks, continuously and at the end:
 
 Trainer pods are script stand-ins (rank 0 reports progress through the real status reporter, so jobs
 reach Running; the other ranks sleep): the soak tests the operator, and needs hundreds of pods in
-minutes on two cores. The real trainer's resume from its last checkpoint after a gang restart is
-checked by tests/e2e/test_chaos.py (scenario 3) and by `real_trainer_resume` below when asked for.
+minutes on two cores. With `real_trainer` (the long soak), one job per run is the real trainer
+(tiny model, real GSM8K rows, checkpoints on a host directory) whose rank 1 is killed after its
+first checkpoint while the schedule's other faults go on around it: its new gang must resume from
+the last checkpoint, losing at most `save_interval` steps.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import textwrap
 import threading
@@ -33,6 +36,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import kubernetes
@@ -43,6 +47,7 @@ from sft_operator.render import LABEL_ATTEMPT, LABEL_JOB, LABEL_RANK
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.procs import ManagedProcess, wait_until
+from tests.e2e.harness import gsm8k_data, gsm8k_dir, tiny_training
 from tests.integration.operator.conftest import Operator
 
 FAULTS = (
@@ -56,11 +61,13 @@ FAULTS = (
 )
 OVERLAP_GRACE = 5.0  # terminationGracePeriodSeconds (1 s) + the watch's delivery slack
 FINAL_TIMEOUT = 300.0
+REAL_SAVE_INTERVAL = 10
+REAL_STEPS = 60
 TRAINING: dict[str, Any] = {
     "model": {"source": "hf", "path": "/models/tiny"},
     "data": {"train_file": "/data/train.jsonl"},
-    "trainer": {"max_steps": 20, "val_check_interval": 5, "save_interval": 10, "global_batch_size": 8},
-}
+    "trainer": {"max_steps": 20, "val_check_interval": 5, "save_interval": 10, "global_batch_size": 12},
+}  # 12: divisible by every gang size the soak draws (1-3 nodes)
 STAND_IN = textwrap.dedent(
     """
     import os, sys, time
@@ -103,6 +110,46 @@ def soak_job(name: str, nodes: int, steps: int) -> dict[str, Any]:
             "training": TRAINING,
         },
     }  # fmt: skip
+
+
+def real_trainer_job(name: str, host: Path) -> dict[str, Any]:
+    """A 2-node job of the real trainer: GSM8K rows at /data, checkpoints and metrics.jsonl under /output."""
+    training = tiny_training(
+        output_dir=f"/output/{name}", data=gsm8k_data(), max_steps=REAL_STEPS,
+        val_check_interval=REAL_SAVE_INTERVAL, save_interval=REAL_SAVE_INTERVAL,
+    )  # fmt: skip
+    training["logging"].pop("metrics_port", None)
+    env = [{"name": "SFT_STATUS_INTERVAL_SECONDS", "value": "0.5"}, {"name": "OMP_NUM_THREADS", "value": "1"}]
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "SFTJob",
+        "metadata": {"name": name},
+        "spec": {
+            "resources": {"numNodes": 2, "gpusPerNode": 0},
+            "storage": {
+                "data": {"mountPath": "/data", "hostPath": {"path": str(host / "data")}, "readOnly": True},
+                "output": {"mountPath": "/output", "hostPath": {"path": str(host / "output")}},
+            },
+            "pod": {"terminationGracePeriodSeconds": 5, "env": env},
+            "runPolicy": {"backoffLimit": 100, "backoffSeconds": 1, "maxBackoffSeconds": 4},
+            "training": training,
+        },
+    }
+
+
+def metric_steps(metrics_file: Path) -> list[int]:
+    """The training steps recorded in a metrics.jsonl, in file order."""
+    if not metrics_file.exists():
+        return []
+    steps = []
+    for line in metrics_file.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "loss" in row and isinstance(row.get("step"), int):
+            steps.append(row["step"])
+    return steps
 
 
 # --- the ledger: every pod the API server shows, and the invariants over them ------------------------------
@@ -154,6 +201,7 @@ class Ledger:
     partial_since: dict[str, float] = field(default_factory=dict)
     max_overlap: float = 0.0
     max_partial: float = 0.0
+    max_partial_job: str = ""
     violations: list[str] = field(default_factory=list)
 
     def job(self, job: JobSeen) -> None:
@@ -202,7 +250,10 @@ class Ledger:
         self._interval(self.overlap_since, job_uid, len(attempts) > 1, now, "overlap")
         newest = max(attempts, default=-1)
         members = [pod for pod in alive if pod.attempt == newest]
-        self._interval(self.partial_since, job_uid, 0 < len(members) < job.nodes, now, "partial")
+        finishing = any(  # a rank that exited 0: the gang is ending, not missing a member
+            pod.job_uid == job_uid and pod.attempt == newest and pod.phase == "Succeeded" for pod in self.pods.values()
+        )
+        self._interval(self.partial_since, job_uid, 0 < len(members) < job.nodes and not finishing, now, "partial")
 
     def _interval(self, opened: dict[str, float], key: str, now_true: bool, now: float, kind: str) -> None:
         if now_true:
@@ -217,8 +268,9 @@ class Ledger:
             if length > OVERLAP_GRACE:
                 job = self.jobs[key]
                 self.violations.append(f"two attempts of {job.namespace}/{job.name} alive together for {length:.1f}s")
-        else:
-            self.max_partial = max(self.max_partial, length)
+        elif length > self.max_partial:
+            self.max_partial = length
+            self.max_partial_job = f"{self.jobs[key].namespace}/{self.jobs[key].name}"
 
     def close(self, now: float) -> None:
         """Close the open intervals (at the end of the run)."""
@@ -300,6 +352,7 @@ class Summary:
     expected_pods: int
     max_overlap: float
     max_partial: float
+    max_partial_job: str
     stuck: list[str]
     violations: list[str]
 
@@ -309,7 +362,8 @@ class Summary:
         return (
             f"| {self.seed} | {self.seconds / 60:.1f} | {self.jobs} ({self.succeeded} Succeeded, {self.deleted} deleted) "
             f"| {faults} | {self.restarts} | {self.resumes} | {self.pods} / {self.expected_pods} "
-            f"| {self.max_overlap:.1f} | {self.max_partial:.1f} | {len(self.stuck)} | {len(self.violations)} |"
+            f"| {self.max_overlap:.1f} | {self.max_partial:.1f} ({self.max_partial_job}) | {len(self.stuck)} "
+            f"| {len(self.violations)} |"
         )
 
 
@@ -345,12 +399,19 @@ class Soak:
         self.names = 0
         self.down: list[tuple[float, Operator]] = []  # operators to start again, and when
         self.suspended: dict[str, float] = {}  # job uid -> when it was suspended
+        self.real: JobSeen | None = None  # the real-trainer job, if any
+        self.real_host: Path | None = None
+        self.real_killed_at: int | None = None  # the step its metrics.jsonl had reached when rank 1 was killed
 
     # --- jobs -----------------------------------------------------------------------------------------
 
-    def submit(self, namespace: str, name: str, nodes: int) -> JobSeen | None:
+    def submit(
+        self, namespace: str, name: str, nodes: int, node_selector: dict[str, str] | None = None
+    ) -> JobSeen | None:
         """Create a job (retrying while the control plane is down); None when it could not be created."""
         body = soak_job(name, nodes, self.rng.randint(3, 8))
+        if node_selector:
+            body["spec"]["pod"]["nodeSelector"] = node_selector
         for _ in range(40):
             try:
                 created = self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
@@ -374,6 +435,80 @@ class Soak:
         """Jobs neither deleted nor seen finished."""
         with self.ledger.lock:
             return [job for job in self.ledger.jobs.values() if not job.deleted and job.final is None]
+
+    def fault_targets(self) -> list[JobSeen]:
+        """Live jobs the random faults may hit (not the real-trainer job: its fault is planned)."""
+        return [job for job in self.live_jobs() if job is not self.real]
+
+    def start_real_trainer(self, host: Path) -> None:
+        """Submit the real-trainer job (data and output under `host`)."""
+        gsm8k_dir(host / "data")
+        (host / "output").mkdir(mode=0o777, exist_ok=True)
+        (host / "output").chmod(0o777)
+        host.chmod(0o755)
+        name = f"soak-{self.seed}-real"
+        body = real_trainer_job(name, host)
+        for _ in range(40):
+            try:
+                created = self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespaces[0], PLURAL, body)
+                break
+            except Exception:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("could not create the real-trainer job")
+        self.real = JobSeen(created["metadata"]["uid"], self.namespaces[0], name, 2)
+        self.real_host = host
+        self.ledger.job(self.real)
+
+    def real_metrics(self) -> Path:
+        assert self.real is not None and self.real_host is not None
+        return self.real_host / "output" / self.real.name / "metrics.jsonl"
+
+    def kill_real_after_checkpoint(self) -> None:
+        """Once past its first checkpoint, SIGKILL the real-trainer job's rank 1 (once)."""
+        if self.real is None or self.real_killed_at is not None or self.real.final is not None:
+            return
+        found = self.read(self.real) or {}
+        checkpoint = ((found.get("status") or {}).get("latestCheckpoint") or {}).get("step", 0)
+        steps = metric_steps(self.real_metrics())
+        if checkpoint < REAL_SAVE_INTERVAL or not steps or max(steps) <= checkpoint:
+            return
+        rank1 = [pod for pod in self.pods_of(self.real) if pod.rank == 1 and pod.phase == "Running"]
+        if not rank1:
+            return
+        try:
+            self.agent.kill(self.real.namespace, rank1[0].name, signal.SIGKILL)
+        except LookupError:
+            return
+        time.sleep(1.0)  # what rank 0 wrote by now is the work at risk
+        self.real_killed_at = max(metric_steps(self.real_metrics()))
+        self.real.hit_attempts.add(rank1[0].attempt)
+        self.faults["kill_pod"] += 1
+        self.log(f"[soak {self.seed}] killed the real trainer's rank 1 at step {self.real_killed_at}")
+
+    def check_real_trainer(self) -> list[str]:
+        """The real-trainer job resumed from its last checkpoint: what is wrong (empty: nothing)."""
+        if self.real is None:
+            return []
+        problems: list[str] = []
+        final = self.real.final or {}
+        if final.get("phase") != "Succeeded":
+            return [f"the real-trainer job ended {final.get('phase')}: {final.get('message')}"]
+        if self.real_killed_at is None:
+            return ["the real-trainer job finished before its rank 1 could be killed after a checkpoint"]
+        newest = max((pod for pod in self.ledger.pods.values() if pod.job_uid == self.real.uid and pod.rank == 0),
+                     key=lambda pod: pod.attempt)  # fmt: skip
+        log = self.agent.logs(newest.namespace, newest.name)
+        resumed = [int(step) for step in re.findall(r"resumed from \S+ at step (\d+)", log)]
+        if not resumed:
+            problems.append(f"the last gang ({newest.name}) did not resume from a checkpoint")
+        elif not (REAL_SAVE_INTERVAL <= resumed[-1] <= self.real_killed_at
+                  and self.real_killed_at - resumed[-1] <= REAL_SAVE_INTERVAL):  # fmt: skip
+            problems.append(f"resumed at step {resumed[-1]} after the kill at step {self.real_killed_at}")
+        steps = metric_steps(self.real_metrics())
+        if not steps or steps[-1] != REAL_STEPS:
+            problems.append(f"metrics.jsonl ends at step {steps[-1] if steps else None}, not {REAL_STEPS}")
+        return problems
 
     def read(self, job: JobSeen) -> dict[str, Any] | None:
         """The job as stored (None: gone or unreadable now)."""
@@ -401,7 +536,7 @@ class Soak:
 
     def fault(self, kind: str) -> bool:
         """Inject one fault of `kind`; False when there was nothing to inject it on."""
-        live = self.live_jobs()
+        live = self.fault_targets()
         if kind in ("kill_pod", "delete_pod"):
             candidates = [pod for job in live for pod in self.pods_of(job)]
             if kind == "kill_pod":
@@ -489,10 +624,11 @@ class Soak:
         started = time.monotonic()
         try:
             while time.monotonic() - started < self.seconds:
+                self.kill_real_after_checkpoint()
                 self.restart_operators()
                 self.resume_suspended()
                 self.observe_finished()
-                if len(self.live_jobs()) < self.max_live:
+                if len(self.fault_targets()) < self.max_live:
                     self.names += 1
                     namespace = self.rng.choice(self.namespaces)
                     self.submit(namespace, f"soak-{self.seed}-{self.names}", self.rng.randint(1, 3))
@@ -504,6 +640,7 @@ class Soak:
             self.restart_operators(force=True)
             deadline = time.monotonic() + FINAL_TIMEOUT
             while self.live_jobs() and time.monotonic() < deadline:
+                self.kill_real_after_checkpoint()
                 self.resume_suspended(force=True)
                 self.observe_finished()
                 time.sleep(1)
@@ -517,7 +654,7 @@ class Soak:
 
     def summarize(self, seconds: float, stuck: list[str]) -> Summary:
         ledger = self.ledger
-        violations = list(ledger.violations)
+        violations = list(ledger.violations) + self.check_real_trainer()
         jobs = list(ledger.jobs.values())
         attempts_with_pods: dict[str, set[int]] = defaultdict(set)
         for pod in ledger.pods.values():
@@ -549,6 +686,7 @@ class Soak:
             expected_pods=expected,
             max_overlap=ledger.max_overlap,
             max_partial=ledger.max_partial,
+            max_partial_job=ledger.max_partial_job,
             stuck=stuck,
             violations=violations,
         )

@@ -40,6 +40,7 @@ pytestmark = pytest.mark.integration
 SOAK_SECONDS = float(os.environ.get("KUBE_SFT_SOAK_SECONDS", "240"))
 SOAK_SEEDS = [int(seed) for seed in os.environ.get("KUBE_SFT_SOAK_SEEDS", "22").split(",")]
 SOAK_RECORD = os.environ.get("KUBE_SFT_SOAK_RECORD")  # a file to append each run's summary to
+SOAK_REAL = os.environ.get("KUBE_SFT_SOAK_REAL_TRAINER") == "1"  # one real-trainer job per run (the long soak)
 
 
 @pytest.fixture(scope="module")
@@ -208,23 +209,27 @@ def _create_when_free(api: kubernetes.client.CustomObjectsApi, namespace: str, b
 def test_overlapping_faults_with_operator_fail_over(
     kube_cluster: ControlPlane, node_agent: NodeAgent, replicas: list[Operator], gang_namespaces: list[str]
 ) -> None:
-    """12 jobs in 3 namespaces; 4 s in, a rank of each of three jobs is deleted and the active replica
-    killed; every job Succeeded, every attempt a whole gang, no rank ever re-created alone."""
+    """12 jobs in 3 namespaces, their gangs Pending (not yet schedulable); 4 s in the active replica is
+    killed and, while no replica leads, rank 1 of three jobs is deleted and the gangs become
+    schedulable. Every job Succeeded, each attempt a whole gang, no rank ever re-created alone."""
     soak = Soak(kube_cluster, node_agent, replicas, gang_namespaces, seed=2, seconds=0)
-    jobs = [soak.submit(gang_namespaces[i % 3], f"over-{i}", 2) for i in range(12)]
+    v1 = core(kube_cluster)
+    gate = {"gang-test-overlap": "open"}
+    submitted = time.monotonic()
+    jobs = [soak.submit(gang_namespaces[i % 3], f"over-{i}", 2, node_selector=gate) for i in range(12)]
     watcher = PodWatcher(kube_cluster, soak.ledger)
     watcher.start()
+    leader = next(replica for replica in replicas if _leading(replica))
     try:
-        time.sleep(4)
-        victims = [job for job in jobs[:3] if job is not None]
-        v1 = core(kube_cluster)
-        for job in victims:
+        wait_until(lambda: len(soak.ledger.pods) == 24, 30, "the 12 gangs' pods (Pending)", interval=0.2)
+        time.sleep(max(0.0, submitted + 4 - time.monotonic()))  # 4 s in
+        leader.kill()
+        for job in [job for job in jobs if job is not None][:3]:
             for pod in pods(kube_cluster, job.namespace, job.name):
                 if pod.metadata.labels[f"{GROUP}/node-rank"] == "1":
                     v1.delete_namespaced_pod(pod.metadata.name, job.namespace, grace_period_seconds=0)
                     job.hit_attempts.add(int(pod.metadata.labels[f"{GROUP}/attempt"]))
-        leader = next(replica for replica in replicas if _leading(replica))
-        leader.kill()
+        v1.patch_node(node_agent.node_name, {"metadata": {"labels": gate}})
         deadline = time.monotonic() + 240
         while soak.live_jobs() and time.monotonic() < deadline:
             soak.observe_finished()
@@ -232,12 +237,14 @@ def test_overlapping_faults_with_operator_fail_over(
         time.sleep(2)
     finally:
         watcher.stopping.set()
+        v1.patch_node(node_agent.node_name, {"metadata": {"labels": dict.fromkeys(gate)}})
         leader.start()
     soak.ledger.close(time.monotonic())
     summary = soak.summarize(0, [f"{job.namespace}/{job.name}" for job in soak.live_jobs()])
     print(TABLE_HEADER, summary.row(), sep="\n")
     assert not summary.stuck and not summary.violations, summary.violations
     assert summary.succeeded == 12 and summary.pods == summary.expected_pods
+    assert summary.restarts == 3
 
 
 def _leading(replica: Operator) -> bool:
@@ -251,12 +258,15 @@ def test_randomized_fault_soak(
     replicas: list[Operator],
     gang_namespaces: list[str],
     seed: int,
+    tmp_path: Path,
 ) -> None:
     """The seeded fault soak (KUBE_SFT_SOAK_SECONDS, default 240; KUBE_SFT_SOAK_SEEDS, default 22)."""
     for replica in replicas:
         if replica.process is None or replica.process.poll() is not None:
             replica.start()
     soak = Soak(kube_cluster, node_agent, replicas, gang_namespaces, seed=seed, seconds=SOAK_SECONDS)
+    if SOAK_REAL:
+        soak.start_real_trainer(tmp_path)
     summary = soak.run()
     orphans = soak.clean_up_and_check_orphans()
     table = f"{TABLE_HEADER}\n{summary.row()}"

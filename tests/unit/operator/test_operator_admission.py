@@ -3,6 +3,7 @@ policies' cost bounds, the typed pass-through schemas and the labels the operato
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -227,3 +228,8 @@ def test_access_refusal_is_a_permanent_refusal_naming_the_fields() -> None:
     assert "configMapKeyRef" not in refusal.message
     assert [review["spec"]["user"] for review in api.reviews] == ["alice", "alice"]
     assert access.access_refusal(FakeAuthorization({("get", "secrets", "env-secret"), *api.allowed}), job) is None
+
+
+def test_the_typed_crd_stays_small_enough_for_client_side_apply() -> None:
+    """`kubectl apply` (client side) keeps the whole object in a 256 KiB annotation: the CRD must fit."""
+    assert len(json.dumps(crd.crd(), separators=(",", ":"))) < 200 * 1024

@@ -87,8 +87,8 @@ def test_pods_follow_the_newest_version_and_deleted_ones_stay_deleted() -> None:
 
 def test_a_late_event_of_a_same_named_earlier_pod_does_not_replace_the_new_one() -> None:
     store = stored()
-    assert store.put_pod(pod("demo-node-0", "20", "new", "Running", attempt=1)) == KEY  # our create response
-    assert store.put_pod(pod("demo-node-0", "12", "old", "Failed", attempt=0)) is None  # a late watch event
+    assert store.put_pod(pod("demo-node-0", "20", "new", "Running")) == KEY  # our create response
+    assert store.put_pod(pod("demo-node-0", "12", "old", "Failed")) is None  # a late watch event
     [view] = store.pods(KEY)
     assert view.uid == "new" and view.phase == "Running"
 
@@ -109,12 +109,13 @@ def test_pods_are_the_jobs_by_owner_uid_never_by_labels_alone() -> None:
         pod("demo-node-1", "3", "p1", rank=1),
         pod("impostor", "4", "x1", rank=1, owner=None),  # the job's labels, no owner
         pod("other", "5", "x2", rank=0, owner="someone-else"),
+        pod("forged", "6", "x3", rank=1, owner="u1"),  # an owner reference anyone may write: not its name
     )
     assert [view.name for view in store.pods(KEY)] == ["demo-node-0", "demo-node-1"]
-    assert [view.name for view in store.foreign(KEY)] == ["impostor", "other"]
+    assert [view.name for view in store.foreign(KEY)] == ["forged", "impostor", "other"]
     assert store.had_pods(KEY, 0) and not store.had_pods(KEY, 1)
-    store.drop_pod(pod("demo-node-0", "6", "p0"))
-    store.drop_pod(pod("demo-node-1", "7", "p1", rank=1))
+    store.drop_pod(pod("demo-node-0", "7", "p0"))
+    store.drop_pod(pod("demo-node-1", "8", "p1", rank=1))
     assert store.pods(KEY) == [] and store.had_pods(KEY, 0)  # the attempt had pods: a gang with none left is broken
 
 
