@@ -47,8 +47,9 @@ test: env lint typecheck cluster-bins  ## ruff, mypy and the whole pytest suite 
 unit: env  ## the fast tests only
 	$(BIN)/pytest -m "not gpu and not integration and not e2e" tests
 
-crds: env  ## regenerate crds/, the chart's CRDs and docs/api-reference.md from the API models
+crds: env  ## regenerate crds/, the chart's CRDs, values.schema.json and docs/api-reference.md from the models
 	$(BIN)/python -m sft_operator.api.crd --write
+	$(BIN)/python -m sft_operator.api.chart_values --write
 	$(BIN)/python -m sft_operator.api.reference --write
 
 bench-data: env  ## data pipeline vs TRL's preparation on T0 -> bench/results/data.json
