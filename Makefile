@@ -12,7 +12,7 @@ export UV_PYTHON_DOWNLOADS := never
 # Heavy, version-keyed builds (the Kubernetes control plane) live outside the repository.
 export KUBE_SFT_CACHE ?= $(HOME)/.cache/kube-sft
 
-.PHONY: images help env demo test lint typecheck unit crds cluster-bins bench-data bench-train bench-operator gpu-test soak-long clean
+.PHONY: images help env demo test lint typecheck unit crds cluster-bins lint-tools bench-data bench-train bench-operator gpu-test soak-long clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -41,7 +41,10 @@ typecheck: env
 cluster-bins: env  ## build/cache kube-apiserver, etcd, controller-manager, scheduler, kubectl, helm
 	@if [ -x hack/controlplane/build.sh ]; then hack/controlplane/build.sh; fi
 
-test: env lint typecheck cluster-bins  ## ruff, mypy and the whole pytest suite (no GPU tests)
+lint-tools:  ## install/cache checkov (the rendered chart's linter) outside the repository
+	hack/checkov/install.sh
+
+test: env lint typecheck cluster-bins lint-tools  ## ruff, mypy and the whole pytest suite (no GPU tests)
 	$(BIN)/pytest -m "not gpu" tests
 
 unit: env  ## the fast tests only
