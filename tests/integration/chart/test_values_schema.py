@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from sft_operator.api import chart_values
+from tests.cluster.controlplane import ControlPlane
 from tests.integration.chart.helm import CHART, helm_template
 
 pytestmark = pytest.mark.integration
@@ -48,3 +49,15 @@ def test_helm_accepts_the_documented_settings() -> None:
         "--set", "resources.requests.cpu=10m", "--set", "metrics.serviceMonitor.enabled=true",
         "--set", "admission.hostAccessNamespaces={a}", "--set", "crds.install=false",
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["install", "upgrade --install"])
+def test_helm_install_and_upgrade_refuse_before_touching_the_cluster(kube_cluster: ControlPlane, command: str) -> None:
+    release = "schema-" + command.split()[0]
+    result = kube_cluster.helm(
+        *command.split(), release, str(CHART), "--namespace", "schema-probe", "--create-namespace",
+        "--set", "replicaCount=two", check=False,
+    )  # fmt: skip
+    assert result.returncode != 0 and "at '/replicaCount': got string, want integer" in result.stderr, result.stderr
+    listed = kube_cluster.helm("list", "--namespace", "schema-probe", "--short").stdout
+    assert release not in listed
