@@ -65,16 +65,17 @@ def previous_chart(destination: Path) -> Path:
     return destination / CHART_PATH
 
 
-def run_block(cluster: ControlPlane, block: list[list[str]], chart: Path) -> list[str]:
-    """Run one guide block's commands (helm or kubectl only); returns each command's stdout."""
+def run_block(cluster: ControlPlane, block: list[list[str]], chart: Path, expect_failure: bool = False) -> list[str]:
+    """Run one guide block's commands (helm or kubectl only); returns each command's stdout (its stderr
+    when `expect_failure`: then every command must fail)."""
     outputs = []
     for argv in block:
         tool, *args = argv
         assert tool in ("helm", "kubectl"), f"the guide's block runs {tool}: only helm and kubectl are followed"
         args = [str(chart) if arg == CHART_PATH else arg for arg in args]
         result = (cluster.helm if tool == "helm" else cluster.kubectl)(*args, check=False)
-        assert result.returncode == 0, f"`{shlex.join(argv)}` failed:\n{result.stdout}\n{result.stderr}"
-        outputs.append(result.stdout)
+        assert (result.returncode != 0) == expect_failure, f"`{shlex.join(argv)}`:\n{result.stdout}\n{result.stderr}"
+        outputs.append(result.stderr if expect_failure else result.stdout)
     return outputs
 
 
@@ -137,14 +138,18 @@ def test_guide_install_upgrade_uninstall_keeps_every_job(cluster: ControlPlane, 
     refused = cluster.kubectl("apply", "-n", "team-a", "-f", "-", input=with_evaluation, check=False)
     assert refused.returncode != 0 and "evaluation" in refused.stderr, refused.stderr
 
+    # Without the guide's adoption commands Helm refuses the unowned CRD and changes nothing.
+    (helm_upgrade,) = [argv for argv in upgrade if argv[:2] == ["helm", "upgrade"]]
+    (refusal,) = run_block(cluster, [helm_upgrade], REPO / CHART_PATH, expect_failure=True)
+    assert "invalid ownership metadata" in refusal, refusal
+    assert stored_jobs(cluster) == before
+
     # Upgrade as the guide says: the CRD moves to the new schema, every job is kept unchanged.
     (*_, listing) = run_block(cluster, upgrade, REPO / CHART_PATH)
     assert all(f"{ns}   {name}" in re.sub(r" +", "   ", listing) for ns, name in before), listing
     assert stored_jobs(cluster) == before
     releases = json.loads(cluster.helm("list", "--namespace", "kube-sft-system", "--output", "json").stdout)
-    assert [(r["chart"], r["revision"], r["status"]) for r in releases] == [
-        (f"kube-sft-{new_version}", "2", "deployed")
-    ]
+    assert [(r["chart"], r["status"]) for r in releases] == [(f"kube-sft-{new_version}", "deployed")], releases
     ext = kubernetes.client.ApiextensionsV1Api(cluster.client)
     crd = ext.read_custom_resource_definition(CRD)
     assert crd.metadata.annotations["helm.sh/resource-policy"] == "keep"
