@@ -204,3 +204,13 @@ def test_sft_train_help_shows_the_dotted_overrides(no_cluster_env: dict[str, str
     )
     assert "Usage: sft train [OPTIONS] [DOTTED.KEY=VALUE]..." in usage.stdout, usage.stdout
     assert "trainer.max_steps=200 optim.lr=1e-5" in usage.stdout
+
+
+@pytest.mark.parametrize(
+    ("doc", "codes"),
+    [("trainer.md", [int(code) for code in ExitCode]), ("user-guide.md", [int(c) for c in PluginExit])],
+)
+def test_every_exit_code_has_a_row_in_the_docs(doc: str, codes: list[int]) -> None:
+    text = (ROOT / "docs" / doc).read_text(encoding="utf-8")
+    missing = [code for code in codes if f"\n| {code} | " not in text]
+    assert not missing, f"docs/{doc} has no table row for exit codes {missing}"
