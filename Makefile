@@ -17,10 +17,11 @@ export KUBE_SFT_CACHE ?= $(HOME)/.cache/kube-sft
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# The locked versions of uv.lock, exactly (`--frozen`: never re-resolved here; tests/unit/test_lock.py
+# checks that it matches pyproject.toml). The project itself is installed editable.
+$(VENV)/.installed: pyproject.toml uv.lock
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
-	@[ -x $(BIN)/python ] || $(UV) venv -q --python $(PYTHON) $(VENV)
-	$(UV) pip install -q --python $(BIN)/python -e '.[operator,trainer,dev]'
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync -q --frozen --python $(PYTHON) --extra operator --extra trainer --extra dev
 	@touch $@
 
 env: $(VENV)/.installed  ## create .venv with the `sft` command and every dependency
