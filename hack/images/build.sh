@@ -18,7 +18,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 source "$HERE/versions.env"
 CACHE="${KUBE_SFT_CACHE:-$HOME/.cache/kube-sft}"
 OUT="$CACHE/images"
-PY="${PYTHON:-$ROOT/.venv/bin/python}"
+PY="${KUBE_SFT_PYTHON:-$ROOT/.venv/bin/python}"
 START=$(date +%s)
 MODE=warm
 mkdir -p "$OUT"
@@ -128,6 +128,8 @@ build_with_buildah() {
     rm -f "$archive.tmp"
     nice -n 10 buildah push --quiet "$tag" "docker-archive:$archive.tmp:$tag" >&2
     mv "$archive.tmp" "$archive"
+    # Keep this archive and the one before it (another checkout may still use it); drop older ones.
+    ls -t "$OUT/$name"-*.tar | tail -n +3 | xargs -r rm -f
     log "$tag exported in $(seconds_since "$t0")s: $(du -h "$archive" | cut -f1)"
     echo "$archive"
 }

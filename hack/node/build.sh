@@ -51,14 +51,14 @@ build_kubelet() {
 }
 
 build_containerd() {
-    [ -x "$CONTAINERD_BIN/containerd" ] && [ -x "$CONTAINERD_BIN/ctr" ] && return 0
+    [ -x "$CONTAINERD_BIN/containerd" ] && [ -x "$CONTAINERD_BIN/ctr" ] && [ -x "$CONTAINERD_BIN/containerd-shim-runc-v2" ] && return 0
     MODE=cold; need_go
     local t0 pkg=github.com/containerd/containerd/v2
     t0=$(date +%s)
-    log "building containerd $CONTAINERD_VERSION and ctr from the Go module proxy"
+    log "building containerd $CONTAINERD_VERSION, its runc shim and ctr from the Go module proxy"
     (cd "$HERE/containerd" && nice -n 10 go build -tags "no_btrfs no_devmapper no_zfs" \
         -ldflags "-s -w -X $pkg/version.Version=$CONTAINERD_VERSION" \
-        -o "$CONTAINERD_BIN/" "$pkg/cmd/containerd" "$pkg/cmd/ctr")
+        -o "$CONTAINERD_BIN/" "$pkg/cmd/containerd" "$pkg/cmd/ctr" "$pkg/cmd/containerd-shim-runc-v2")
     log "containerd built in $(seconds_since "$t0")s"
 }
 
