@@ -5,7 +5,7 @@
 
 `up` starts `serve` as a background process: the test control plane (tests/cluster/controlplane.py),
 a real node (kubelet + containerd + runc, tests/cluster/real_node.py) with the images `make images`
-built, and a Prometheus that discovers the operator's and trainers' `metrics` ports through the API.
+built, and a Prometheus scraping every pod's `metrics` port (the operator's and the trainers').
 Then, as a user would: `helm install` of charts/kube-sft (the CPU trainer image), `kubectl apply` of
 examples/sftjob-demo.yaml made small for a laptop, and it waits for the job to finish. Everything
 lives in $KUBE_SFT_CACHE/dev-cluster (default ~/.cache/kube-sft/dev-cluster).
@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import yaml
 
 from tests.cluster.binaries import REPO_ROOT, cache_dir
@@ -48,23 +49,22 @@ def demo_job(manifest: Path = DEMO_MANIFEST) -> dict[str, Any]:
     job: dict[str, Any] = yaml.safe_load(manifest.read_text())
     job["spec"]["resources"]["requests"] = {"cpu": "500m", "memory": "1Gi"}
     training = job["spec"]["training"]
-    training["trainer"].update(max_steps=300, val_check_interval=100, save_interval=150, log_every_n_steps=25)
+    training["trainer"].update(max_steps=300, val_check_interval=100, save_interval=300, log_every_n_steps=25)
     training["logging"] = {"progress": "lines", "metrics_port": 9400}
     job["spec"].setdefault("pod", {})["env"] = [{"name": "OMP_NUM_THREADS", "value": "1"}]
     return job
 
 
-def pod_scrape_job(kubeconfig: Path) -> dict[str, Any]:
-    """A Prometheus scrape job for every pod port named `metrics` (the operator's and the trainers')."""
-    return {
-        "job_name": "kube-sft-pods",
-        "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(kubeconfig)}],
-        "relabel_configs": [
-            {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": "metrics", "action": "keep"},
-            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-        ],
-    }
+def metrics_targets(pods: list[Any]) -> list[str]:
+    """`ip:port` of every running pod's container port named `metrics` (the operator's, the trainers')."""
+    return sorted(
+        f"{pod.status.pod_ip}:{port.container_port}"
+        for pod in pods
+        if pod.status.phase == "Running" and pod.status.pod_ip
+        for container in pod.spec.containers
+        for port in container.ports or []
+        if port.name == "metrics"
+    )
 
 
 # ----- serve: the long-running part --------------------------------------------------------------
@@ -82,8 +82,6 @@ def serve(state: Path) -> None:
     try:
         node = RealNode(cluster, state / "node", images=list(images.values())).start()
         prometheus = PrometheusServer(state / "prometheus", scrape_interval="5s").start()
-        prometheus.jobs["kube-sft-pods"] = pod_scrape_job(cluster.kubeconfig)
-        prometheus.reload()
         ready = {
             "kubeconfig": str(cluster.kubeconfig),
             "prometheus": prometheus.url,
@@ -93,7 +91,15 @@ def serve(state: Path) -> None:
         }
         (state / "ready.json").write_text(json.dumps(ready, indent=1))
         print(f"ready: {ready}", flush=True)
-        stop.wait()
+        # Debian's Prometheus has no Kubernetes service discovery: follow the pods' metrics ports here.
+        v1 = kubernetes.client.CoreV1Api(cluster.client)
+        targets: list[str] = []
+        while not stop.wait(5):
+            with contextlib.suppress(Exception):
+                found = metrics_targets(v1.list_pod_for_all_namespaces().items)
+                if found != targets:
+                    prometheus.set_targets("kube-sft-pods", found)
+                    targets = found
     finally:
         if prometheus is not None:
             prometheus.stop()
