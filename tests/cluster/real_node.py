@@ -520,7 +520,8 @@ def golden_root(binaries: NodeBinaries, archives: Sequence[Path]) -> Path:
     golden = cache_dir() / "node" / f"containerd-root-{key}"
     if golden.exists():
         return golden
-    prune_oldest(list(golden.parent.glob("containerd-root-*")), keep=1)
+    # ~11 GB each (blobs + unpacked snapshots): only the newest image set keeps one.
+    prune_oldest([p for p in golden.parent.glob("containerd-root-*") if p.is_dir()], keep=0)
     building = Path(tempfile.mkdtemp(prefix=f"{golden.name}.", dir=golden.parent if golden.parent.exists() else None))
     golden.parent.mkdir(parents=True, exist_ok=True)
     config = building / "config.toml"
