@@ -31,7 +31,7 @@ import yaml
 from tests.cluster.binaries import REPO_ROOT, cache_dir
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.prometheus import PrometheusServer
-from tests.cluster.real_node import RealNode, archive_image_tags, project_image_archives
+from tests.cluster.real_node import RealNode, archive_image_tags, project_image_archives, sweep_stale_cgroups
 
 RELEASE, SYSTEM_NAMESPACE, JOB = "kube-sft", "kube-sft-system", "demo"
 DEMO_MANIFEST = REPO_ROOT / "examples" / "sftjob-demo.yaml"
@@ -220,8 +220,11 @@ def down() -> None:
     leftovers = []
     with contextlib.suppress(OSError, ValueError):
         leftovers = json.loads((state / "leftovers.json").read_text())
+    swept = sweep_stale_cgroups()  # a `serve` that was killed could not remove its node's cgroups
     if leftovers:
         raise SystemExit("[dev-cluster] stopped, but left behind:\n" + "\n".join(leftovers))
+    if swept:
+        print(f"[dev-cluster] removed the cgroups of a node that was killed: {swept}")
     subprocess.run(["rm", "-rf", str(state)], check=True)
     print("[dev-cluster] stopped; nothing left running or mounted")
 

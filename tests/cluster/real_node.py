@@ -265,7 +265,7 @@ class RealNode:
         cluster: ControlPlane,
         workdir: Path,
         images: Sequence[Path] = (),
-        node_name: str = "kube-sft-node-0",
+        node_name: str = "kube-sft-real-node-0",  # never a node agent's name (kube-sft-node-<n>)
         binaries: NodeBinaries | None = None,
     ) -> None:
         self.cluster = cluster
@@ -273,6 +273,7 @@ class RealNode:
         self.images = list(images)
         self.node_name = node_name
         self.binaries = binaries or find_node_binaries()
+        sweep_stale_cgroups()
         self.index = free_node_index()
         self.link = f"ksftn{self.index}"
         self.host_ip = f"10.202.{self.index}.1"
@@ -572,6 +573,22 @@ def make_cgroups(name: str) -> None:
         if hierarchy.name == "cpuset":
             for knob in ("cpuset.cpus", "cpuset.mems"):
                 (directory / knob).write_text((hierarchy / knob).read_text())
+
+
+def sweep_stale_cgroups() -> list[str]:
+    """Remove the cgroup roots of nodes whose test process is gone (a session killed before its
+    clean-up); returns their names. Names are `kube-sft-node-<pid>-<k>`."""
+    root = Path("/sys/fs/cgroup")
+    names = (
+        {p.name for h in root.iterdir() if h.is_dir() for p in h.glob("kube-sft-node-*-*")} if root.exists() else set()
+    )
+    stale = []
+    for name in sorted(names):
+        pid = name.removeprefix("kube-sft-node-").split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            remove_cgroups(name, timeout=5)
+            stale.append(name)
+    return stale
 
 
 def remove_cgroups(name: str, timeout: float = 30) -> None:
