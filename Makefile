@@ -12,7 +12,7 @@ export UV_PYTHON_DOWNLOADS := never
 # Heavy, version-keyed builds (the Kubernetes control plane) live outside the repository.
 export KUBE_SFT_CACHE ?= $(HOME)/.cache/kube-sft
 
-.PHONY: images help env demo test lint typecheck unit crds cluster-bins bench-data bench-train bench-operator gpu-test soak-long clean
+.PHONY: images help env demo test lint typecheck unit crds cluster-bins node-bins dev-cluster dev-cluster-down bench-data bench-train bench-operator gpu-test soak-long clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -42,7 +42,11 @@ typecheck: env
 cluster-bins: env  ## build/cache kube-apiserver, etcd, controller-manager, scheduler, kubectl, helm
 	@if [ -x hack/controlplane/build.sh ]; then hack/controlplane/build.sh; fi
 
-test: env lint typecheck cluster-bins  ## ruff, mypy and the whole pytest suite (no GPU tests)
+node-bins: cluster-bins  ## build/cache the real test node: kubelet, containerd, pause image (+ Debian runc, CNI plugins)
+	hack/node/build.sh
+
+# The e2e scenarios run the images on a real node: both are built (or found in the cache) first.
+test: env lint typecheck cluster-bins node-bins images  ## ruff, mypy and the whole pytest suite (no GPU tests)
 	$(BIN)/pytest -m "not gpu" tests
 
 unit: env  ## the fast tests only
@@ -72,9 +76,14 @@ soak-long: env cluster-bins  ## the gang fault soak, long: 3 seeds x 11 min (+ d
 gpu-test:  ## the GPU tests (run on the device, after `source .gpu-rig/setup.sh`)
 	python3 -m pytest -m gpu tests/gpu
 
-images: env  ## build both images with the tags the chart deploys (needs a Docker engine)
-	docker build -f trainer_image/Dockerfile -t $$($(BIN)/python hack/image_names.py trainer) .
-	docker build -f operator/Dockerfile -t $$($(BIN)/python hack/image_names.py operator) .
+images: env  ## build the operator and CPU trainer images with the chart's tags (Docker engine, else buildah)
+	hack/images/build.sh
+
+dev-cluster: env cluster-bins node-bins images  ## a local cluster (real node), the chart, a demo SFTJob run to the end
+	$(BIN)/python -m tests.cluster.dev_cluster up
+
+dev-cluster-down:  ## stop the dev cluster and remove everything it made
+	$(BIN)/python -m tests.cluster.dev_cluster down
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
