@@ -18,7 +18,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 source "$HERE/versions.env"
 CACHE="${KUBE_SFT_CACHE:-$HOME/.cache/kube-sft}"
 OUT="$CACHE/images"
-PY="${PYTHON:-$ROOT/.venv/bin/python}"
+PY="${KUBE_SFT_PYTHON:-$ROOT/.venv/bin/python}"
 START=$(date +%s)
 MODE=warm
 mkdir -p "$OUT"
@@ -56,17 +56,17 @@ install_debian_packages() {
 # The local base: Debian + python3 + pip as a rootfs tarball (the stand-in for python:*-slim-bookworm).
 base_image() {
     local key tar t0
-    key="$(grep '^BASE_' "$HERE/versions.env" | sha256sum | cut -c1-16)"
+    key="$(grep -E '^BASE_(SUITE|PACKAGES|TAG)=' "$HERE/versions.env" | sha256sum | cut -c1-16)"
     tar="$OUT/base-$BASE_SUITE-$key.tar"
     if [ ! -s "$tar" ]; then
         MODE=cold; t0=$(date +%s)
         log "building the base rootfs ($BASE_SUITE: $BASE_PACKAGES) with mmdebstrap"
         # Debian's python refuses `pip install` outside a venv (PEP 668); the slim Python images do not.
-        nice -n 10 mmdebstrap --quiet --variant=minbase --include="$BASE_PACKAGES" \
+        nice -n 10 mmdebstrap --quiet --format=tar --variant=minbase --include="$BASE_PACKAGES" \
             --customize-hook='rm -f "$1"/usr/lib/python3*/EXTERNALLY-MANAGED' \
             --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
-            "$BASE_SUITE" "$tar.tmp" >&2
-        mv "$tar.tmp" "$tar"
+            "$BASE_SUITE" "${tar%.tar}.partial.tar" >&2
+        mv "${tar%.tar}.partial.tar" "$tar"
         log "base rootfs built in $(seconds_since "$t0")s"
     fi
     local id_file="$OUT/base-$BASE_SUITE-$key.imported"
@@ -101,7 +101,8 @@ for requirement in (project["project"]["dependencies"] + extras["operator"] + ex
 EOF
         log "downloading the images' wheels from PyPI into $dir (cold: ~4 GB, torch brings CUDA libraries)"
         mkdir -p "$dir"
-        nice -n 10 python3 -m pip download -q --dest "$dir" -r "$reqs" >&2
+        nice -n 10 python3 -m pip download -q --dest "$dir" --only-binary=:all: --python-version "$BASE_PYTHON" \
+            -r "$reqs" >&2
         rm -f "$reqs"
         touch "$dir/.complete"
         log "wheels downloaded in $(seconds_since "$t0")s"
@@ -121,13 +122,19 @@ build_with_buildah() {
     pipconf="$(mktemp)"
     printf '[global]\nno-index = true\nfind-links = /wheels\n' >"$pipconf"
     log "building $tag from $dockerfile with buildah"
+    local previous
+    previous="$(buildah images --quiet --no-trunc "$tag" 2>/dev/null | head -1 || true)"
     nice -n 10 buildah build --quiet --layers --isolation chroot -f "$ROOT/$dockerfile" -t "$tag" \
         --volume "$WHEELS:/wheels:ro" --volume "$pipconf:/etc/pip.conf:ro" "$@" "$ROOT" >&2
     rm -f "$pipconf"
+    # The image this tag named before is garbage now (its layers stay while a newer image uses them).
+    if [ -n "$previous" ]; then buildah rmi "$previous" >/dev/null 2>&1 || true; fi
     log "$tag built in $(seconds_since "$t0")s; exporting"
     rm -f "$archive.tmp"
     nice -n 10 buildah push --quiet "$tag" "docker-archive:$archive.tmp:$tag" >&2
     mv "$archive.tmp" "$archive"
+    # Keep this archive and the one before it (another checkout may still use it); drop older ones.
+    ls -t "$OUT/$name"-*.tar | tail -n +3 | xargs -r rm -f
     log "$tag exported in $(seconds_since "$t0")s: $(du -h "$archive" | cut -f1)"
     echo "$archive"
 }

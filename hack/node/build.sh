@@ -46,19 +46,22 @@ build_kubelet() {
     for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
         ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitTreeState=clean -X $pkg.gitCommit=module-proxy-$K8S_VERSION"
     done
-    (cd "$(k8s_module_copy)" && nice -n 10 go build -mod=mod -ldflags "$ldflags" -o "$K8S_BIN/" k8s.io/kubernetes/cmd/kubelet)
+    local module
+    module="$(k8s_module_copy)"
+    (cd "$module" && nice -n 10 go build -mod=mod -ldflags "$ldflags" -o "$K8S_BIN/" k8s.io/kubernetes/cmd/kubelet)
+    rm -rf "$module"
     log "kubelet built in $(seconds_since "$t0")s"
 }
 
 build_containerd() {
-    [ -x "$CONTAINERD_BIN/containerd" ] && [ -x "$CONTAINERD_BIN/ctr" ] && return 0
+    [ -x "$CONTAINERD_BIN/containerd" ] && [ -x "$CONTAINERD_BIN/ctr" ] && [ -x "$CONTAINERD_BIN/containerd-shim-runc-v2" ] && return 0
     MODE=cold; need_go
     local t0 pkg=github.com/containerd/containerd/v2
     t0=$(date +%s)
-    log "building containerd $CONTAINERD_VERSION and ctr from the Go module proxy"
+    log "building containerd $CONTAINERD_VERSION, its runc shim and ctr from the Go module proxy"
     (cd "$HERE/containerd" && nice -n 10 go build -tags "no_btrfs no_devmapper no_zfs" \
         -ldflags "-s -w -X $pkg/version.Version=$CONTAINERD_VERSION" \
-        -o "$CONTAINERD_BIN/" "$pkg/cmd/containerd" "$pkg/cmd/ctr")
+        -o "$CONTAINERD_BIN/" "$pkg/cmd/containerd" "$pkg/cmd/ctr" "$pkg/cmd/containerd-shim-runc-v2")
     log "containerd built in $(seconds_since "$t0")s"
 }
 
@@ -69,8 +72,11 @@ build_pause() {
     MODE=cold
     local src tmp
     need_go
-    src="$(cd "$(k8s_module_copy)" && go mod download k8s.io/kubernetes && go list -mod=mod -m -f '{{.Dir}}' k8s.io/kubernetes)"
+    local module
+    module="$(k8s_module_copy)"
+    src="$(cd "$module" && go mod download k8s.io/kubernetes && go list -mod=mod -m -f '{{.Dir}}' k8s.io/kubernetes)"
     src="$src/build/pause/linux/pause.c"
+    rm -rf "$module"
     tmp="$(mktemp -d)"
     gcc -Os -static -Wall -Werror -DVERSION="$K8S_VERSION" -o "$tmp/pause" "$src"
     printf 'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n' >"$tmp/Containerfile"

@@ -2,7 +2,8 @@
 
 `sft train` is torchrun-aware: it reads RANK / WORLD_SIZE / LOCAL_RANK and re-checks the
 configuration against the real number of processes. Its exit code follows
-`sft_trainer.exit_codes` so the operator can tell permanent from transient failures.
+`sft_trainer.exit_codes` so the operator can tell permanent from transient failures; every
+command ends a user error with one line and one of those codes (docs/trainer.md, Exit codes).
 """
 
 import logging
@@ -11,14 +12,27 @@ from typing import Annotated
 
 import typer
 
+from sft_trainer.cli_common import VersionOption, examples, run_console_script
 from sft_trainer.cli_data import data_app
 from sft_trainer.cli_export import export
 from sft_trainer.exit_codes import ExitCode
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Supervised fine-tuning of LLMs (kube-sft).")
+app = typer.Typer(no_args_is_help=True, add_completion=False)
 app.add_typer(data_app, name="data", help="Prepare, convert and inspect SFT data.")
 # A command, not a group: a group's positional argument would stop option parsing.
 app.command("export")(export)
+
+
+@app.callback(
+    epilog=examples(
+        "sft train --config examples/local/demo.yaml trainer.max_steps=200",
+        "sft data convert dolly --input dolly.jsonl --output dolly-io.jsonl",
+        "sft generate --model runs/demo/final --prompt '12+34='",
+        "sft report runs/demo",
+    )
+)
+def main_options(version: VersionOption = False) -> None:
+    """Supervised fine-tuning of LLMs (kube-sft). Exit codes: docs/trainer.md."""
 
 
 def _fail(lines: list[str], code: ExitCode) -> typer.Exit:
@@ -27,14 +41,23 @@ def _fail(lines: list[str], code: ExitCode) -> typer.Exit:
     return typer.Exit(int(code))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    options_metavar="[OPTIONS] [DOTTED.KEY=VALUE]...",
+    epilog=examples(
+        "sft train --config examples/local/demo.yaml",
+        "sft train -c run.yaml trainer.max_steps=200 optim.lr=1e-5",
+        "sft train -c gpt_sft.yaml trainer.sft.max_steps=500 model.optim.lr=5e-6   # NeMo-Aligner's config and keys",
+        "torchrun --nproc-per-node 8 -m sft_trainer.cli train -c run.yaml",
+    ),
+)
 def train(
     ctx: typer.Context,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Run YAML, a NeMo-Aligner gpt_sft.yaml or an SFTJob manifest.")
     ] = None,
 ) -> None:
-    """Fine-tune a model: `sft train --config run.yaml` followed by any dotted.key=value overrides (ours or NeMo-Aligner's)."""
+    """Fine-tune a model from a run YAML, then any dotted.key=value overrides (ours or NeMo-Aligner's)."""
     from sft_trainer.config import ConfigError, ConfigProblem, consistency_problems
     from sft_trainer.config.loading import load_config_and_notes
     from sft_trainer.distributed import current_env
@@ -241,14 +264,17 @@ def report(
     """Plot a run's metrics.jsonl and print a summary."""
     from sft_trainer.run_report import report as make_report
 
-    path, text = make_report(run_dir, output)
+    try:
+        path, text = make_report(run_dir, output)
+    except (OSError, ValueError) as error:
+        raise _fail([f"sft report: {error}"], ExitCode.DATA_ERROR) from None
     typer.echo(text)
     typer.echo(f"wrote {path}")
 
 
 def main() -> None:
-    """Entry point for `python -m sft_trainer.cli`."""
-    app()
+    """The `sft` console script and `python -m sft_trainer.cli`: a missing extra ends in one line, exit 15."""
+    run_console_script(app, "sft")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""The real test node's pure parts: its DNS packets and names, CRI log lines, generated configs."""
+"""The real test node's pure parts: DNS packets and names, CRI log lines, configs, the dev cluster's job."""
 
 import struct
 from pathlib import Path
 from types import SimpleNamespace
 
+from sft_operator.api.models import SFTJob
 from tests.cluster.cluster_dns import (
     NXDOMAIN,
     TYPE_A,
@@ -13,6 +14,7 @@ from tests.cluster.cluster_dns import (
     parse_query,
     split_cluster_name,
 )
+from tests.cluster.dev_cluster import demo_job, metrics_targets
 from tests.cluster.real_node import cni_config, parse_cri_log
 
 
@@ -78,3 +80,25 @@ def test_cni_config_is_a_bridge_with_host_local_ipam(tmp_path: Path) -> None:
     assert (bridge["type"], bridge["bridge"], bridge["ipMasq"]) == ("bridge", "cni7", True)
     assert bridge["ipam"]["ranges"] == [[{"subnet": "10.201.7.0/24"}]]
     assert bridge["ipam"]["dataDir"] == str(tmp_path)
+
+
+def test_the_dev_cluster_demo_job_is_a_valid_small_sftjob() -> None:
+    job = SFTJob.model_validate(demo_job())
+    assert job.spec.training.trainer.max_steps == 300
+    assert job.spec.resources.requests == {"cpu": "500m", "memory": "1Gi"}
+
+
+def test_metrics_targets_are_running_pods_metrics_ports() -> None:
+    def pod_with(phase: str, ip: str, port_name: str) -> SimpleNamespace:
+        port = SimpleNamespace(name=port_name, container_port=9400)
+        return SimpleNamespace(
+            status=SimpleNamespace(phase=phase, pod_ip=ip),
+            spec=SimpleNamespace(containers=[SimpleNamespace(ports=[port])]),
+        )
+
+    pods = [
+        pod_with("Running", "10.0.0.2", "metrics"),
+        pod_with("Succeeded", "10.0.0.3", "metrics"),
+        pod_with("Running", "10.0.0.4", "dist"),
+    ]
+    assert metrics_targets(pods) == ["10.0.0.2:9400"]
