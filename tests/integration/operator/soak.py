@@ -33,6 +33,7 @@ import signal
 import textwrap
 import threading
 import time
+import traceback
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -330,7 +331,7 @@ def restart_component(cluster: ControlPlane, name: str, down_seconds: float) -> 
             return False
         return True
 
-    wait_until(ready, 60, f"{name} back", interval=0.5)
+    wait_until(ready, 180, f"{name} back", interval=0.5)
 
 
 # --- the soak -----------------------------------------------------------------------------------------------
@@ -481,7 +482,7 @@ class Soak:
         except LookupError:
             return
         time.sleep(1.0)  # what rank 0 wrote by now is the work at risk
-        self.real_killed_at = max(metric_steps(self.real_metrics()))
+        self.real_killed_at = max(metric_steps(self.real_metrics()), default=0)
         self.real.hit_attempts.add(rank1[0].attempt)
         self.faults["kill_pod"] += 1
         self.log(f"[soak {self.seed}] killed the real trainer's rank 1 at step {self.real_killed_at}")
@@ -611,10 +612,24 @@ class Soak:
                 self.suspended.pop(uid)
 
     def restart_operators(self, force: bool = False) -> None:
-        for due, operator in list(self.down):
-            if force or time.monotonic() >= due:
-                operator.start()
+        """Start the killed replicas that are due. One that cannot start yet (its startup list fails
+        while the API server or etcd is down, and it exits) is tried again 3 s later, as a Deployment's
+        pod would be restarted; `force` waits until every one runs."""
+        deadline = time.monotonic() + 180
+        while True:
+            for due, operator in list(self.down):
+                if not force and time.monotonic() < due:
+                    continue
                 self.down.remove((due, operator))
+                try:
+                    operator.start()
+                except (AssertionError, TimeoutError, OSError) as error:
+                    operator.kill()
+                    self.log(f"[soak {self.seed}] operator restart failed ({type(error).__name__}), again in 3 s")
+                    self.down.append((time.monotonic() + 3, operator))
+            if not force or not self.down or time.monotonic() > deadline:
+                return
+            time.sleep(1)
 
     # --- the run ----------------------------------------------------------------------------------------
 
@@ -622,6 +637,13 @@ class Soak:
         watcher = PodWatcher(self.cluster, self.ledger)
         watcher.start()
         started = time.monotonic()
+        try:
+            return self._run(watcher, started)
+        except BaseException:
+            self.log(f"[soak {self.seed}] harness error:\n{traceback.format_exc()}")
+            raise
+
+    def _run(self, watcher: PodWatcher, started: float) -> Summary:
         try:
             while time.monotonic() - started < self.seconds:
                 self.kill_real_after_checkpoint()
