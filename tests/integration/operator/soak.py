@@ -62,8 +62,8 @@ FAULTS = (
 )
 OVERLAP_GRACE = 5.0  # terminationGracePeriodSeconds (1 s) + the watch's delivery slack
 FINAL_TIMEOUT = 300.0
-REAL_SAVE_INTERVAL = 10
-REAL_STEPS = 60
+REAL_SAVE_INTERVAL = 50
+REAL_STEPS = 600
 TRAINING: dict[str, Any] = {
     "model": {"source": "hf", "path": "/models/tiny"},
     "data": {"train_file": "/data/train.jsonl"},
@@ -107,6 +107,7 @@ def soak_job(name: str, nodes: int, steps: int) -> dict[str, Any]:
                 "maxBackoffSeconds": 4,
                 "gangStartTimeoutSeconds": 90,
                 "pendingTimeoutSeconds": 60,
+                "stallTimeoutSeconds": 60,
             },
             "training": TRAINING,
         },
@@ -132,7 +133,13 @@ def real_trainer_job(name: str, host: Path) -> dict[str, Any]:
                 "output": {"mountPath": "/output", "hostPath": {"path": str(host / "output")}},
             },
             "pod": {"terminationGracePeriodSeconds": 5, "env": env},
-            "runPolicy": {"backoffLimit": 100, "backoffSeconds": 1, "maxBackoffSeconds": 4},
+            "runPolicy": {
+                "backoffLimit": 100,
+                "backoffSeconds": 1,
+                "maxBackoffSeconds": 4,
+                "gangStartTimeoutSeconds": 300,
+                "stallTimeoutSeconds": 120,
+            },
             "training": training,
         },
     }
@@ -403,6 +410,7 @@ class Soak:
         self.real: JobSeen | None = None  # the real-trainer job, if any
         self.real_host: Path | None = None
         self.real_killed_at: int | None = None  # the step its metrics.jsonl had reached when rank 1 was killed
+        self.real_killed_attempt = -1
 
     # --- jobs -----------------------------------------------------------------------------------------
 
@@ -466,13 +474,13 @@ class Soak:
         return self.real_host / "output" / self.real.name / "metrics.jsonl"
 
     def kill_real_after_checkpoint(self) -> None:
-        """Once past its first checkpoint, SIGKILL the real-trainer job's rank 1 (once)."""
+        """Once past its first checkpoint (on disk), SIGKILL the real-trainer job's rank 1 (once)."""
         if self.real is None or self.real_killed_at is not None or self.real.final is not None:
             return
-        found = self.read(self.real) or {}
-        checkpoint = ((found.get("status") or {}).get("latestCheckpoint") or {}).get("step", 0)
+        checkpoints = self.real_metrics().parent / "checkpoints"
+        saved = [int(path.name.removeprefix("step-")) for path in checkpoints.glob("step-*") if path.is_dir()]
         steps = metric_steps(self.real_metrics())
-        if checkpoint < REAL_SAVE_INTERVAL or not steps or max(steps) <= checkpoint:
+        if not saved or not steps or max(steps) <= max(saved) or max(steps) >= REAL_STEPS:
             return
         rank1 = [pod for pod in self.pods_of(self.real) if pod.rank == 1 and pod.phase == "Running"]
         if not rank1:
@@ -483,6 +491,7 @@ class Soak:
             return
         time.sleep(1.0)  # what rank 0 wrote by now is the work at risk
         self.real_killed_at = max(metric_steps(self.real_metrics()), default=0)
+        self.real_killed_attempt = rank1[0].attempt
         self.real.hit_attempts.add(rank1[0].attempt)
         self.faults["kill_pod"] += 1
         self.log(f"[soak {self.seed}] killed the real trainer's rank 1 at step {self.real_killed_at}")
@@ -497,8 +506,11 @@ class Soak:
             return [f"the real-trainer job ended {final.get('phase')}: {final.get('message')}"]
         if self.real_killed_at is None:
             return ["the real-trainer job finished before its rank 1 could be killed after a checkpoint"]
-        newest = max((pod for pod in self.ledger.pods.values() if pod.job_uid == self.real.uid and pod.rank == 0),
-                     key=lambda pod: pod.attempt)  # fmt: skip
+        after = [pod for pod in self.ledger.pods.values()
+                 if pod.job_uid == self.real.uid and pod.rank == 0 and pod.attempt > self.real_killed_attempt]  # fmt: skip
+        if not after:
+            return ["no gang followed the kill of the real trainer's rank 1"]
+        newest = min(after, key=lambda pod: pod.attempt)  # the gang that replaced the killed one
         log = self.agent.logs(newest.namespace, newest.name)
         resumed = [int(step) for step in re.findall(r"resumed from \S+ at step (\d+)", log)]
         if not resumed:
