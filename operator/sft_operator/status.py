@@ -455,7 +455,18 @@ def _active(plan: Plan, job: SFTJob, pods: list[PodView], now: datetime, observe
     failure = policy.refusal_failure(observed.refusal, now) if observed.refusal is not None else None
     failure = failure or policy.gang_failure(current, spec.run_policy, now)
     failure = failure or policy.gang_breach(pods, status.attempt, spec.resources.num_nodes, observed.had_pods, now)
-    if failure is None and not current:
+    if failure is None and not current:  # nothing of this attempt exists yet: create it, if not stuck
+        stuck = policy.gang_start_timeout([], status, spec.run_policy, False, False, now)
+        if stuck is not None:
+            held = f"; its children's names are held by another owner: {', '.join(observed.held_by_others)}"
+            _restart(
+                plan,
+                pods,
+                job,
+                stuck.model_copy(update={"message": stuck.message + held}) if observed.held_by_others else stuck,
+                now,
+            )
+            return
         others = [pod for pod in pods if pod.attempt != status.attempt]
         plan.delete_pods = [pod for pod in others if not pod.deleting]
         plan.create_pods = not others  # never two gangs at once: the old one goes first

@@ -498,6 +498,12 @@ def test_names_held_by_another_owner_hold_the_gang_back_with_a_reason() -> None:
     assert plan.create_pods  # the controller retries, and never takes the old object as its own
     assert plan.status.reason == "WaitingForOldChildren" and "ConfigMap/demo-config" in str(plan.status.message)
     assert "WaitingForOldChildren" in {event.reason for event in plan.events}
+    held = Observed(held_by_others=("ConfigMap/demo-config",))
+    waited = make_job({"gangStartTimeoutSeconds": 60, "backoffLimit": 0}, phase="Pending",
+                      attemptStartTime=NOW - timedelta(seconds=61), startTime=NOW - timedelta(seconds=61))  # fmt: skip
+    final = reconcile(waited, [], NOW, held)
+    assert final.status.phase == "Failed" and final.status.reason == "BackoffLimitExceeded"
+    assert "GangStartTimeout" in str(final.status.message) and "ConfigMap/demo-config" in str(final.status.message)
 
 
 # --- reading pods -------------------------------------------------------------------------------------
