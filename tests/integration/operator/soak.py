@@ -211,6 +211,7 @@ class Ledger:
     max_partial: float = 0.0
     max_partial_job: str = ""
     violations: list[str] = field(default_factory=list)
+    before: set[str] = field(default_factory=set)  # pods that existed when the run began (an earlier run's)
 
     def job(self, job: JobSeen) -> None:
         """A job this soak created (before its pods can exist)."""
@@ -223,6 +224,8 @@ class Ledger:
         labels = meta.labels or {}
         owner = next((ref.uid for ref in meta.owner_references or [] if ref.controller), "")
         with self.lock:
+            if meta.uid in self.before:
+                return
             seen = self.pods.get(meta.uid)
             if seen is None:
                 seen = PodSeen(
@@ -647,6 +650,8 @@ class Soak:
     # --- the run ----------------------------------------------------------------------------------------
 
     def run(self) -> Summary:
+        leftovers = self.core.list_pod_for_all_namespaces(label_selector=LABEL_JOB).items
+        self.ledger.before = {pod.metadata.uid for pod in leftovers}  # an earlier run's: its own checks had them
         watcher = PodWatcher(self.cluster, self.ledger)
         watcher.start()
         started = time.monotonic()
@@ -693,7 +698,8 @@ class Soak:
         jobs = list(ledger.jobs.values())
         attempts_with_pods: dict[str, set[int]] = defaultdict(set)
         for pod in ledger.pods.values():
-            attempts_with_pods[pod.job_uid].add(pod.attempt)
+            if pod.job_uid in ledger.jobs:  # others are orphans, reported as violations when seen
+                attempts_with_pods[pod.job_uid].add(pod.attempt)
         expected = sum(ledger.jobs[uid].nodes * len(attempts) for uid, attempts in attempts_with_pods.items())
         for job in jobs:
             if job.final is None:
@@ -717,7 +723,7 @@ class Soak:
             faults=self.faults,
             restarts=sum(int((job.final or {}).get("restarts", 0)) for job in jobs),
             resumes=sum(job.resumes for job in jobs),
-            pods=len(ledger.pods),
+            pods=sum(1 for pod in ledger.pods.values() if pod.job_uid in ledger.jobs),
             expected_pods=expected,
             max_overlap=ledger.max_overlap,
             max_partial=ledger.max_partial,
