@@ -245,6 +245,7 @@ def test_overlapping_faults_with_operator_fail_over(
     assert not summary.stuck and not summary.violations, summary.violations
     assert summary.succeeded == 12 and summary.pods == summary.expected_pods
     assert summary.restarts == 3
+    assert not soak.clean_up_and_check_orphans()
 
 
 def _leading(replica: Operator) -> bool:
