@@ -649,11 +649,21 @@ class Soak:
 
     # --- the run ----------------------------------------------------------------------------------------
 
-    def run(self) -> Summary:
+    def watch(self) -> PodWatcher:
+        """Start recording pods; those that exist already (an earlier test's) are ignored."""
         leftovers = self.core.list_pod_for_all_namespaces(label_selector=LABEL_JOB).items
-        self.ledger.before = {pod.metadata.uid for pod in leftovers}  # an earlier run's: its own checks had them
+        self.ledger.before = {pod.metadata.uid for pod in leftovers}
         watcher = PodWatcher(self.cluster, self.ledger)
         watcher.start()
+        return watcher
+
+    def own_pods(self) -> int:
+        """Pods seen of this soak's jobs."""
+        with self.ledger.lock:
+            return sum(1 for pod in self.ledger.pods.values() if pod.job_uid in self.ledger.jobs)
+
+    def run(self) -> Summary:
+        watcher = self.watch()
         started = time.monotonic()
         try:
             return self._run(watcher, started)
@@ -723,7 +733,7 @@ class Soak:
             faults=self.faults,
             restarts=sum(int((job.final or {}).get("restarts", 0)) for job in jobs),
             resumes=sum(job.resumes for job in jobs),
-            pods=sum(1 for pod in ledger.pods.values() if pod.job_uid in ledger.jobs),
+            pods=self.own_pods(),
             expected_pods=expected,
             max_overlap=ledger.max_overlap,
             max_partial=ledger.max_partial,
