@@ -70,10 +70,10 @@ bench-operator: env cluster-bins  ## operator at scale on KWOK vs Kubeflow's tra
 	hack/training-operator/build.sh
 	$(BIN)/python -m bench.bench_operator
 
-SOAK_SECONDS ?= 660
+SOAK_SECONDS ?= 600
 SOAK_SEEDS ?= 1,2,3
 SOAK_RECORD ?= /tmp/kube-sft-soak.jsonl
-soak-long: env cluster-bins  ## the gang fault soak, long: 3 seeds x 11 min (+ drain), summary rows appended to $(SOAK_RECORD)
+soak-long: env cluster-bins  ## the gang fault soak, long: 3 seeds x 10 min (+ drain), summary rows appended to $(SOAK_RECORD)
 	KUBE_SFT_SOAK_SECONDS=$(SOAK_SECONDS) KUBE_SFT_SOAK_SEEDS=$(SOAK_SEEDS) KUBE_SFT_SOAK_RECORD=$(SOAK_RECORD) KUBE_SFT_SOAK_REAL_TRAINER=1 \
 		$(BIN)/pytest -s --timeout 3600 tests/integration/operator/test_gang_integrity.py -k randomized_fault_soak
 

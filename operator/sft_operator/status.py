@@ -454,8 +454,23 @@ def _active(plan: Plan, job: SFTJob, pods: list[PodView], now: datetime, observe
         return
     failure = policy.refusal_failure(observed.refusal, now) if observed.refusal is not None else None
     failure = failure or policy.gang_failure(current, spec.run_policy, now)
-    failure = failure or policy.gang_breach(pods, status.attempt, spec.resources.num_nodes, observed.had_pods, now)
-    if failure is None and not current:
+    # Once its start is recorded, an attempt counts as started (its pods were being created) unless this
+    # operator knows the creates are held back: a gang found with no pod left restarts whole, even
+    # after a fail-over whose store never saw the pods that were deleted meanwhile.
+    started = observed.had_pods or not observed.held_by_others
+    failure = failure or policy.gang_breach(pods, status.attempt, spec.resources.num_nodes, started, now)
+    if failure is None and not current:  # nothing of this attempt exists yet: create it, if not stuck
+        stuck = policy.gang_start_timeout([], status, spec.run_policy, False, False, now)
+        if stuck is not None:
+            held = f"; its children's names are held by another owner: {', '.join(observed.held_by_others)}"
+            _restart(
+                plan,
+                pods,
+                job,
+                stuck.model_copy(update={"message": stuck.message + held}) if observed.held_by_others else stuck,
+                now,
+            )
+            return
         others = [pod for pod in pods if pod.attempt != status.attempt]
         plan.delete_pods = [pod for pod in others if not pod.deleting]
         plan.create_pods = not others  # never two gangs at once: the old one goes first

@@ -33,6 +33,7 @@ import signal
 import textwrap
 import threading
 import time
+import traceback
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,8 +62,8 @@ FAULTS = (
 )
 OVERLAP_GRACE = 5.0  # terminationGracePeriodSeconds (1 s) + the watch's delivery slack
 FINAL_TIMEOUT = 300.0
-REAL_SAVE_INTERVAL = 10
-REAL_STEPS = 60
+REAL_SAVE_INTERVAL = 50
+REAL_STEPS = 600
 TRAINING: dict[str, Any] = {
     "model": {"source": "hf", "path": "/models/tiny"},
     "data": {"train_file": "/data/train.jsonl"},
@@ -106,6 +107,7 @@ def soak_job(name: str, nodes: int, steps: int) -> dict[str, Any]:
                 "maxBackoffSeconds": 4,
                 "gangStartTimeoutSeconds": 90,
                 "pendingTimeoutSeconds": 60,
+                "stallTimeoutSeconds": 60,
             },
             "training": TRAINING,
         },
@@ -131,7 +133,13 @@ def real_trainer_job(name: str, host: Path) -> dict[str, Any]:
                 "output": {"mountPath": "/output", "hostPath": {"path": str(host / "output")}},
             },
             "pod": {"terminationGracePeriodSeconds": 5, "env": env},
-            "runPolicy": {"backoffLimit": 100, "backoffSeconds": 1, "maxBackoffSeconds": 4},
+            "runPolicy": {
+                "backoffLimit": 100,
+                "backoffSeconds": 1,
+                "maxBackoffSeconds": 4,
+                "gangStartTimeoutSeconds": 300,
+                "stallTimeoutSeconds": 120,
+            },
             "training": training,
         },
     }
@@ -203,6 +211,7 @@ class Ledger:
     max_partial: float = 0.0
     max_partial_job: str = ""
     violations: list[str] = field(default_factory=list)
+    before: set[str] = field(default_factory=set)  # pods that existed when the run began (an earlier run's)
 
     def job(self, job: JobSeen) -> None:
         """A job this soak created (before its pods can exist)."""
@@ -215,6 +224,8 @@ class Ledger:
         labels = meta.labels or {}
         owner = next((ref.uid for ref in meta.owner_references or [] if ref.controller), "")
         with self.lock:
+            if meta.uid in self.before:
+                return
             seen = self.pods.get(meta.uid)
             if seen is None:
                 seen = PodSeen(
@@ -330,7 +341,7 @@ def restart_component(cluster: ControlPlane, name: str, down_seconds: float) -> 
             return False
         return True
 
-    wait_until(ready, 60, f"{name} back", interval=0.5)
+    wait_until(ready, 180, f"{name} back", interval=0.5)
 
 
 # --- the soak -----------------------------------------------------------------------------------------------
@@ -402,6 +413,7 @@ class Soak:
         self.real: JobSeen | None = None  # the real-trainer job, if any
         self.real_host: Path | None = None
         self.real_killed_at: int | None = None  # the step its metrics.jsonl had reached when rank 1 was killed
+        self.real_killed_attempt = -1
 
     # --- jobs -----------------------------------------------------------------------------------------
 
@@ -465,13 +477,13 @@ class Soak:
         return self.real_host / "output" / self.real.name / "metrics.jsonl"
 
     def kill_real_after_checkpoint(self) -> None:
-        """Once past its first checkpoint, SIGKILL the real-trainer job's rank 1 (once)."""
+        """Once past its first checkpoint (on disk), SIGKILL the real-trainer job's rank 1 (once)."""
         if self.real is None or self.real_killed_at is not None or self.real.final is not None:
             return
-        found = self.read(self.real) or {}
-        checkpoint = ((found.get("status") or {}).get("latestCheckpoint") or {}).get("step", 0)
+        checkpoints = self.real_metrics().parent / "checkpoints"
+        saved = [int(path.name.removeprefix("step-")) for path in checkpoints.glob("step-*") if path.is_dir()]
         steps = metric_steps(self.real_metrics())
-        if checkpoint < REAL_SAVE_INTERVAL or not steps or max(steps) <= checkpoint:
+        if not saved or not steps or max(steps) <= max(saved) or max(steps) >= REAL_STEPS:
             return
         rank1 = [pod for pod in self.pods_of(self.real) if pod.rank == 1 and pod.phase == "Running"]
         if not rank1:
@@ -481,7 +493,8 @@ class Soak:
         except LookupError:
             return
         time.sleep(1.0)  # what rank 0 wrote by now is the work at risk
-        self.real_killed_at = max(metric_steps(self.real_metrics()))
+        self.real_killed_at = max(metric_steps(self.real_metrics()), default=0)
+        self.real_killed_attempt = rank1[0].attempt
         self.real.hit_attempts.add(rank1[0].attempt)
         self.faults["kill_pod"] += 1
         self.log(f"[soak {self.seed}] killed the real trainer's rank 1 at step {self.real_killed_at}")
@@ -496,15 +509,19 @@ class Soak:
             return [f"the real-trainer job ended {final.get('phase')}: {final.get('message')}"]
         if self.real_killed_at is None:
             return ["the real-trainer job finished before its rank 1 could be killed after a checkpoint"]
-        newest = max((pod for pod in self.ledger.pods.values() if pod.job_uid == self.real.uid and pod.rank == 0),
-                     key=lambda pod: pod.attempt)  # fmt: skip
+        after = [pod for pod in self.ledger.pods.values()
+                 if pod.job_uid == self.real.uid and pod.rank == 0 and pod.attempt > self.real_killed_attempt]  # fmt: skip
+        if not after:
+            return ["no gang followed the kill of the real trainer's rank 1"]
+        newest = min(after, key=lambda pod: pod.attempt)  # the gang that replaced the killed one
         log = self.agent.logs(newest.namespace, newest.name)
         resumed = [int(step) for step in re.findall(r"resumed from \S+ at step (\d+)", log)]
         if not resumed:
             problems.append(f"the last gang ({newest.name}) did not resume from a checkpoint")
-        elif not (REAL_SAVE_INTERVAL <= resumed[-1] <= self.real_killed_at
-                  and self.real_killed_at - resumed[-1] <= REAL_SAVE_INTERVAL):  # fmt: skip
-            problems.append(f"resumed at step {resumed[-1]} after the kill at step {self.real_killed_at}")
+        elif not (resumed[0] >= REAL_SAVE_INTERVAL and self.real_killed_at - resumed[0] <= REAL_SAVE_INTERVAL):
+            # metrics.jsonl may lag rank 0, and a gang stopped by SIGTERM saves at its current step:
+            # the resume may be past the step read at the kill, never more than save_interval before it
+            problems.append(f"resumed at step {resumed[0]} after the kill at step {self.real_killed_at}")
         steps = metric_steps(self.real_metrics())
         if not steps or steps[-1] != REAL_STEPS:
             problems.append(f"metrics.jsonl ends at step {steps[-1] if steps else None}, not {REAL_STEPS}")
@@ -611,17 +628,50 @@ class Soak:
                 self.suspended.pop(uid)
 
     def restart_operators(self, force: bool = False) -> None:
-        for due, operator in list(self.down):
-            if force or time.monotonic() >= due:
-                operator.start()
+        """Start the killed replicas that are due. One that cannot start yet (its startup list fails
+        while the API server or etcd is down, and it exits) is tried again 3 s later, as a Deployment's
+        pod would be restarted; `force` waits until every one runs."""
+        deadline = time.monotonic() + 180
+        while True:
+            for due, operator in list(self.down):
+                if not force and time.monotonic() < due:
+                    continue
                 self.down.remove((due, operator))
+                try:
+                    operator.start()
+                except (AssertionError, TimeoutError, OSError) as error:
+                    operator.kill()
+                    self.log(f"[soak {self.seed}] operator restart failed ({type(error).__name__}), again in 3 s")
+                    self.down.append((time.monotonic() + 3, operator))
+            if not force or not self.down or time.monotonic() > deadline:
+                return
+            time.sleep(1)
 
     # --- the run ----------------------------------------------------------------------------------------
 
-    def run(self) -> Summary:
+    def watch(self) -> PodWatcher:
+        """Start recording pods; those that exist already (an earlier test's) are ignored."""
+        leftovers = self.core.list_pod_for_all_namespaces(label_selector=LABEL_JOB).items
+        self.ledger.before = {pod.metadata.uid for pod in leftovers}
         watcher = PodWatcher(self.cluster, self.ledger)
         watcher.start()
+        return watcher
+
+    def own_pods(self) -> int:
+        """Pods seen of this soak's jobs."""
+        with self.ledger.lock:
+            return sum(1 for pod in self.ledger.pods.values() if pod.job_uid in self.ledger.jobs)
+
+    def run(self) -> Summary:
+        watcher = self.watch()
         started = time.monotonic()
+        try:
+            return self._run(watcher, started)
+        except BaseException:
+            self.log(f"[soak {self.seed}] harness error:\n{traceback.format_exc()}")
+            raise
+
+    def _run(self, watcher: PodWatcher, started: float) -> Summary:
         try:
             while time.monotonic() - started < self.seconds:
                 self.kill_real_after_checkpoint()
@@ -658,7 +708,8 @@ class Soak:
         jobs = list(ledger.jobs.values())
         attempts_with_pods: dict[str, set[int]] = defaultdict(set)
         for pod in ledger.pods.values():
-            attempts_with_pods[pod.job_uid].add(pod.attempt)
+            if pod.job_uid in ledger.jobs:  # others are orphans, reported as violations when seen
+                attempts_with_pods[pod.job_uid].add(pod.attempt)
         expected = sum(ledger.jobs[uid].nodes * len(attempts) for uid, attempts in attempts_with_pods.items())
         for job in jobs:
             if job.final is None:
@@ -682,7 +733,7 @@ class Soak:
             faults=self.faults,
             restarts=sum(int((job.final or {}).get("restarts", 0)) for job in jobs),
             resumes=sum(job.resumes for job in jobs),
-            pods=len(ledger.pods),
+            pods=self.own_pods(),
             expected_pods=expected,
             max_overlap=ledger.max_overlap,
             max_partial=ledger.max_partial,

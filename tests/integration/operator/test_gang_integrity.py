@@ -32,7 +32,7 @@ from tests.cluster.controlplane import ControlPlane
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.procs import wait_until
 from tests.integration.operator.conftest import Operator, operator_service_account, wait_for
-from tests.integration.operator.soak import TABLE_HEADER, PodWatcher, Soak, soak_job, summary_json
+from tests.integration.operator.soak import TABLE_HEADER, Soak, soak_job, summary_json
 from tests.integration.operator.test_operator_reconcile import core, custom, get, phase_is, pods, script, sftjob
 
 pytestmark = pytest.mark.integration
@@ -215,13 +215,12 @@ def test_overlapping_faults_with_operator_fail_over(
     soak = Soak(kube_cluster, node_agent, replicas, gang_namespaces, seed=2, seconds=0)
     v1 = core(kube_cluster)
     gate = {"gang-test-overlap": "open"}
+    watcher = soak.watch()
     submitted = time.monotonic()
     jobs = [soak.submit(gang_namespaces[i % 3], f"over-{i}", 2, node_selector=gate) for i in range(12)]
-    watcher = PodWatcher(kube_cluster, soak.ledger)
-    watcher.start()
     leader = next(replica for replica in replicas if _leading(replica))
     try:
-        wait_until(lambda: len(soak.ledger.pods) == 24, 30, "the 12 gangs' pods (Pending)", interval=0.2)
+        wait_until(lambda: soak.own_pods() >= 24, 60, "the 12 gangs' pods (Pending)", interval=0.2)
         time.sleep(max(0.0, submitted + 4 - time.monotonic()))  # 4 s in
         leader.kill()
         for job in [job for job in jobs if job is not None][:3]:
@@ -245,6 +244,7 @@ def test_overlapping_faults_with_operator_fail_over(
     assert not summary.stuck and not summary.violations, summary.violations
     assert summary.succeeded == 12 and summary.pods == summary.expected_pods
     assert summary.restarts == 3
+    assert not soak.clean_up_and_check_orphans()
 
 
 def _leading(replica: Operator) -> bool:

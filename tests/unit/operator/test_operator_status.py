@@ -122,12 +122,16 @@ def test_new_job_creates_its_gang() -> None:
     assert reconcile(created_pods, gang(created_pods, "Pending"), NOW).status == plan.status
 
 
-def test_an_attempt_with_no_pod_yet_is_created_whole() -> None:
-    """A crash between the attempt's status write and its first pod: nothing of it exists, nothing mixes."""
+def test_a_started_attempt_found_without_pods_restarts_whole_unless_its_creates_are_held() -> None:
+    """Issue 22 (long soak, seed 1): a 1-node gang's pod deleted while Pending across an operator
+    fail-over: the new leader's store never saw it, yet the attempt's start is recorded, so the gang
+    restarts as the next attempt (never the same rank re-created under the same attempt)."""
     job = make_job(phase="Pending", attemptStartTime=NOW, startTime=NOW)
     plan = reconcile(job, [], NOW + timedelta(seconds=3))
-    assert plan.create_pods and plan.status.phase == "Pending" and plan.status.attempt == 0
-    assert plan.status.replicas.pending == 2
+    assert not plan.create_pods and plan.status.phase == "Restarting" and plan.status.restarts == 1
+    assert plan.status.last_failure is not None and plan.status.last_failure.reason == "PodDeleted"
+    held = reconcile(job, [], NOW + timedelta(seconds=3), Observed(held_by_others=("Pod/demo-node-0",)))
+    assert held.create_pods and held.status.attempt == 0  # nothing was created: the whole gang, when free
 
 
 @pytest.mark.parametrize("phase", ["Pending", "Initializing", "Running"])
@@ -163,14 +167,16 @@ def test_a_live_pod_of_another_attempt_beside_the_gang_restarts_it() -> None:
     assert {pod.uid for pod in plan.delete_pods} == {"u0", "u1", "old"}
 
 
-def test_a_new_attempt_waits_for_an_older_attempts_pods_before_creating() -> None:
+def test_a_started_attempt_never_creates_beside_an_older_attempts_pod() -> None:
     job = running_job(attempt=2, phase="Pending")
     old = PodView(name="demo-node-0-a1", uid="old", rank=0, attempt=1, phase="Running")
     plan = reconcile(job, [old], NOW)
     assert not plan.create_pods and [pod.uid for pod in plan.delete_pods] == ["old"]
+    assert plan.status.phase == "Restarting"  # the next attempt starts once the old pod is gone
+    restarting = advance(job, plan)
     terminating = PodView(**{**old.__dict__, "deleting": True})
-    assert not reconcile(job, [terminating], NOW).create_pods
-    assert reconcile(job, [], NOW).create_pods
+    assert not reconcile(restarting, [terminating], NOW + timedelta(seconds=30)).create_pods
+    assert reconcile(restarting, [], NOW + timedelta(seconds=30)).create_pods
 
 
 def test_reconcile_is_idempotent_on_a_steady_job() -> None:
@@ -498,6 +504,12 @@ def test_names_held_by_another_owner_hold_the_gang_back_with_a_reason() -> None:
     assert plan.create_pods  # the controller retries, and never takes the old object as its own
     assert plan.status.reason == "WaitingForOldChildren" and "ConfigMap/demo-config" in str(plan.status.message)
     assert "WaitingForOldChildren" in {event.reason for event in plan.events}
+    held = Observed(held_by_others=("ConfigMap/demo-config",))
+    waited = make_job({"gangStartTimeoutSeconds": 60, "backoffLimit": 0}, phase="Pending",
+                      attemptStartTime=NOW - timedelta(seconds=61), startTime=NOW - timedelta(seconds=61))  # fmt: skip
+    final = reconcile(waited, [], NOW, held)
+    assert final.status.phase == "Failed" and final.status.reason == "BackoffLimitExceeded"
+    assert "GangStartTimeout" in str(final.status.message) and "ConfigMap/demo-config" in str(final.status.message)
 
 
 # --- reading pods -------------------------------------------------------------------------------------
