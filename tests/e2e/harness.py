@@ -32,7 +32,6 @@ import pytest
 import yaml
 from kubernetes.client import ApiException
 
-from tests.chart_pending_rules import grant_pending_chart_rules
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.procs import wait_until
 from tests.cluster.prometheus import PrometheusServer
@@ -356,6 +355,30 @@ def impersonating_client(cluster: ControlPlane, user: str) -> kubernetes.client.
 _SYSTEM: System | None = None
 
 
+def wait_sftjobs_served(cluster: ControlPlane, namespace: str, timeout: float = 90) -> None:
+    """Wait until SFTJobs can be created: the CRD Established, then a server-side dry run of a valid job
+    passing. Established is not enough: until the API server has built the new kind's schema for the
+    admission policies, a create answers 503 "Resource kind ... SFTJob not found"."""
+    ext = kubernetes.client.ApiextensionsV1Api(cluster.client)
+
+    def established() -> bool:
+        crd = ext.read_custom_resource_definition(f"{PLURAL}.{GROUP}")
+        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+
+    probe = sftjob("served-probe", tiny_training(output_dir="/output/probe", data=gsm8k_data()), num_nodes=1)
+    probe["metadata"]["namespace"] = namespace
+
+    def served() -> bool:
+        dry_run = ("apply", "--dry-run=server", "-n", namespace, "-f", "-")
+        result = cluster.kubectl(*dry_run, input=yaml.safe_dump(probe), check=False)
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr.strip())  # the last one is in the timeout's message
+        return True
+
+    wait_until(established, 30, "the SFTJob CRD Established", interval=0.2)
+    wait_until(served, timeout, "SFTJobs served through the admission policies", interval=0.5)
+
+
 def install(cluster: ControlPlane, agent: RealNode, prometheus: PrometheusServer, trainer_image: str) -> System:
     """`helm install` the chart once for the session and wait for its two operator replicas.
 
@@ -381,14 +404,7 @@ def install(cluster: ControlPlane, agent: RealNode, prometheus: PrometheusServer
         "--set", f"trainerImage.repository={trainer_image.rsplit(':', 1)[0]}",
         "--set", f"trainerImage.tag={trainer_image.rsplit(':', 1)[1]}",
     )  # fmt: skip
-    ext = kubernetes.client.ApiextensionsV1Api(cluster.client)
-
-    def established() -> bool:
-        crd = ext.read_custom_resource_definition(f"{PLURAL}.{GROUP}")
-        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
-
-    wait_until(established, 30, "the SFTJob CRD Established", interval=0.2)
-    grant_pending_chart_rules(cluster, SYSTEM_NAMESPACE, RELEASE)  # until the chart's ClusterRole has them
+    wait_sftjobs_served(cluster, JOBS_NAMESPACE)
     system = System(cluster, agent, prometheus)
     system.wait_operators(2, timeout=180)
     _SYSTEM = system

@@ -114,6 +114,7 @@ def test_impostor_pods_with_another_jobs_labels_do_not_disturb_it(
     apply_as(system, "alice", sftjob(victim, TRAINING, num_nodes=2, pod={"command": script("time.sleep(20)")}))
     job = system.wait(lambda: system.get(victim), 30, "the victim job", victim)
     system.wait(lambda: len(system.pods(victim)) == 2, 60, "the victim's two pods", victim)
+    image = system.pods(victim)[0].spec.containers[0].image  # the node has it: no registry is reachable
     as_mallory = kubernetes.client.CoreV1Api(users["mallory"])
     labels = {LABEL_JOB: victim, LABEL_RANK: "1", LABEL_ATTEMPT: "0"}
     forged_owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SFTJob", "name": victim,
@@ -128,7 +129,9 @@ def test_impostor_pods_with_another_jobs_labels_do_not_disturb_it(
             "metadata": {"name": name, "labels": labels, **extra},
             "spec": {
                 "restartPolicy": "Never",
-                "containers": [{"name": "trainer", "image": "busybox", "command": command}],
+                "containers": [
+                    {"name": "trainer", "image": image, "imagePullPolicy": "IfNotPresent", "command": command}
+                ],
                 "securityContext": {"runAsNonRoot": True, "runAsUser": 1000},
             },
         }

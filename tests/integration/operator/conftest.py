@@ -16,9 +16,9 @@ from pathlib import Path
 import kubernetes
 import pytest
 
-from tests.chart_pending_rules import grant_pending_chart_rules
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.procs import free_port, wait_until
+from tests.e2e.harness import wait_sftjobs_served
 
 REPO = Path(__file__).resolve().parents[3]
 CHART = Path(os.environ.get("KUBE_SFT_TEST_CHART") or REPO / "charts" / "kube-sft")
@@ -112,14 +112,7 @@ def installed_chart(kube_cluster: ControlPlane, sft_namespace: str) -> Iterator[
         "--set", "replicaCount=0", "--set", f"watchNamespaces={{{sft_namespace}}}",
         "--set", f"peering.name={release}", "--set", "metrics.grafanaDashboard.enabled=false",
     )  # fmt: skip
-    ext = kubernetes.client.ApiextensionsV1Api(kube_cluster.client)
-
-    def established() -> bool:
-        crd = ext.read_custom_resource_definition("sftjobs.sft.kube-sft.io")
-        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
-
-    wait_until(established, 30, "the SFTJob CRD to be Established", interval=0.2)
-    grant_pending_chart_rules(kube_cluster, system, operator_service_account(release))
+    wait_sftjobs_served(kube_cluster, sft_namespace)
     yield release
     kube_cluster.helm("uninstall", release, "--namespace", system, check=False)
 
