@@ -25,14 +25,14 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from sft_operator import metrics, render
+from sft_operator import access, metrics, render
 from sft_operator.api import FINISHED_PHASES, SFTJob, SFTJobStatus
 from sft_operator.cache import Key, Store, job_key
 from sft_operator.kube import Kube
@@ -210,6 +210,7 @@ class Controller:
         self._memory: dict[Key, Memory] = {}  # what the last creates of a job's gang met
         self._spec_checks: dict[Key, tuple[str, str, Refusal | None]] = {}  # (uid, template hash, refusal)
         self._record_writable = True
+        self._access_checkable = True
         self._reported: dict[str, None] = {}  # foreign pod uids already reported in an Event (ordered, bounded)
         self._leading = False
         self._relisted = float("-inf")
@@ -280,7 +281,10 @@ class Controller:
         job = job.model_copy(update={"status": trusted_status(job)})
         pods = self.store.pods(key)
         self._report_foreign(raw, key)
-        plan = reconcile(job, pods, datetime.now(UTC).replace(microsecond=0), self._observed(key, job, pods))
+        now, observed = datetime.now(UTC).replace(microsecond=0), self._observed(key, job, pods)
+        plan = reconcile(job, pods, now, observed)
+        if plan.create_pods and (denied := self._access_refusal(raw)) is not None:
+            plan = reconcile(job, pods, now, replace(observed, access_refusal=denied))
         self.apply(raw, job, plan)
         record.release_model()
 
@@ -320,6 +324,21 @@ class Controller:
             refusal = found if found.permanent and error.status != 409 else None
         self._spec_checks[key] = (job.metadata.uid, desired, refusal)
         return refusal
+
+    def _access_refusal(self, raw: Object) -> Refusal | None:
+        """Before a gang is created (first attempt, every restart): whether the job's recorded creator
+        still holds every right the job uses (SubjectAccessReviews; see sft_operator.access). Without
+        the right to create reviews (a chart older than this operator) nothing is checked, as before."""
+        if not self._access_checkable or access.creator_of(raw) is None:
+            return None  # no creator recorded: created without the chart's admission policies
+        try:
+            return access.access_refusal(self.kube.authorization, raw)
+        except ApiException as error:
+            if error.status != 403:
+                raise
+            self._access_checkable = False
+            log.error("no right to create subjectaccessreviews (%s): creators' rights are not re-checked", error.reason)
+            return None
 
     def _report_foreign(self, raw: Object, key: Key) -> None:
         """A Warning Event, once per pod, for pods that carry the job's label but are not its own."""

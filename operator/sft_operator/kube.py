@@ -38,6 +38,7 @@ class Kube:
         self.core = client.CoreV1Api(api)
         self.rbac = client.RbacAuthorizationV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.authorization = client.AuthorizationV1Api(api)
         self.instance = instance
 
     # --- SFTJobs ------------------------------------------------------------------------------

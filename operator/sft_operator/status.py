@@ -62,6 +62,8 @@ class Observed:
     """The API server refused to create a child of the current attempt."""
     spec_refusal: Refusal | None = None
     """The API server refuses the pods of the edited spec (a dry-run create): the running gang is kept."""
+    access_refusal: Refusal | None = None
+    """The job's creator lacks a right the job uses (asked before any create): the job fails, no children."""
 
 
 @dataclass
@@ -347,6 +349,9 @@ def reconcile(job: SFTJob, pods: list[PodView], now: datetime, observed: Observe
         _suspended(plan, pods)
     elif (deadline := policy.deadline_exceeded(status, spec.run_policy, now)) is not None:
         _finish(plan, pods, job, "Failed", deadline, now)
+    elif observed.access_refusal is not None:
+        denied = observed.access_refusal
+        _finish(plan, pods, job, "Failed", Failure(reason=denied.reason, message=denied.message[:4096], time=now), now)
     elif status.phase in ("Suspended", "Restarting"):
         _between_attempts(plan, job, pods, now)
     else:

@@ -645,6 +645,11 @@ def test_the_operator_rechecks_the_creators_rights(tenants: System) -> None:
         refusal = tenants.wait(
             lambda: access.access_refusal(authorization, job), 30, "the revoked rights to show", "rechecked"
         )
+        # The operator asks the same before it creates anything: resumed now, the job fails with no pod.
+        tenants.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, TENANT_A, PLURAL, "rechecked", {"spec": {"runPolicy": {"suspend": False}}}
+        )
+        final = tenants.wait_phase("rechecked", {"Failed", "Succeeded"}, 60)
     finally:
         binding.metadata.resource_version = None
         rbac_api.create_namespaced_role_binding(TENANT_A, binding)
@@ -653,4 +658,10 @@ def test_the_operator_rechecks_the_creators_rights(tenants: System) -> None:
         f"spec.pod.env[TOKEN].valueFrom.secretKeyRef.name: {DANA} may not get secrets/{TEAM_SECRET}" in refusal.message
     )
     assert f"spec.pod.serviceAccountName: {DANA} may not create pods in namespace {TENANT_A}" in refusal.message
+    assert final["phase"] == "Failed" and final["reason"] == "AccessDenied", final
+    assert f"{DANA} may not get secrets/{TEAM_SECRET}" in final["message"], final
+    failed = next(c for c in final["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "AccessDenied", failed
+    assert "AccessDenied" in [reason for reason, _ in tenants.events("rechecked")]
+    assert tenants.pods("rechecked") == [], "no pod is created for a job whose creator lacks its rights"
     tenants.delete("rechecked")

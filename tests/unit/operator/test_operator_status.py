@@ -539,3 +539,17 @@ def test_pod_view_reads_exit_code_and_termination_message(job: SFTJob) -> None:
     assert view.template_hash == render.template_hash(job)
     assert view.finished == datetime.fromisoformat("2026-01-01T12:01:00+00:00")
     assert view.message == '{"message": "bad rows"}'
+
+
+@pytest.mark.parametrize("restarting", [False, True])
+def test_a_creator_without_the_jobs_rights_fails_it_before_any_create(restarting: bool) -> None:
+    """The controller's re-check (sft_operator.access) found a right the creator lacks: the job fails
+    at once, permanently, with the fields named, and nothing is created (first attempt or a restart)."""
+    denied = policy.Refusal(403, "AccessDenied", "spec.pod.serviceAccountName: dana may not create pods", True)
+    job = make_job(phase="Restarting", attempt=0, attemptStartTime=STARTED) if restarting else make_job()
+    assert reconcile(job, [], NOW).create_pods  # without the refusal, the gang would be created
+    plan = reconcile(job, [], NOW, Observed(access_refusal=denied))
+    assert not plan.create_pods and plan.status.phase == "Failed"
+    assert plan.status.reason == "AccessDenied" and "serviceAccountName" in (plan.status.message or "")
+    assert plan.status.last_failure is not None and not plan.status.last_failure.retryable
+    assert ("Warning", "AccessDenied") in [(event.type, event.reason) for event in plan.events]
