@@ -468,8 +468,10 @@ class Controller:
                 self.queue.add(key)
                 return False
         found = [(obj, outcome) for obj, outcome in results if not isinstance(outcome, ApiException)]
+        # A pod answered 409 is not held: it may be this job's own (a create whose response was lost);
+        # the store shows it soon, or the gang is incomplete and restarts whole. Foreign pods holding a
+        # name are caught before any create (held_pod_names).
         held = [name for name in foreign_names(found, uid) if not name.startswith("Pod/")]
-        held += [f"Pod/{obj['metadata']['name']}" for obj, outcome in found if obj["kind"] == "Pod" and outcome is None]
         if held:
             self._hold(key, uid, attempt, held)
             return False
