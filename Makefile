@@ -12,15 +12,16 @@ export UV_PYTHON_DOWNLOADS := never
 # Heavy, version-keyed builds (the Kubernetes control plane) live outside the repository.
 export KUBE_SFT_CACHE ?= $(HOME)/.cache/kube-sft
 
-.PHONY: images help env demo test lint typecheck unit crds cluster-bins bench-data bench-train bench-operator gpu-test soak-long clean
+.PHONY: images help env demo test lint typecheck unit crds cluster-bins lint-tools node-bins dev-cluster dev-cluster-down bench-data bench-train bench-operator gpu-test soak-long clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# The locked versions of uv.lock, exactly (`--frozen`: never re-resolved here; tests/unit/test_lock.py
+# checks that it matches pyproject.toml). The project itself is installed editable.
+$(VENV)/.installed: pyproject.toml uv.lock
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
-	@[ -x $(BIN)/python ] || $(UV) venv -q --python $(PYTHON) $(VENV)
-	$(UV) pip install -q --python $(BIN)/python -e '.[operator,trainer,dev]'
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync -q --frozen --python $(PYTHON) --extra operator --extra trainer --extra dev
 	@touch $@
 
 env: $(VENV)/.installed  ## create .venv with the `sft` command and every dependency
@@ -41,14 +42,22 @@ typecheck: env
 cluster-bins: env  ## build/cache kube-apiserver, etcd, controller-manager, scheduler, kubectl, helm
 	@if [ -x hack/controlplane/build.sh ]; then hack/controlplane/build.sh; fi
 
-test: env lint typecheck cluster-bins  ## ruff, mypy and the whole pytest suite (no GPU tests)
+lint-tools:  ## install/cache checkov (the rendered chart's linter) outside the repository
+	hack/checkov/install.sh
+
+node-bins: cluster-bins  ## build/cache the real test node: kubelet, containerd, pause image (+ Debian runc, CNI plugins)
+	hack/node/build.sh
+
+# The e2e scenarios run the images on a real node: both are built (or found in the cache) first.
+test: env lint typecheck cluster-bins lint-tools node-bins images  ## ruff, mypy and the whole pytest suite (no GPU tests)
 	$(BIN)/pytest -m "not gpu" tests
 
 unit: env  ## the fast tests only
 	$(BIN)/pytest -m "not gpu and not integration and not e2e" tests
 
-crds: env  ## regenerate crds/, the chart's CRDs and docs/api-reference.md from the API models
+crds: env  ## regenerate crds/, the chart's CRDs, values.schema.json and docs/api-reference.md from the models
 	$(BIN)/python -m sft_operator.api.crd --write
+	$(BIN)/python -m sft_operator.api.chart_values --write
 	$(BIN)/python -m sft_operator.api.reference --write
 
 bench-data: env  ## data pipeline vs TRL's preparation on T0 -> bench/results/data.json
@@ -71,9 +80,14 @@ soak-long: env cluster-bins  ## the gang fault soak, long: 3 seeds x 10 min (+ d
 gpu-test:  ## the GPU tests (run on the device, after `source .gpu-rig/setup.sh`)
 	python3 -m pytest -m gpu tests/gpu
 
-images: env  ## build both images with the tags the chart deploys (needs a Docker engine)
-	docker build -f trainer_image/Dockerfile -t $$($(BIN)/python hack/image_names.py trainer) .
-	docker build -f operator/Dockerfile -t $$($(BIN)/python hack/image_names.py operator) .
+images: env  ## build the operator and CPU trainer images with the chart's tags (Docker engine, else buildah)
+	hack/images/build.sh
+
+dev-cluster: env cluster-bins node-bins images  ## a local cluster (real node), the chart, a demo SFTJob run to the end
+	$(BIN)/python -m tests.cluster.dev_cluster up
+
+dev-cluster-down:  ## stop the dev cluster and remove everything it made
+	$(BIN)/python -m tests.cluster.dev_cluster down
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -158,6 +158,7 @@ def lengths_of(train: Any) -> dict[str, Any]:
     return {
         "examples": len(examples),
         "epoch_tokens": int(sum(examples)),
+        "loss_fraction": round(int(train.store.loss_tokens.sum()) / max(sum(examples), 1), 4),
         "rows": len(rows),
         "seq_per_example": effective_sequence_length(examples),
         "seq_per_row": effective_sequence_length(rows),
@@ -287,6 +288,7 @@ def worker_ours(args: argparse.Namespace) -> dict[str, Any]:
         gradient_accumulation_fusion=args.gaf,
         grad_reduce_in_fp32=not args.bf16_grads,
         transformer_overrides=json.loads(args.overrides) if args.overrides else {},
+        chunked_loss=not args.full_head,
     )
     started = time.perf_counter()
     backend = MegatronBackend(base, llama_config(base.model.architecture, 50257), None, tuning=tuning)
@@ -311,6 +313,7 @@ def worker_ours(args: argparse.Namespace) -> dict[str, Any]:
             continue
         result = measured(reports, args.warmup, env.world_size, flops_example, lengths["epoch_tokens"])
         result["mfu_row_seq"] = round(result["mfu"] * flops_row / flops_example, 4)
+        result["hfu"] = hardware_mfu(result["mfu"], args.model, flops_example, lengths, chunked=backend._chunked_loss)
         result.update(mbs=mbs, tokens_per_micro_batch=mbs * SEQ, peak_mem_gb=peak_memory_gb())
         runs.append(result)
         if env.rank == 0:
@@ -332,13 +335,94 @@ def worker_ours(args: argparse.Namespace) -> dict[str, Any]:
             "gradient_accumulation_fusion": args.gaf,
             "bf16_grads": args.bf16_grads,
             "overrides": args.overrides,
+            "chunked_loss": backend._chunked_loss,
         },
+        "configuration": (
+            f"megatron backend, {'FP8 ' + args.fp8 + ' ' + args.fp8_recipe if args.fp8 != 'none' else 'bf16'}, "
+            f"packed THD (TE fused attention per example), "
+            f"{'loss-positions-only chunked LM head' if backend._chunked_loss else 'full LM head + TE cross-entropy'}"
+            f"{', gradient-accumulation fusion' if args.gaf else ''}, fp32 main weights/grads, distributed Adam"
+        ),
         "rows_per_gpu_per_step": args.rows_per_gpu,
         "init_s": round(init_s, 1),
         "data": lengths,
         "flops_per_token": flops_example,
         "runs": runs,
         "profile": profile,
+    }
+
+
+def hardware_mfu(mfu: float, model: str, flops_token: float, lengths: dict[str, Any], chunked: bool) -> float:
+    """The MFU of the FLOPs the GPU really did: the formula's, less the LM head of no-loss tokens when the
+    head runs on loss positions only (`head_flops_skipped`)."""
+    skipped = tm.head_flops_skipped(model, float(lengths["loss_fraction"])) if chunked else 0.0
+    return round(mfu * (flops_token - skipped) / flops_token, 4)
+
+
+def worker_torch(args: argparse.Namespace) -> dict[str, Any]:
+    """The torch backend (Hugging Face model, fp32 master weights, autocast) on the same loop and data:
+    packed rows, flex attention per example, loss-positions-only chunked LM head; one run per mbs."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from sft_trainer.backends.torch_backend import TorchBackend
+    from sft_trainer.data import build_datasets
+    from sft_trainer.distributed import current_env
+    from sft_trainer.models import llama_config
+    from sft_trainer.tokenization import load_tokenizer
+
+    env = current_env()
+    torch.cuda.set_device(env.local_rank)
+    device = torch.device("cuda", env.local_rank)
+    mbs_list = [int(m) for m in args.mbs.split(",")]
+
+    def config_for(mbs: int) -> Any:
+        config = sft_config(
+            args.model, mbs=mbs, gbs=args.rows_per_gpu, steps=args.warmup + args.steps, world=1,
+            backend="torch", run=f"{args.name}",
+        )  # fmt: skip
+        config.trainer.precision = args.precision
+        return config
+
+    base = config_for(mbs_list[0])
+    tokenizer = load_tokenizer(base.model.tokenizer)
+    splits = build_datasets(base, tokenizer)
+    lengths = lengths_of(splits.train)
+    flops = tm.model_flops_per_token(args.model, lengths["seq_per_example"])
+    torch.manual_seed(0)
+    with torch.device("cuda"):  # the same random init as the CPU path, minutes faster
+        model = LlamaForCausalLM(llama_config(base.model.architecture, 50257))
+    backend = TorchBackend(base, model, env, device)
+    runs: list[dict[str, Any]] = []
+    for mbs in mbs_list:
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            reports = run_loop(config_for(mbs), backend, splits.train, int(tokenizer.pad_token_id), env)
+        except torch.OutOfMemoryError as error:
+            runs.append({"mbs": mbs, "error": f"OOM: {str(error)[:200]}"})
+            gc.collect()
+            torch.cuda.empty_cache()
+            continue
+        result = measured(reports, args.warmup, 1, flops, lengths["epoch_tokens"])
+        result["hfu"] = hardware_mfu(result["mfu"], args.model, flops, lengths, chunked=backend.chunked_head)
+        result.update(mbs=mbs, tokens_per_micro_batch=mbs * SEQ, peak_mem_gb=peak_memory_gb())
+        result["grad_scaler"] = bool(backend.scaler.is_enabled())
+        runs.append(result)
+        print(f"[{args.name}] mbs {mbs}: {json.dumps(result)}", flush=True)
+    return {
+        "system": "ours-torch",
+        "model": args.model,
+        "gpus": 1,
+        "precision": args.precision,
+        "configuration": (
+            f"torch backend, Hugging Face Llama, fp32 master weights + {args.precision} autocast"
+            f"{' + GradScaler' if backend.scaler.is_enabled() else ''}, packed rows, "
+            f"{'flex attention (block-causal per example)' if backend.flex else 'dense 4-D mask'}, "
+            f"{'loss-positions-only chunked LM head' if backend.chunked_head else 'full LM head'}, fused AdamW"
+        ),
+        "data": lengths,
+        "flops_per_token": flops,
+        "runs": runs,
     }
 
 
@@ -420,10 +504,24 @@ def trl_subset(rows: int, seed: int = 0) -> Path:
     return target
 
 
-TRL_MODES: dict[str, dict[str, Any]] = {
-    "padded": {"packing": False},
-    "bfd": {"packing": True, "packing_strategy": "bfd"},
-    "wrapped": {"packing": True, "packing_strategy": "wrapped"},
+# name -> (attention implementation, extra SFTConfig fields)
+TRL_MODES: dict[str, tuple[str, dict[str, Any]]] = {
+    "padded": ("sdpa", {"packing": False}),
+    "bfd": ("sdpa", {"packing": True, "packing_strategy": "bfd"}),
+    "wrapped": ("sdpa", {"packing": True, "packing_strategy": "wrapped"}),
+    # TRL's documented speed options that work offline: padding-free best-fit-decreasing packing with an
+    # attention that keeps the packed examples apart without a dense mask (flex attention; flash-attn has
+    # no wheel here), Liger's Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy), fused AdamW
+    "best": (
+        "flex_attention",
+        {
+            "packing": True,
+            "packing_strategy": "bfd",
+            "padding_free": True,
+            "use_liger_kernel": True,
+            "optim": "adamw_torch_fused",
+        },
+    ),
 }
 
 
@@ -462,8 +560,7 @@ def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
         real_tokens: ClassVar[list[int]] = []
 
         def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
-            mask = inputs.get("attention_mask")
-            self.real_tokens.append(int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel()))
+            self.real_tokens.append(real_tokens(inputs))
             return super().training_step(model, inputs, num_items_in_batch)
 
     runs = []
@@ -473,7 +570,9 @@ def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
             with torch.device("cuda"):
                 model = LlamaForCausalLM(llama_config(base.model.architecture, 50257))
             model = model.to(dtype=torch.bfloat16)  # type: ignore[call-arg]
-            model.set_attn_implementation("sdpa")
+            attention, options = TRL_MODES[args.trl_mode]
+            model.set_attn_implementation(attention)
+            static: dict[str, Any] = {"pad_to_multiple_of": batch * SEQ} if args.trl_mode == "best" else {}
             sft_args = SFTConfig(
                 output_dir=str(WORK / "trl" / f"{args.name}-{batch}"),
                 max_length=SEQ,
@@ -491,7 +590,8 @@ def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
                 disable_tqdm=True,
                 dataset_num_proc=8,
                 seed=1234,
-                **TRL_MODES[args.trl_mode],
+                **options,
+                **static,
             )
             timer = Timer()
             TimedSFTTrainer.real_tokens = []
@@ -514,16 +614,48 @@ def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
         del model, trainer
         gc.collect()
         torch.cuda.empty_cache()
+    import trl
+
+    attention, options = TRL_MODES[args.trl_mode]
     return {
         "system": "trl",
         "model": args.model,
         "gpus": 1,
         "mode": args.trl_mode,
+        "configuration": {
+            "trl": trl.__version__,
+            "attn_implementation": attention,
+            "weights": "bf16 (no fp32 master copy)",
+            "completion_only_loss": True,
+            "max_length": SEQ,
+            "gradient_checkpointing": False,
+            **options,
+            **(
+                {"pad_to_multiple_of": "batch x max_length (one static shape: flex attention compiles once)"}
+                if args.trl_mode == "best"
+                else {}
+            ),
+        },
         "trl_rows": args.trl_rows,
         "cross_example_attention": args.trl_mode == "wrapped",
         "flops_per_token": flops,
         "runs": runs,
     }
+
+
+def real_tokens(inputs: Any) -> int:
+    """Non-padding tokens of a TRL batch (on the host, before the step): the attention mask's ones; for a
+    padding-free row, its length before the right padding (padding has position 0, and every example's
+    later tokens positions > 0)."""
+    mask = inputs.get("attention_mask")
+    if mask is not None:
+        return int(mask.sum())
+    positions = inputs.get("position_ids")
+    if positions is None:
+        return int(inputs["input_ids"].numel())
+    flat = positions.reshape(-1)
+    nonzero = flat.nonzero().flatten()
+    return int(nonzero[-1]) + 1 if len(nonzero) else 0
 
 
 # ---------------------------------------------------------------------------- orchestration
@@ -590,15 +722,29 @@ def stage_plan(
         ours_8b.append("--bf16-grads")
     ours_8b_dp = ["ours", "--model", "llama-8b", "--rows-per-gpu", "8", "--mbs", mbs_8b, *common]
     ours_8b_half = ["ours", "--model", "llama-8b-half", "--rows-per-gpu", "8", "--mbs", mbs_8b, *common]
+    # TRL's best: flex attention compiles in its first step (one static shape per batch size), so its window
+    # is 2 warm-up + 6 measured steps
+    trl_best = ["trl", "--model", "llama-1b", "--steps", str(min(steps, 6)), "--warmup", str(min(warmup, 2))]
+    torch_1b = ["torch", "--model", "llama-1b", "--rows-per-gpu", "16", *common]
     return {
-        "s1": [
+        "s1": [  # llama-1b on one GPU: ours (bf16, FP8, and the full-head reference) and TRL at its best
             ("ours-1b-1gpu", [*ours_1b, "--profile"], 1),
-            ("trl-padded", [*trl, "--trl-mode", "padded", "--batch", "16,32,64"], 1),
-            ("trl-bfd", [*trl, "--trl-mode", "bfd", "--batch", "2,4,8"], 1),
-            ("trl-wrapped", [*trl, "--trl-mode", "wrapped", "--batch", "2,4,8"], 1),
+            ("trl-best", [*trl_best, "--trl-mode", "best", "--batch", "4,8,16,32"], 1),
+            ("ours-1b-1gpu-fp8", [*ours_1b, "--fp8", "hybrid"], 1),
+            ("ours-1b-1gpu-fullhead", [*ours_1b, "--full-head"], 1),
+        ],
+        "s1r": [  # the peer's other configurations, references (padded: slowest; wrapped: crosses examples)
+            ("trl-bfd", [*trl, "--trl-mode", "bfd", "--batch", "2"], 1),
+            ("trl-wrapped", [*trl, "--trl-mode", "wrapped", "--batch", "8"], 1),
+            ("trl-padded", [*trl, "--trl-mode", "padded", "--batch", "16"], 1),
+        ],
+        "s1t": [  # the torch backend on the GPU: bf16 autocast at several micro-batches, fp16 + GradScaler once
+            ("torch-1b-1gpu-bf16", [*torch_1b, "--mbs", "1,2,4"], 1),
+            ("torch-1b-1gpu-fp16", [*torch_1b, "--mbs", "2", "--precision", "fp16"], 1),
         ],
         "s1b": [
             ("ours-1b-1gpu-gaf", [*ours_1b, "--gaf"], 1),
+            ("ours-1b-1gpu-fp8-gaf", [*ours_1b, "--gaf", "--fp8", "hybrid"], 1),
             ("lora-8b-1gpu", ["lora", "--model", "llama-8b", "--mbs", "2", "--rows-per-gpu", "8", *common], 1),
         ],
         "s2": [("ours-1b-dp2", [*ours_1b, "--profile"], 2)],
@@ -691,8 +837,8 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stages", default="s1,s1b,s2,s3,s4,s5")
-    parser.add_argument("--mbs-1b", default="1,2,4")
+    parser.add_argument("--stages", default="s1,s1t,s1b,s1r,s2,s3,s4,s5")
+    parser.add_argument("--mbs-1b", default="4,8")
     parser.add_argument("--mbs-8b", default="1,2")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
@@ -710,18 +856,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     prepare_data()
     names: list[str] = []
-    timings = {}
+    timings: dict[str, Any] = {}
     for stage in options.stages.split(","):
         stage_started = time.perf_counter()
         for wave in waves(plan[stage], gpus):
             procs = [launch(name, devices, args, need) for name, args, need, devices in wave]
             names += [name for name, *_ in wave]
             wait_all(procs, options.stage_timeout)
+            write_report(names, card, gpus, timings, options.output)  # after every wave: a cut-off call keeps it
         timings[stage] = round(time.perf_counter() - stage_started, 1)
         print(f"[bench] stage {stage} done in {timings[stage]}s", flush=True)
-        report, path = write_report(
-            names, card, gpus, timings, options.output
-        )  # after every stage: a cut-off call keeps it
     report, path = write_report(names, card, gpus, timings, options.output)
     print(tm.format_table(report["table"]))
     for line in report["goals"]:
@@ -783,7 +927,7 @@ def merge_goals(goals_by_call: Sequence[Sequence[dict[str, Any]]]) -> list[dict[
 
 def summarize(results: dict[str, Any], card: str, timings: dict[str, Any]) -> dict[str, Any]:
     """The results JSON: card, per-config table, goals."""
-    rows = table_rows(results)
+    rows = with_peer_ratio(table_rows(results))
     return {
         "card": card,
         "data": "T0 55,185 prompt/completion pairs, GPT-2 BPE, answer-only loss, max_seq_length 4096",
@@ -800,17 +944,42 @@ def _best_of(rows: Sequence[dict[str, Any]], predicate: Callable[[dict[str, Any]
     return dict(chosen) if chosen else None
 
 
+PEER_CORRECT = ("trl-best", "trl-bfd", "trl-padded")  # TRL configurations that keep examples apart
+
+
+def best_peer_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The fastest llama-1b TRL row whose examples never attend to each other (wrapped rows excluded)."""
+    return _best_of(rows, lambda r: str(r["config"]).startswith(PEER_CORRECT))
+
+
+def with_peer_ratio(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with `ratio_vs_best_peer` (tokens/s over the best peer row's) on every llama-1b row of ours."""
+    peer = best_peer_row(rows)
+    out = []
+    for row in rows:
+        row = dict(row)
+        if peer is not None and str(row["config"]).startswith(("ours-1b-1gpu", "torch-1b")):
+            row["ratio_vs_best_peer"] = round(
+                float(row["tokens_per_s_per_gpu"]) / float(peer["tokens_per_s_per_gpu"]), 3
+            )
+            row["best_peer"] = peer["config"]
+        out.append(row)
+    return out
+
+
 def evaluate_goals(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Issue 10's goals from the table rows (a goal whose run is missing reads `measured: null`)."""
 
     def named(prefix: str) -> Callable[[dict[str, Any]], bool]:
         return lambda r: str(r["config"]).startswith(prefix)
 
-    ours_1 = _best_of(rows, named("ours-1b-1gpu"))
+    ours_1 = _best_of(rows, lambda r: named("ours-1b-1gpu")(r) and "fp8" not in str(r["config"]))
+    ours_fp8 = _best_of(rows, named("ours-1b-1gpu-fp8"))
+    torch_1 = _best_of(rows, named("torch-1b-1gpu-bf16"))
     plain_1 = _best_of(rows, named("ours-1b-1gpu mbs"))  # no tuning variant: the same code as the DP runs
     ours_2 = _best_of(rows, named("ours-1b-dp2"))
     ours_4 = _best_of(rows, named("ours-1b-dp4"))
-    trl_correct = _best_of(rows, lambda r: named("trl-padded")(r) or named("trl-bfd")(r))
+    best_peer = best_peer_row(rows)
     trl_wrapped = _best_of(rows, named("trl-wrapped"))
     # llama-8b: the best layout of each precision (TP=2 + SP, or TP=1 x DP on cards that hold it)
     bf16_8b = _best_of(rows, lambda r: named("ours-8b-")(r) and "-bf16" in str(r["config"]))
@@ -826,9 +995,11 @@ def evaluate_goals(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     steps = tm.step_efficiency({w: v for w, v in per_gpu.items() if v is not None})
     waits = [float(r["data_wait_pct"]) for r in rows if str(r["system"]).startswith("ours")]
     return [
-        tm.goal("llama-1b 1 GPU MFU", None if ours_1 is None else ours_1["mfu"], 0.50),
-        tm.goal("llama-1b vs TRL best correct (padded/bfd)", ratio(ours_1, trl_correct), 2.0, "x"),
-        tm.goal("llama-1b vs TRL wrapped", ratio(ours_1, trl_wrapped), 1.3, "x"),
+        tm.goal("llama-1b 1 GPU bf16 MFU", None if ours_1 is None else ours_1["mfu"], 0.60),
+        tm.goal("llama-1b bf16 / best peer (TRL, examples kept apart)", ratio(ours_1, best_peer), 1.35, "x"),
+        tm.goal("llama-1b FP8 / best peer (bf16)", ratio(ours_fp8, best_peer), 1.75, "x"),
+        tm.goal("torch backend bf16 / best peer", ratio(torch_1, best_peer), 1.0, "x"),
+        tm.goal("llama-1b vs TRL wrapped (crosses examples: reference)", ratio(ours_1, trl_wrapped), 1.3, "x"),
         tm.goal(
             f"llama-8b bf16 MFU ({'not run' if bf16_8b is None else bf16_8b['gpus']} GPUs; goal: 4)",
             None if bf16_8b is None else bf16_8b["mfu"],
@@ -853,7 +1024,7 @@ def evaluate_goals(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def worker_main(argv: Sequence[str]) -> None:
     """One worker: run, then rank 0 writes its JSON to --result."""
     parser = argparse.ArgumentParser(prog="bench_train worker")
-    parser.add_argument("kind", choices=["ours", "trl", "lora"])
+    parser.add_argument("kind", choices=["ours", "trl", "lora", "torch"])
     parser.add_argument("--model", default="llama-1b", choices=sorted(tm.MODELS))
     parser.add_argument("--name", default="worker")
     parser.add_argument("--result", type=Path, required=True)
@@ -869,12 +1040,16 @@ def worker_main(argv: Sequence[str]) -> None:
     parser.add_argument("--bf16-grads", action="store_true", help="main grads and their reduction in bf16")
     parser.add_argument("--overrides", default="", help="JSON of extra TransformerConfig fields")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--full-head", action="store_true", help="ours: full LM head + TE cross-entropy (no chunked loss)"
+    )
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16"], help="torch backend")
     parser.add_argument("--packing", action=argparse.BooleanOptionalAction, default=False, help="lora: pack rows")
     parser.add_argument("--trl-mode", default="padded", choices=sorted(TRL_MODES))
     parser.add_argument("--batch", default="8")
     parser.add_argument("--trl-rows", type=int, default=8000)
     args = parser.parse_args(argv)
-    run = {"ours": worker_ours, "trl": worker_trl, "lora": worker_lora}[args.kind]
+    run = {"ours": worker_ours, "trl": worker_trl, "lora": worker_lora, "torch": worker_torch}[args.kind]
     started = time.perf_counter()
     try:
         result = run(args)

@@ -63,6 +63,13 @@ def model_flops_per_token(model: str, sequence_length: float) -> float:
     return flops_per_token(flops_config(model), sequence_length)
 
 
+def head_flops_skipped(model: str, loss_fraction: float) -> float:
+    """Training FLOPs per token a loss-positions-only LM head does not do: 6 x hidden x vocabulary for
+    the share of tokens that carry no loss (the formula above counts the head for every token)."""
+    shape = MODELS[model]
+    return 6.0 * shape["hidden_size"] * shape["vocab_size"] * (1.0 - loss_fraction)
+
+
 @dataclass(frozen=True)
 class StepStats:
     """Measured steps after warm-up, of one configuration."""

@@ -202,6 +202,7 @@ class Controller:
         self.settings = settings
         self.store = store or Store()
         self.queue: WorkQueue[Key] = WorkQueue()
+        metrics.WORK_QUEUE_DEPTH.set_function(lambda: len(self.queue))
         self.phases = metrics.PhaseTracker()
         self.creator = ThreadPoolExecutor(settings.create_parallelism, thread_name_prefix="create")
         self.recorder = ThreadPoolExecutor(EVENT_THREADS, thread_name_prefix="event")
@@ -367,7 +368,12 @@ class Controller:
             self.recorder.submit(self._record, raw, plan.events)
         reason = plan.status.last_failure.reason if plan.status.last_failure else (plan.status.reason or "")
         metrics.record_transition(
-            job.status.phase, plan.status.phase, job.status.restarts, plan.status.restarts, reason
+            job.status.phase,
+            plan.status.phase,
+            job.status.restarts,
+            plan.status.restarts,
+            reason,
+            created_at=job.metadata.creation_timestamp,
         )
         self.phases.set(namespace, name, plan.status.phase)
         if plan.delete_job:

@@ -8,7 +8,7 @@
                                       is reachable here, else prints the kubectl command for a Job
 
 kubectl finds the plugin on PATH by its name; `-n/--namespace`, `--kubeconfig` and `--context` work
-as in kubectl. The pure parts (line prefixes, status text, patch bodies, the generation Job) are
+as in kubectl. Errors end in one line and a `PluginExit` code (docs/user-guide.md, "kubectl sft"). The pure parts (line prefixes, status text, patch bodies, the generation Job) are
 plain functions; the verbs are thin calls to the Kubernetes API. No torch import: this module is
 part of the operator package; `generate` runs the trainer's `sft` command as a separate process.
 """
@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from enum import IntEnum
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
@@ -30,16 +32,21 @@ import yaml
 
 from sft_operator.api import GROUP, PLURAL, VERSION
 from sft_operator.render import DEFAULT_IMAGE, LABEL_ATTEMPT, LABEL_JOB, LABEL_RANK, TRAINER_CONTAINER
+from sft_trainer.cli_common import VersionOption, examples, missing_extra_error, run_console_script
 
 Object = dict[str, Any]
 
-app = typer.Typer(
-    name="kubectl-sft",
-    no_args_is_help=True,
-    add_completion=False,
-    rich_markup_mode=None,
-    help="Daily verbs for kube-sft SFTJobs: status, logs, suspend, resume, generate.",
-)
+app = typer.Typer(name="kubectl-sft", no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+
+
+class PluginExit(IntEnum):
+    """Exit codes of `kubectl sft` (`generate` run locally exits with `sft generate`'s own code)."""
+
+    OK = 0
+    FAILED = 1  # the request failed: no such SFTJob, no pods or final model yet, refused by the API server
+    USAGE = 2  # a bad command line (Click's code)
+    NO_CLUSTER = 3  # no usable kubeconfig, or the API server cannot be reached
+
 
 # --- pure parts ----------------------------------------------------------------------------------
 
@@ -109,6 +116,7 @@ def exit_code_meaning(code: int | None) -> str:
         12: "missing or unreadable model/tokenizer (permanent)",
         13: "non-finite loss (permanent)",
         14: "out of device memory (permanent)",
+        15: "an extra is not installed in the image, e.g. kube-sft[trainer] (permanent)",
         70: "distributed timeout: a rank vanished (retried)",
         71: "interrupted by SIGTERM, checkpoint saved (retried)",
     }
@@ -248,15 +256,31 @@ def _storage_mounts(spec: Object) -> list[tuple[str, Object]]:
     return found
 
 
-def generate_args(model: str, prompts: list[str], max_new_tokens: int, temperature: float) -> list[str]:
-    """Arguments of `sft generate` for the prompts."""
+def generate_args(
+    model: str, prompts: list[str], max_new_tokens: int, temperature: float, chat: dict[str, str] | None = None
+) -> list[str]:
+    """Arguments of `sft generate` for the prompts; `chat` may hold `system`, `label` and `history` (inline JSON)."""
     args = ["generate", "--model", model]
     for prompt in prompts:
         args += ["--prompt", prompt]
+    for key, value in (chat or {}).items():
+        args += [f"--{key}", value]
     return [*args, "--max-new-tokens", str(max_new_tokens), "--temperature", str(temperature)]
 
 
-def generation_job(job: Object, prompts: list[str], max_new_tokens: int = 128, temperature: float = 0.0) -> Object:
+def chat_options(system: str | None, label: str | None, history: Path | None) -> dict[str, str]:
+    """`sft generate`'s chat options; a history file is read here and passed inline (a Job cannot see it)."""
+    options = {"system": system, "label": label, "history": history.read_text(encoding="utf-8") if history else None}
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def generation_job(
+    job: Object,
+    prompts: list[str],
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    chat: dict[str, str] | None = None,
+) -> Object:
     """A batch/v1 Job running `sft generate` on the SFTJob's final model, with its volume mounted read-only.
 
     Raises ValueError when the job has no final model or no persistent volume holds it.
@@ -280,7 +304,7 @@ def generation_job(job: Object, prompts: list[str], max_new_tokens: int = 128, t
     container: Object = {
         "name": "generate",
         "image": spec.get("image") or DEFAULT_IMAGE,
-        "command": ["sft", *generate_args(final, prompts, max_new_tokens, temperature)],
+        "command": ["sft", *generate_args(final, prompts, max_new_tokens, temperature, chat)],
         "volumeMounts": [mount],
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
@@ -366,7 +390,10 @@ class Cluster:
             contexts, active = config.list_kube_config_contexts(config_file=config_file)
             chosen = next((c for c in contexts if c["name"] == context), active) if context else active
             default_namespace = chosen.get("context", {}).get("namespace") or "default"
-        except config.ConfigException:
+        except config.ConfigException as error:
+            if config_file is not None or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+                where = config_file or "~/.kube/config (no --kubeconfig or KUBECONFIG given, not in a pod)"
+                raise config.ConfigException(f"kubeconfig {where}: {error}") from None
             config.load_incluster_config()
             self.api = client.ApiClient()
             default_namespace = _incluster_namespace()
@@ -383,7 +410,7 @@ class Cluster:
         except ApiException as error:
             if error.status == 404:
                 typer.echo(f"error: SFTJob {self.namespace}/{name} not found", err=True)
-                raise typer.Exit(1) from None
+                raise typer.Exit(PluginExit.FAILED) from None
             raise
         return job
 
@@ -442,9 +469,24 @@ KubeconfigOption = Annotated[str | None, typer.Option("--kubeconfig", help="Path
 ContextOption = Annotated[str | None, typer.Option("--context", help="kubeconfig context to use.")]
 
 
-@app.callback()
-def main(namespace: NamespaceOption = None, kubeconfig: KubeconfigOption = None, context: ContextOption = None) -> None:
-    """kubectl sft: status, logs, suspend, resume and generate for SFTJobs."""
+@app.callback(
+    epilog=examples(
+        "kubectl sft status dolly-2b -n team-a",
+        "kubectl sft logs dolly-2b -f --tail 20",
+        "kubectl sft suspend dolly-2b",
+        "kubectl sft generate dolly-2b -p 'When did Virgin Australia start operating?'",
+    )
+)
+def main_options(
+    namespace: NamespaceOption = None,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
+    version: VersionOption = False,
+) -> None:
+    """Daily verbs for kube-sft SFTJobs: status, logs, suspend, resume, generate.
+
+    Exit codes: 0 ok, 1 the request failed, 2 bad usage, 3 no reachable cluster.
+    """
     _State.options = (kubeconfig, context, namespace)
 
 
@@ -528,7 +570,7 @@ def logs(
             f"error: SFTJob {cluster.namespace}/{name} has no pods (phase: {job_phase(cluster.get_job(name))})",
             err=True,
         )
-        raise typer.Exit(1)
+        raise typer.Exit(PluginExit.FAILED)
     failed: list[str] = []
 
     def lines_of(pod: Object) -> Iterator[str]:
@@ -552,7 +594,7 @@ def logs(
             for line in lines_of(pod):
                 typer.echo(prefix_line(pod_rank(pod), line))
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(PluginExit.FAILED)
 
 
 def api_error_text(error: Exception) -> str:
@@ -583,32 +625,71 @@ def generate(
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
     temperature: Annotated[float, typer.Option(min=0.0, help="0: greedy.")] = 0.0,
+    system: Annotated[
+        str | None, typer.Option(help="Chat system prompt (default: the one training used most; '' for none).")
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option(help="NeMo SteerLM label of the answer (default: training's most used; '' none).")
+    ] = None,
+    history: Annotated[
+        Path | None, typer.Option(help="JSON file of earlier turns (NeMo `conversations` or HF `messages`).")
+    ] = None,
     namespace: NamespaceOption = None,
     kubeconfig: KubeconfigOption = None,
     context: ContextOption = None,
 ) -> None:
     """Answer prompts with a finished job's final model (status.finalModel).
 
-    When the model's directory is reachable here (the same path, or through --mount), `sft generate`
-    runs locally; otherwise the kubectl commands of a generation Job are printed.
+    The model is prompted as in training: its template, and for chat models the system prompt and
+    label training used most (or --system / --label) after the --history turns. When the model's
+    directory is reachable here (the same path, or through --mount), `sft generate` runs locally;
+    otherwise the kubectl commands of a generation Job are printed (the history travels inline).
     """
+    try:
+        chat = chat_options(system, label, history)
+    except OSError as error:
+        typer.echo(f"error: --history {history}: {error.strerror}", err=True)
+        raise typer.Exit(PluginExit.FAILED) from None
     job = _cluster(namespace, kubeconfig, context).get_job(name)
     final = (job.get("status") or {}).get("finalModel")
     if not final:
         typer.echo(f"error: SFTJob {name} has no final model yet (phase: {job_phase(job)})", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(PluginExit.FAILED)
     local = local_model_path(final, parse_mounts(mount or []))
     if local is not None:
-        argv = [*_sft_command(), *generate_args(str(local), prompt, max_new_tokens, temperature)]
+        argv = [*_sft_command(), *generate_args(str(local), prompt, max_new_tokens, temperature, chat)]
         raise typer.Exit(subprocess.run(argv, check=False).returncode)
     try:
-        manifest = generation_job(job, prompt, max_new_tokens, temperature)
+        manifest = generation_job(job, prompt, max_new_tokens, temperature, chat)
     except ValueError as error:
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(PluginExit.FAILED) from None
     typer.echo(f"# {final} is not reachable here; run `sft generate` in the cluster:", err=True)
     typer.echo(generation_instructions(manifest))
 
 
+def cluster_error(error: BaseException) -> tuple[str, int] | None:
+    """(one-line message, exit code) of an error any verb can meet talking to the cluster; None for others."""
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.config import ConfigException
+    from urllib3.exceptions import MaxRetryError
+
+    if isinstance(error, ConfigException):
+        return f"no usable cluster: {error}", PluginExit.NO_CLUSTER
+    if isinstance(error, MaxRetryError):
+        pool = getattr(error, "pool", None)
+        server = f"{pool.scheme}://{pool.host}:{pool.port}" if pool is not None else "the API server"
+        reason = re.sub(r"^<?[\w.]*Connection[^:]*: ", "", str(error.reason))  # drop the connection's repr
+        return f"cannot reach the Kubernetes API server {server}: {reason}", PluginExit.NO_CLUSTER
+    if isinstance(error, ApiException):
+        return f"the API server refused the request: {api_error_text(error)}", PluginExit.FAILED
+    return missing_extra_error(error)
+
+
+def main() -> None:
+    """The `kubectl-sft` console script: cluster errors end in one line and a `PluginExit` code."""
+    run_console_script(app, "kubectl sft", cluster_error)
+
+
 if __name__ == "__main__":
-    app()
+    main()

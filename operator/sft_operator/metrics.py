@@ -4,8 +4,9 @@ The chart's dashboard and alerts may use only names that `exported_names()` list
 """
 
 import threading
+from datetime import UTC, datetime
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.metrics_core import Metric
 
 from sft_operator.api import Phase
@@ -33,6 +34,16 @@ RECONCILE_ERRORS = Counter(
 )
 PODS_CREATED = Counter("kube_sft_pods_created", "Trainer pods created.", registry=REGISTRY)
 IS_LEADER = Gauge("kube_sft_operator_leader", "1 on the active operator replica, 0 on standbys.", registry=REGISTRY)
+ProcessCollector(registry=REGISTRY)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds, start time
+WORK_QUEUE_DEPTH = Gauge(
+    "kube_sft_workqueue_depth", "Job keys ready and waiting for a reconcile worker.", registry=REGISTRY
+)
+TIME_TO_RUNNING = Histogram(
+    "kube_sft_job_time_to_running_seconds",
+    "Seconds from an SFTJob's creation to its first Running phase (scheduling, image pulls, gang start).",
+    buckets=(5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600),
+    registry=REGISTRY,
+)
 
 
 class PhaseTracker:
@@ -56,9 +67,17 @@ class PhaseTracker:
 
 
 def record_transition(
-    old_phase: str | None, new_phase: str | None, old_restarts: int, new_restarts: int, reason: str
+    old_phase: str | None,
+    new_phase: str | None,
+    old_restarts: int,
+    new_restarts: int,
+    reason: str,
+    created_at: datetime | None = None,
+    now: datetime | None = None,
 ) -> None:
-    """Count what changed between two statuses of one job."""
+    """Count what changed between two statuses of one job (`created_at`: the job's creationTimestamp)."""
+    if new_phase == "Running" and old_phase != "Running" and new_restarts == 0 and created_at is not None:
+        TIME_TO_RUNNING.observe(max(0.0, ((now or datetime.now(UTC)) - created_at).total_seconds()))
     if old_phase is None and new_phase is not None:
         JOBS_CREATED.inc()
     if new_phase != old_phase and new_phase == "Succeeded":

@@ -22,5 +22,7 @@ FRAMEWORK_RULES: frozenset[Rule] = frozenset(
         ("", "namespaces", "watch"),
         # kopf posts its own Events (handler errors) next to ours.
         ("", "events", "create"),
+        # sft_operator.access: the creator's rights checked again before pods exist (SubjectAccessReview).
+        ("authorization.k8s.io", "subjectaccessreviews", "create"),
     }
 )

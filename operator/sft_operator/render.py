@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from sft_operator.api import API_VERSION, GROUP, KIND, PLURAL, SFTJob, StorageLocation
+from sft_operator.api.models import TRAINER_SERVICE_ACCOUNT_SUFFIX
 
 Object = dict[str, Any]
 
@@ -63,7 +64,7 @@ class Names:
     @property
     def service_account(self) -> str:
         """The per-job ServiceAccount (and its Role and RoleBinding)."""
-        return f"{self.job}-trainer"
+        return f"{self.job}{TRAINER_SERVICE_ACCOUNT_SUFFIX}"
 
     def hostname(self, rank: int) -> str:
         """The hostname of node `rank`, the same in every attempt (DNS `<hostname>.<job>`)."""
@@ -103,10 +104,11 @@ def owner_reference(job: SFTJob) -> Object:
 
 
 def _meta(job: SFTJob, name: str, labels: dict[str, str] | None = None) -> Object:
+    """Name, namespace, labels and owner of a child; the operator's labels win over the user's."""
     return {
         "name": name,
         "namespace": job.metadata.namespace,
-        "labels": {**job_labels(job), **(labels or {})},
+        "labels": {**(labels or {}), **job_labels(job)},
         "ownerReferences": [owner_reference(job)],
     }
 
@@ -323,7 +325,7 @@ def pod(job: SFTJob, rank: int, default_image: str = DEFAULT_IMAGE) -> Object:
     """Trainer pod of node `rank` in the current attempt."""
     names = Names(job.metadata.name)
     spec = job.spec
-    labels = {**spec.pod.labels, LABEL_RANK: str(rank), LABEL_ATTEMPT: str(job.status.attempt)}
+    labels = {**spec.pod.labels, LABEL_RANK: str(rank), LABEL_ATTEMPT: str(job.status.attempt)}  # ours win
     annotations = {**spec.pod.annotations, ANNOTATION_TEMPLATE_HASH: template_hash(job)}
     if spec.scheduling.queue_name:
         labels[KUEUE_QUEUE_LABEL] = spec.scheduling.queue_name

@@ -32,6 +32,7 @@ class ClusterPKI:
     ca: CertPair
     serving: CertPair
     admin: CertPair
+    kubelet_client: CertPair  # the API server's client certificate towards kubelets (logs, exec)
     sa_private_key: Path
     sa_public_key: Path
 
@@ -77,7 +78,13 @@ def make_pki(directory: Path) -> ClusterPKI:
     sans = "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
     serving = sign(ca, directory, "apiserver", "/CN=kube-apiserver", [sans, "extendedKeyUsage=serverAuth"])
     admin = sign(ca, directory, "admin", "/O=system:masters/CN=kube-sft-admin", ["extendedKeyUsage=clientAuth"])
+    kubelet_client = sign(
+        ca, directory, "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client",
+        ["extendedKeyUsage=clientAuth"],
+    )  # fmt: skip
     sa_key, sa_pub = directory / "sa.key", directory / "sa.pub"
     _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(sa_key), cwd=directory)
     _openssl("pkey", "-in", str(sa_key), "-pubout", "-out", str(sa_pub), cwd=directory)
-    return ClusterPKI(ca=ca, serving=serving, admin=admin, sa_private_key=sa_key, sa_public_key=sa_pub)
+    return ClusterPKI(
+        ca=ca, serving=serving, admin=admin, kubelet_client=kubelet_client, sa_private_key=sa_key, sa_public_key=sa_pub
+    )

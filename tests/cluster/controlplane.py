@@ -142,6 +142,8 @@ class ControlPlane:
             "--profiling=false",
             "--endpoint-reconciler-type=none",
             "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-client-certificate={pki.kubelet_client.cert}",
+            f"--kubelet-client-key={pki.kubelet_client.key}",
             "--v=1",
         ])  # fmt: skip
 

@@ -5,11 +5,16 @@
                             .api_client(kubeconfig), .kubectl(*args), .helm(*args), .workdir
     node_agent     session  NodeAgent: a Ready node with nvidia.com/gpu: 8 running bound pods locally;
                             .logs(ns, pod), .find_run(ns, pod), .node_name
+    project_images session  {"operator": archive, "trainer-cpu": archive}: the images built from the
+                            Dockerfiles (hack/images/build.sh, cached by content)
+    running_real_node(config, cluster, images)  a context manager: a Ready kubelet + containerd node
+                            with those images imported (RealNode: .logs(ns, pod), .kill(ns, pod),
+                            .all_logs(), .ctr(...), .node_name); tests/e2e's `real_node` fixture
     prometheus     session  PrometheusServer: .set_targets(job, ["host:port"]), .query(promql),
                             .wait_for(promql), .set_rule_files([...]), .check_rules(path), .url
     namespace      function a fresh namespace (its `default` ServiceAccount exists), deleted afterwards
 
-Missing binaries FAIL the tests (never skip): run `make cluster-bins`.
+Missing binaries FAIL the tests (never skip): run `make cluster-bins` (and `make node-bins images`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from tests.cluster.controlplane import ControlPlane
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.procs import wait_until
 from tests.cluster.prometheus import PrometheusServer
+from tests.cluster.real_node import MissingNodeBinariesError, RealNode, find_node_binaries, project_image_archives
 
 
 def _say(config: pytest.Config, line: str) -> None:
@@ -72,6 +78,36 @@ def node_agent(kube_cluster: ControlPlane) -> Iterator[NodeAgent]:
         yield agent
     finally:
         agent.stop()
+
+
+@pytest.fixture(scope="session")
+def project_images(request: pytest.FixtureRequest) -> dict[str, Path]:
+    """The operator and CPU trainer images built from the Dockerfiles, as docker-archives."""
+    try:
+        archives = project_image_archives()
+    except MissingNodeBinariesError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    _say(request.config, "[project_images] " + ", ".join(f"{k}={v.name}" for k, v in archives.items()))
+    return archives
+
+
+@contextlib.contextmanager
+def running_real_node(config: pytest.Config, cluster: ControlPlane, images: dict[str, Path]) -> Iterator[RealNode]:
+    """A real node (kubelet, containerd, runc, CNI bridge) running the project's images, stopped after.
+
+    Not a session fixture: tests/e2e holds one for its package (`real_node`), so that the integration
+    tests' node agent never shares the cluster with it (the scheduler would mix their pods).
+    """
+    try:
+        binaries = find_node_binaries()
+    except MissingNodeBinariesError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    node = RealNode(cluster, cluster.workdir / "real-node", images=list(images.values()), binaries=binaries).start()
+    _say(config, f"[real_node] {node.node_name} Ready in {node.started_in:.1f}s ({node.workdir})")
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
 @pytest.fixture(scope="session")

@@ -70,6 +70,7 @@ from typing import Any, TypeVar
 import kubernetes
 from kubernetes.client import ApiException
 
+from tests.cluster.local_volumes import LocalVolumeProvisioner
 from tests.cluster.log_server import LogServer
 from tests.cluster.pod_network import PodNetwork, network_namespaces_work, release_shared, shared_network
 from tests.cluster.pod_spec import (
@@ -96,10 +97,8 @@ DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 MAX_TERMINATION_MESSAGE = 4096
 MAX_GRACE_SECONDS = 30
 RESOLVED_ENV = ("MASTER_ADDR",)
-STORAGE_CLASS = "kube-sft-local"
 POD_EXEC = Path(__file__).with_name("pod_exec.py")
 KUBERNETES_SERVICE_NAME = "kubernetes.default.svc"
-PROVISIONER = "kube-sft.test/node-agent"
 
 
 def mount_namespaces_work() -> bool:
@@ -191,6 +190,7 @@ class NodeAgent:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.log_server: LogServer | None = None
+        self.volumes: LocalVolumeProvisioner | None = None
 
     # ----- lifecycle ------------------------------------------------------------------------
 
@@ -207,8 +207,7 @@ class NodeAgent:
         self._renew_lease()
         loops = [(self._watch_loop, "watch"), (self._heartbeat_loop, "heartbeat")]
         if self.provision_volumes:
-            self._ensure_storage_class()
-            loops.append((self._provision_loop, "provisioner"))
+            self.volumes = LocalVolumeProvisioner(self.api, self.workdir / "pvc").start()
         for target, name in loops:
             thread = threading.Thread(target=target, name=f"node-agent-{self.node_name}-{name}", daemon=True)
             thread.start()
@@ -225,6 +224,8 @@ class NodeAgent:
         for run in runs:
             run.deleting = True
             self._kill(run, grace=2)
+        if self.volumes is not None:
+            self.volumes.stop()
         with contextlib.suppress(ApiException):
             self.v1.delete_node(self.node_name)
         if self.log_server is not None:
@@ -347,56 +348,6 @@ class NodeAgent:
                 "spec": spec,
             }
             coord.create_namespaced_lease("kube-node-lease", body)
-
-    # ----- volume provisioner ---------------------------------------------------------------
-
-    def _ensure_storage_class(self) -> None:
-        """A default StorageClass whose claims this agent provisions as local directories."""
-        body = {
-            "apiVersion": "storage.k8s.io/v1",
-            "kind": "StorageClass",
-            "metadata": {"name": STORAGE_CLASS, "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
-            "provisioner": PROVISIONER,
-            "reclaimPolicy": "Delete",
-            "volumeBindingMode": "Immediate",
-        }
-        with contextlib.suppress(ApiException):
-            kubernetes.client.StorageV1Api(self.api).create_storage_class(body)
-
-    def _provision_loop(self) -> None:
-        while not self._stop.wait(0.5):
-            try:
-                for claim in self.v1.list_persistent_volume_claim_for_all_namespaces().items:
-                    if claim.status.phase == "Pending" and claim.spec.storage_class_name == STORAGE_CLASS:
-                        self._provision(claim)
-            except Exception as exc:
-                log.warning("volume provisioning failed: %s", exc)
-
-    def _provision(self, claim: Any) -> None:
-        """Create a hostPath PV (a directory under the agent's workdir) pre-bound to claim."""
-        meta = claim.metadata
-        name = f"pvc-{meta.uid}"
-        path = self.workdir / "pvc" / meta.namespace / meta.name
-        path.mkdir(parents=True, exist_ok=True)
-        size = (claim.spec.resources.requests or {}).get("storage", "1Gi") if claim.spec.resources else "1Gi"
-        body = {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": name, "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER}},
-            "spec": {
-                "capacity": {"storage": size},
-                "accessModes": claim.spec.access_modes or ["ReadWriteOnce"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": STORAGE_CLASS,
-                "hostPath": {"path": str(path), "type": "DirectoryOrCreate"},
-                "claimRef": {"namespace": meta.namespace, "name": meta.name, "uid": meta.uid},
-            },
-        }
-        try:
-            self.v1.create_persistent_volume(body)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
 
     # ----- pod watch ------------------------------------------------------------------------
 

@@ -1,10 +1,13 @@
 """Shared pieces of the end-to-end scenarios (issue 4): one helm-installed kube-sft for the session.
 
 `sft_system` is the fixture every scenario uses: the chart installed with `helm install` (CRDs,
-ServiceAccount, ClusterRole, 2 operator replicas with kopf peering). The operator replicas are pods
-of the chart's Deployment, run by the test node agent as local processes with the chart's
-`command` (`python -m sft_operator`) and authenticated with the chart's ServiceAccount token (never
-admin). Prometheus scrapes both replicas and every trainer pod a test registers.
+ServiceAccount, ClusterRole, 2 operator replicas with kopf peering), as docs/user-guide.md installs
+it. Every pod runs on a real node (tests/cluster/real_node.py: kubelet + containerd + runc + CNI
+bridge) from the images built from the Dockerfiles: the operator image the chart names, and the CPU
+flavour of the trainer image (`trainerImage.tag=<appVersion>-cpu`). The operator authenticates with
+the chart's ServiceAccount token (never admin). Prometheus scrapes both replicas and every trainer
+pod a test registers. `System.agent` is that node (`.logs`, `.kill`, `.all_logs`, as the test node
+agent that ran the pods before offered).
 
 The install is made once per session (a module-level singleton; the control plane is thrown away
 at the end of the session, so there is no uninstall). Every scenario submits its SFTJobs to
@@ -31,9 +34,9 @@ from kubernetes.client import ApiException
 
 from tests.chart_pending_rules import grant_pending_chart_rules
 from tests.cluster.controlplane import ControlPlane
-from tests.cluster.node_agent import NodeAgent
 from tests.cluster.procs import wait_until
 from tests.cluster.prometheus import PrometheusServer
+from tests.cluster.real_node import RealNode, archive_image_tags
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kube-sft"
@@ -45,6 +48,8 @@ LABEL_ATTEMPT = f"{GROUP}/attempt"
 RELEASE = "kube-sft"
 SYSTEM_NAMESPACE = "kube-sft-system"
 JOBS_NAMESPACE = "e2e-jobs"
+TENANT_NAMESPACES = ("tenant-a", "tenant-b")
+"""Namespaces of the security scenarios' ordinary users: watched by the operator, no host access."""
 TRAINER_METRICS_PORT = 9400
 OPERATOR_METRICS_PORT = 8080
 
@@ -174,10 +179,10 @@ def sftjob(
 
 @dataclass
 class System:
-    """The helm-installed kube-sft with the cluster, node agent and Prometheus it runs on."""
+    """The helm-installed kube-sft with the cluster, real node and Prometheus it runs on."""
 
     cluster: ControlPlane
-    agent: NodeAgent
+    agent: RealNode
     prometheus: PrometheusServer
     namespace: str = JOBS_NAMESPACE
     trainer_targets: set[str] = field(default_factory=set)
@@ -341,23 +346,40 @@ class System:
         return {cells[0]: dict(zip(header, cells, strict=False)) for cells in (line.split() for line in lines[1:])}
 
 
+def impersonating_client(cluster: ControlPlane, user: str) -> kubernetes.client.ApiClient:
+    """An ApiClient acting as the ordinary user `user` (Impersonate-User header): what they may do, never admin."""
+    client = cluster.api_client()
+    client.set_default_header("Impersonate-User", user)
+    return client
+
+
 _SYSTEM: System | None = None
 
 
-def install(cluster: ControlPlane, agent: NodeAgent, prometheus: PrometheusServer) -> System:
-    """`helm install` the chart once for the session and wait for its two operator replicas."""
+def install(cluster: ControlPlane, agent: RealNode, prometheus: PrometheusServer, trainer_image: str) -> System:
+    """`helm install` the chart once for the session and wait for its two operator replicas.
+
+    The chart's own operator image (built by hack/images/build.sh with the tag the chart names), and
+    `trainer_image` (repository:tag) for the SFTJobs."""
     global _SYSTEM
     if _SYSTEM is not None:
         return _SYSTEM
     core = kubernetes.client.CoreV1Api(cluster.client)
-    if not [n for n in core.list_namespace().items if n.metadata.name == JOBS_NAMESPACE]:
-        core.create_namespace({"metadata": {"name": JOBS_NAMESPACE}})
+    existing = {n.metadata.name for n in core.list_namespace().items}
+    for namespace in (JOBS_NAMESPACE, *TENANT_NAMESPACES):
+        if namespace not in existing:
+            core.create_namespace({"metadata": {"name": namespace}})
     wait_until(lambda: core.read_namespaced_service_account("default", JOBS_NAMESPACE), 30, "default SA")
+    watched = ",".join((JOBS_NAMESPACE, *TENANT_NAMESPACES))
     cluster.helm(
         "install", RELEASE, str(CHART), "--namespace", SYSTEM_NAMESPACE, "--create-namespace",
-        "--set", "replicaCount=2", "--set", f"watchNamespaces={{{JOBS_NAMESPACE}}}",
+        "--set", "replicaCount=2", "--set", f"watchNamespaces={{{watched}}}",
         "--set", "resyncSeconds=1", "--set", "peering.lifetime=8",
         "--set", "resources.requests.cpu=10m",
+        # The scenarios mount host directories for data and output: host access only there.
+        "--set", f"admission.hostAccessNamespaces={{{JOBS_NAMESPACE}}}",
+        "--set", f"trainerImage.repository={trainer_image.rsplit(':', 1)[0]}",
+        "--set", f"trainerImage.tag={trainer_image.rsplit(':', 1)[1]}",
     )  # fmt: skip
     ext = kubernetes.client.ApiextensionsV1Api(cluster.client)
 
@@ -373,15 +395,30 @@ def install(cluster: ControlPlane, agent: NodeAgent, prometheus: PrometheusServe
     return system
 
 
-@pytest.fixture(scope="session")
-def sft_system(kube_cluster: ControlPlane, node_agent: NodeAgent, prometheus: PrometheusServer) -> System:
-    """The session's helm-installed kube-sft (installed on first use)."""
-    return install(kube_cluster, node_agent, prometheus)
+def uninstall(system: System) -> None:
+    """`helm uninstall` and delete the jobs' namespace (before the real node goes)."""
+    global _SYSTEM
+    _SYSTEM = None
+    system.cluster.helm(
+        "uninstall", RELEASE, "--namespace", SYSTEM_NAMESPACE, "--wait", "--timeout", "60s", check=False
+    )
+    system.cluster.kubectl("delete", "namespace", JOBS_NAMESPACE, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="package")
+def sft_system(
+    kube_cluster: ControlPlane, real_node: RealNode, project_images: dict[str, Path], prometheus: PrometheusServer
+) -> Iterator[System]:
+    """The helm-installed kube-sft of the e2e scenarios (installed on first use, removed after them)."""
+    (trainer_image,) = archive_image_tags(project_images["trainer-cpu"])
+    system = install(kube_cluster, real_node, prometheus, trainer_image)
+    yield system
+    uninstall(system)
 
 
 @pytest.fixture
 def host_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A world-readable temp dir for hostPath volumes (pods run as the agent's user)."""
+    """A world-readable temp dir for hostPath volumes (the images run as uid 1000)."""
     path = tmp_path_factory.mktemp("e2e-host")
     path.chmod(0o755)
     yield path

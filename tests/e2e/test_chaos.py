@@ -1,7 +1,7 @@
 """Scenarios 3 and 4: chaos through the helm-installed operator and the real trainer.
 
-3. A trainer pod is killed mid-run (`node_agent.kill`, SIGKILL of the container): the whole gang is
-   replaced, the new gang resumes from the last checkpoint on the PVC (the agent's default
+3. A trainer pod is killed mid-run (`System.agent.kill`: SIGKILL of its container on the real
+   node): the whole gang is replaced, the new gang resumes from the last checkpoint on the PVC (the agent's default
    StorageClass; an emptyDir would be lost with the pod), at most `save_interval` steps are lost,
    and the job finishes with `status.restarts == 1` and the failure in `status.lastFailure`.
 4. The active operator replica is killed right after an SFTJob is applied (while it reconciles the
@@ -120,6 +120,12 @@ def test_killed_trainer_pod_restarts_the_gang_from_the_checkpoint(
     assert final["progress"]["step"] == 240
 
 
+def crashed(system: System, pod: str) -> bool:
+    """Whether the pod's container has restarted or is not running (as its node reports it)."""
+    statuses = system.core.read_namespaced_pod(pod, SYSTEM_NAMESPACE).status.container_statuses or []
+    return any(s.restart_count > 0 or not s.state.running for s in statuses)
+
+
 def test_killed_active_operator_hands_over_to_the_standby(
     sft_system: System, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -137,6 +143,9 @@ def test_killed_active_operator_hands_over_to_the_standby(
     # container in place within a second and the restarted process (a new random peering priority)
     # may win the leadership back, so the hand-over to the standby would be left to chance.
     system.agent.kill(SYSTEM_NAMESPACE, leader.metadata.name)
+    # The kubelet reports the crash a moment later; until then the ReplicaSet could pick the standby
+    # (the newer pod) for the scale-down below instead of the crashed leader.
+    system.wait(lambda: crashed(system, leader.metadata.name), 30, "the kubelet to report the crash", "failover")
     system.cluster.kubectl("scale", "deployment", RELEASE, "-n", SYSTEM_NAMESPACE, "--replicas=1")
     system.cluster.kubectl(
         "delete",

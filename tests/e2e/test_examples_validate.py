@@ -147,7 +147,7 @@ BROKEN = {
     "unknown-field": (("spec", "training", "trainer", "max_stepz"), 10, "max_stepz"),
     "gpus-out-of-range": (("spec", "resources", "gpusPerNode"), 99, "gpusPerNode"),
     "bad-precision": (("spec", "training", "trainer", "precision"), "fp7", "precision"),
-    "batch-not-divisible": (("spec", "training", "trainer", "global_batch_size"), 100, "global_batch_size must be"),
+    "batch-not-divisible": (("spec", "training", "trainer", "global_batch_size"), 100, "100 is not divisible by"),
     "tp-not-dividing": (("spec", "training", "parallelism", "tensor_model_parallel_size"), 3, "tensor_model_parallel"),
 }
 

@@ -32,3 +32,21 @@ def test_sft_report_writes_the_png_and_prints_the_summary(tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     assert "steps: 3" in result.output
     assert (tmp_path / "report.png").is_file()
+
+
+def test_the_generation_job_passes_the_chat_options_inline(tmp_path: Path) -> None:
+    from sft_operator.kubectl_plugin import chat_options, generation_job
+
+    history = tmp_path / "history.json"
+    history.write_text('[{"from": "User", "value": "Hi"}]')
+    job = {
+        "metadata": {"name": "chat", "namespace": "team-a"},
+        "spec": {"storage": {"output": {"mountPath": "/output", "persistentVolumeClaim": {"claimName": "out"}}}},
+        "status": {"finalModel": "/output/chat/final"},
+    }
+    manifest = generation_job(job, ["Why?"], chat=chat_options("", "quality:4", history))
+    command = manifest["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--system") + 1] == ""
+    assert command[command.index("--label") + 1] == "quality:4"
+    assert command[command.index("--history") + 1] == '[{"from": "User", "value": "Hi"}]'
+    assert chat_options(None, None, None) == {}

@@ -15,7 +15,7 @@ import random
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -51,6 +51,13 @@ class CheckpointMeta:
     config_hash: str
     rng: dict[str, Any] = field(default_factory=dict)
     version: int = META_VERSION
+    metrics: dict[str, float] = field(default_factory=dict)  # what was logged at this step: loss, val_loss, ...
+
+    def monitored(self, metric: str) -> float | None:
+        """The value of `metric` at this checkpoint (older metas have only `val_loss`)."""
+        if metric in self.metrics:
+            return self.metrics[metric]
+        return self.val_loss if metric == "val_loss" else None
 
     @property
     def epoch(self) -> int:
@@ -76,7 +83,7 @@ class CheckpointInfo:
 
     path: Path
     step: int
-    val_loss: float | None
+    score: float | None  # the monitored metric (checkpoint.monitor) at this step
 
 
 def config_hash(config: SFTConfig) -> str:
@@ -85,16 +92,20 @@ def config_hash(config: SFTConfig) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def checkpoints_to_delete(checkpoints: list[CheckpointInfo], save_top_k: int) -> list[CheckpointInfo]:
-    """Retention: keep the newest checkpoint (resume needs it) and the `save_top_k` lowest val losses.
+def checkpoints_to_delete(
+    checkpoints: list[CheckpointInfo], save_top_k: int, mode: Literal["min", "max"] = "min"
+) -> list[CheckpointInfo]:
+    """Retention: keep the newest checkpoint (resume needs it) and the `save_top_k` best scores
+    (lowest with `mode=min`, highest with `max`).
 
-    Checkpoints without a finite val_loss only survive as the newest one. Ties keep the newer one.
+    Checkpoints without a finite score only survive as the newest one. Ties keep the newer one.
     """
     if not checkpoints:
         return []
     newest = max(checkpoints, key=lambda c: c.step)
-    scored = [c for c in checkpoints if c.val_loss is not None and np.isfinite(c.val_loss)]
-    best = sorted(scored, key=lambda c: (c.val_loss, -c.step))[:save_top_k]
+    sign = 1.0 if mode == "min" else -1.0
+    scored = [c for c in checkpoints if c.score is not None and np.isfinite(c.score)]
+    best = sorted(scored, key=lambda c: (sign * float(c.score or 0.0), -c.step))[:save_top_k]
     keep = {newest.path, *(c.path for c in best)}
     return sorted((c for c in checkpoints if c.path not in keep), key=lambda c: c.step)
 
@@ -104,8 +115,8 @@ def read_meta(directory: Path) -> CheckpointMeta:
     return CheckpointMeta.from_json((directory / META_FILE).read_text(encoding="utf-8"))
 
 
-def list_checkpoints(root: Path) -> list[CheckpointInfo]:
-    """Complete checkpoints under `root` (those with a readable meta.json), oldest first."""
+def list_checkpoints(root: Path, metric: str = "val_loss") -> list[CheckpointInfo]:
+    """Complete checkpoints under `root` (those with a readable meta.json), oldest first, scored by `metric`."""
     found = []
     if root.is_dir():
         for child in root.iterdir():
@@ -115,7 +126,7 @@ def list_checkpoints(root: Path) -> list[CheckpointInfo]:
                 meta = read_meta(child)
             except (OSError, ValueError, TypeError, KeyError):
                 continue
-            found.append(CheckpointInfo(child, meta.step, meta.val_loss))
+            found.append(CheckpointInfo(child, meta.step, meta.monitored(metric)))
     return sorted(found, key=lambda c: c.step)
 
 
@@ -162,11 +173,13 @@ def _point_last(root: Path, final: Path) -> None:
     os.replace(link, root / LAST_LINK)
 
 
-def apply_retention(root: Path, save_top_k: int) -> list[Path]:
-    """Delete checkpoints that `checkpoints_to_delete` rejects, and leftovers of crashed writes."""
+def apply_retention(
+    root: Path, save_top_k: int, metric: str = "val_loss", mode: Literal["min", "max"] = "min"
+) -> list[Path]:
+    """Delete checkpoints that `checkpoints_to_delete` rejects (ranked by `metric`), and leftovers of crashed writes."""
     for leftover in [*root.glob(".tmp-step-*"), *root.glob(".old-step-*")]:
         shutil.rmtree(leftover, ignore_errors=True)
-    doomed = checkpoints_to_delete(list_checkpoints(root), save_top_k)
+    doomed = checkpoints_to_delete(list_checkpoints(root, metric), save_top_k, mode)
     for info in doomed:
         shutil.rmtree(info.path, ignore_errors=True)
     return [info.path for info in doomed]

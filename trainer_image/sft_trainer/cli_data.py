@@ -1,11 +1,11 @@
-"""`sft data ...`: convert public datasets and prepare the tokenized cache.
+"""`sft data ...`: convert public datasets, prepare the tokenized cache, inspect what is trained.
 
 Mounted into the main CLI with `app.add_typer(data_app, name="data")`.
 """
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -90,6 +90,68 @@ def convert_oasst_command(
     typer.echo(json.dumps(summary, indent=2))
 
 
+def _load_run(config: Path, overrides: list[str]) -> tuple[Any, Any]:
+    """(run config, tokenizer) for the data commands; exits 10 / 12 on a bad config / tokenizer."""
+    from sft_trainer.config import ConfigError, load_config
+    from sft_trainer.tokenization import TokenizerError, load_tokenizer
+
+    try:
+        run = load_config(config, overrides)
+    except ConfigError as error:
+        raise _fail(error, ExitCode.CONFIG_ERROR) from None
+    try:
+        tokenizer = load_tokenizer(run.model.tokenizer, run.model.path)
+    except TokenizerError as error:
+        raise _fail(error, ExitCode.MODEL_ERROR) from None
+    return run, tokenizer
+
+
+@data_app.command("inspect")
+def inspect_command(
+    config: Annotated[Path, typer.Option("--config", help="Run configuration YAML (or SFTJob manifest).")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="dotted.key=value overrides")] = None,
+    index: Annotated[list[int] | None, typer.Option("--index", "-i", help="Example to show; repeat.")] = None,
+    split: Annotated[str, typer.Option(help="train or validation.")] = "train",
+    color: Annotated[
+        bool | None, typer.Option("--color/--no-color", help="Rich colour (default: on a terminal).")
+    ] = None,
+) -> None:
+    """Show examples as training sees them: trained tokens marked, plus dropped / truncated counts."""
+    import sys
+
+    from sft_trainer.data import build_datasets
+    from sft_trainer.data.errors import DataError
+    from sft_trainer.data.inspect import bracketed, counts_line, rich_text, runs
+
+    run, tokenizer = _load_run(config, list(overrides or []))
+    try:
+        splits = build_datasets(run, tokenizer)
+    except DataError as error:
+        raise _fail(error) from None
+    dataset = splits.train if split == "train" else splits.validation
+    if dataset is None or split not in ("train", "validation"):
+        raise _fail(ValueError(f"--split {split}: no such split in this run"), ExitCode.CONFIG_ERROR)
+    store = dataset.store
+    use_color = sys.stdout.isatty() if color is None else color
+    console = None
+    if use_color:
+        from rich.console import Console
+
+        console = Console(highlight=False, force_terminal=True)
+    typer.echo(counts_line(splits.stats))
+    for number in index or [0]:
+        if not 0 <= number < store.num_examples:
+            raise _fail(ValueError(f"--index {number}: the {split} split has {store.num_examples} examples"))
+        example = runs(tokenizer, *store.example(number))
+        trained = sum(r.tokens for r in example if r.trained)
+        total = sum(r.tokens for r in example)
+        typer.echo(f"--- {split} example {number}: {total} tokens, {trained} trained")
+        if console is not None:
+            console.print(rich_text(example))
+        else:
+            typer.echo(bracketed(example))
+
+
 @data_app.command("prepare")
 def prepare_command(
     config: Annotated[Path, typer.Option("--config", help="Run configuration YAML (or SFTJob manifest).")],
@@ -100,22 +162,13 @@ def prepare_command(
     skip_bad_rows: Annotated[bool, typer.Option("--skip-bad-rows", help="Skip and count malformed rows.")] = False,
 ) -> None:
     """Tokenize, mask, truncate and pack the run's data into the cache; print the stats."""
-    from sft_trainer.config import ConfigError, load_config
     from sft_trainer.data import build_datasets
     from sft_trainer.data.errors import DataError
     from sft_trainer.data.jsonl import atomic_path
-    from sft_trainer.tokenization import TokenizerError, load_tokenizer
 
-    try:
-        run = load_config(config, list(overrides or []))
-    except ConfigError as error:
-        raise _fail(error, ExitCode.CONFIG_ERROR) from None
+    run, tokenizer = _load_run(config, list(overrides or []))
     if skip_bad_rows:
         run.data.skip_bad_rows = True
-    try:
-        tokenizer = load_tokenizer(run.model.tokenizer, run.model.path)
-    except TokenizerError as error:
-        raise _fail(error, ExitCode.MODEL_ERROR) from None
     try:
         splits = build_datasets(run, tokenizer)
     except DataError as error:

@@ -1,10 +1,12 @@
 """Generate answers with a fine-tuned model, applying the prompt template stored beside it.
 
-`final/sft.json` (written by the loop) holds the run's `data` block: `prompt_for_generation` turns
-a user's text into exactly the prompt the model was trained on.
+`final/sft.json` (written by the loop) holds the run's `data` block and the chat defaults (system
+prompt, label) its training data used most: `prompt_token_ids` turns a user's text (and earlier
+turns) into exactly the prompt the model was trained on. Nothing outside the model directory is read.
 """
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from sft_trainer.config.data import DataConfig
+from sft_trainer.data.chat_context import ChatDefaults, ChatTurn
 
 SFT_JSON = "sft.json"
 
@@ -44,15 +47,47 @@ def read_sft_json(model_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def load_for_generation(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, DataConfig | None]:
-    """Model, tokenizer and (if stored) the training data config of a final model directory."""
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a model was trained to be prompted: the data block and the chat defaults (None: raw text)."""
+
+    data: DataConfig | None = None
+    chat: ChatDefaults = field(default_factory=ChatDefaults)
+
+
+def prompt_format(model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> PromptFormat:
+    """The prompt format stored in `model_dir/sft.json`, needing no file outside `model_dir`.
+
+    The chat template is the one `final/` carries (tokenizer_config.json / chat_template.jinja), not
+    the training run's `data.chat_template` path, which may be gone.
+    """
+    meta = read_sft_json(model_dir)
+    if "data" not in meta:
+        return PromptFormat()
+    data = DataConfig.model_validate(meta["data"])
+    if data.chat_template and getattr(tokenizer, "chat_template", None):
+        data = data.model_copy(update={"chat_template": None})
+    return PromptFormat(data, ChatDefaults.from_stats(meta.get("chat")))
+
+
+def load_for_generation(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, PromptFormat]:
+    """Model, tokenizer and the training prompt format of a final model directory."""
     from sft_trainer.models import load_hf
 
     model = load_hf(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    meta = read_sft_json(model_dir)
-    data = DataConfig.model_validate(meta["data"]) if "data" in meta else None
-    return model, tokenizer, data
+    return model, tokenizer, prompt_format(model_dir, tokenizer)
+
+
+def read_history(source: str) -> list[ChatTurn]:
+    """Earlier turns from inline JSON (`[...]` / `{...}`) or a JSON file; ValueError / OSError when unreadable."""
+    from sft_trainer.data.generation import parse_history
+
+    text = source if source.lstrip()[:1] in ("[", "{") else Path(source).read_text(encoding="utf-8")
+    try:
+        return parse_history(json.loads(text))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--history: not valid JSON: {error}") from None
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,21 +101,37 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return input_ids, mask
 
 
-def prompt_token_ids(data: DataConfig | None, tokenizer: PreTrainedTokenizerBase, user_text: str) -> list[int]:
+def prompt_token_ids(
+    data: DataConfig | None,
+    tokenizer: PreTrainedTokenizerBase,
+    user_text: str,
+    *,
+    history: Sequence[ChatTurn] = (),
+    system: str | None = None,
+    label: str | None = None,
+    defaults: ChatDefaults | None = None,
+) -> list[int]:
     """Token ids of the prompt for `user_text`, exactly as training built the context.
 
     prompt_response rows use the data pipeline's `prompt_ids` (piecewise tokenization, BOS, SEP);
-    chat formats render the conversation start with `prompt_for_generation`. Without a stored data
-    config the text is encoded as is.
+    chat formats render `history` + the user turn with `prompt_for_generation` (system prompt and
+    label default to `defaults`, what training used most), with BOS when training added it. Without
+    a stored data config the text is encoded as is.
     """
     if data is None:
         return list(tokenizer.encode(user_text))
     from sft_trainer.data import prompt_for_generation, prompt_ids
 
     if data.format == "prompt_response":
+        if history:
+            raise ValueError("a prompt_response model takes no conversation history")
         return list(prompt_ids(data, tokenizer, user_text))
-    text = prompt_for_generation(data, user_text, tokenizer=tokenizer)
-    return list(tokenizer.encode(text, add_special_tokens=False))
+    text = prompt_for_generation(
+        data, user_text, tokenizer=tokenizer, system=system, history=history, label=label, defaults=defaults
+    )
+    nemo_bos = data.format == "nemo_chat" and data.add_bos and tokenizer.bos_token_id is not None
+    bos = [int(tokenizer.bos_token_id)] if nemo_bos else []  # an hf_chat template writes its own
+    return bos + list(tokenizer.encode(text, add_special_tokens=False))
 
 
 @torch.no_grad()

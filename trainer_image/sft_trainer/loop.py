@@ -6,6 +6,7 @@ global batch holds (read from the dataset, no communication), the learning rate,
 checkpoint cadence, resume, non-finite losses, SIGTERM, and reporting. The backend does the math.
 """
 
+import gc
 import json
 import logging
 import math
@@ -126,6 +127,30 @@ def is_due(step: int, interval: int, last_step: int) -> bool:
     return step % interval == 0 or step == last_step
 
 
+def summed_loss(
+    backend: Backend,
+    dataset: Sequence[Sample],
+    count: int,
+    micro_batch_size: int,
+    collate: Collate,
+    pad_id: int,
+    device: torch.device,
+) -> tuple[float, int]:
+    """(summed token loss, loss tokens) over the first `count` rows, over all ranks; no gradients.
+
+    Validation in the loop and `sft eval` both use it, so they report the same number for a file.
+    """
+    rows = np.arange(count, dtype=np.int64)
+    mine = rows[backend.data_parallel_rank :: backend.data_parallel_size]
+    loss_sum, tokens = 0.0, 0
+    for chunk in chunks(mine, micro_batch_size):
+        result = backend.eval_step(collate([dataset[int(i)] for i in chunk], pad_id))
+        loss_sum += result.loss_sum
+        tokens += result.loss_tokens
+    total_loss, total_tokens = all_reduce_sum([loss_sum, float(tokens)], device)
+    return total_loss, int(total_tokens)
+
+
 # ---------------------------------------------------------------------------- state
 
 
@@ -194,6 +219,7 @@ class Trainer:
         self.total_steps = total_steps(t, self.per_epoch)
         self.stop = _StopFlag()
         self.last_loss: float | None = None
+        self.last_grad_norm: float | None = None
         self.config_hash = ckpt.config_hash(config)
         device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
         self.peak_tflops = peak_tflops(device_name, config.logging.peak_tflops_per_device)
@@ -292,14 +318,24 @@ class Trainer:
             elapsed_s=state.elapsed_s,
             config_hash=self.config_hash,
             rng=ckpt.capture_rng(),
+            metrics=self._logged_metrics(state),
         )
+
+    def _logged_metrics(self, state: LoopState) -> dict[str, float]:
+        """What was logged at this step (the values `checkpoint.monitor` can rank by)."""
+        metrics = {"loss": self.last_loss, "grad_norm": self.last_grad_norm}
+        if state.last_val_step == state.step and state.last_val_loss is not None:
+            metrics["val_loss"] = state.last_val_loss
+            metrics["val_perplexity"] = math.exp(min(state.last_val_loss, 700.0))
+        return {name: float(value) for name, value in metrics.items() if value is not None and math.isfinite(value)}
 
     def _publish(self, staging: Path, meta: ckpt.CheckpointMeta | None, started: float) -> None:
         """Rank 0: meta.json, atomic rename to `step-<N>`, `last`, retention, report (no-op elsewhere)."""
         if meta is None:
             return
         final = ckpt.publish(self.checkpoint_root, staging, meta, self.config.checkpoint.save_last)
-        ckpt.apply_retention(self.checkpoint_root, self.config.checkpoint.save_top_k)
+        checkpoint = self.config.checkpoint
+        ckpt.apply_retention(self.checkpoint_root, checkpoint.save_top_k, checkpoint.metric, checkpoint.mode)
         self.reporters.checkpoint(CheckpointReport(meta.step, str(final), time.perf_counter() - started))
 
     # -- validation
@@ -310,15 +346,10 @@ class Trainer:
         count = validation_rows(len(self.validation), t.global_batch_size, t.limit_val_batches)
         if count == 0:
             return None
-        rows = np.arange(count, dtype=np.int64)
-        mine = rows[self.backend.data_parallel_rank :: self.backend.data_parallel_size]
-        loss_sum, tokens = 0.0, 0
-        for chunk in chunks(mine, t.micro_batch_size):
-            result = self.backend.eval_step(self.collate([self.validation[int(i)] for i in chunk], self.pad_id))
-            loss_sum += result.loss_sum
-            tokens += result.loss_tokens
-        total_loss, total_tokens = all_reduce_sum([loss_sum, float(tokens)], self.device)
-        return total_loss / total_tokens if total_tokens else None
+        loss_sum, tokens = summed_loss(
+            self.backend, self.validation, count, t.micro_batch_size, self.collate, self.pad_id, self.device
+        )
+        return loss_sum / tokens if tokens else None
 
     # -- run
 
@@ -353,7 +384,7 @@ class Trainer:
                     f"{state.step + 1}; the last good state is checkpointed at {path}"
                 )
             seconds = time.perf_counter() - step_started
-            self.last_loss = result.loss
+            self.last_loss, self.last_grad_norm = result.loss, result.grad_norm
             step_seconds = seconds if step_seconds is None else 0.9 * step_seconds + 0.1 * seconds
             state = replace(
                 state,
@@ -507,6 +538,7 @@ def sft_metadata(config: SFTConfig, summary: RunSummary, data_stats: dict[str, A
         "prompt_template": config.data.prompt_template,
         "chat_prompt_tokens": config.data.chat_prompt_tokens.model_dump(),
         "data": config.data.model_dump(mode="json"),
+        "chat": data_stats.get("chat"),  # generation defaults: the system prompt and label training used most
         "training": {
             "name": config.name,
             "steps": summary.step,
@@ -524,6 +556,20 @@ def sft_metadata(config: SFTConfig, summary: RunSummary, data_stats: dict[str, A
     }
 
 
+def chat_template_for_export(config: SFTConfig, stats: dict[str, Any]) -> str | None:
+    """The chat template `final/` carries so it stands alone: hf_chat's (from `data.chat_template` or the
+    tokenizer), or a Jinja rendering of the NeMo chat format with the training defaults; None otherwise."""
+    data = config.data
+    if data.format == "hf_chat" and data.chat_template:
+        return Path(data.chat_template).read_text(encoding="utf-8")
+    if data.format == "nemo_chat":
+        from sft_trainer.data.chat_context import ChatDefaults
+        from sft_trainer.data.nemo_chat import nemo_chat_jinja
+
+        return nemo_chat_jinja(data, ChatDefaults.from_stats(stats.get("chat")))
+    return None
+
+
 def export_final(
     backend: Backend, tokenizer: Any, config: SFTConfig, summary: RunSummary, env: DistributedEnv, stats: dict[str, Any]
 ) -> Path:
@@ -536,6 +582,9 @@ def export_final(
     barrier()
     backend.export_hf(staging)
     if env.is_rank_zero:
+        template = chat_template_for_export(config, stats)
+        if template is not None:
+            tokenizer.chat_template = template
         tokenizer.save_pretrained(str(staging))
         metadata = sft_metadata(config, summary, stats)
         (staging / "sft.json").write_text(json.dumps(metadata, indent=2, default=str), encoding="utf-8")
@@ -569,6 +618,8 @@ def run_training(config: SFTConfig, env: DistributedEnv) -> RunSummary:
         latest = ckpt.list_checkpoints(Path(config.output_dir) / ckpt.CHECKPOINTS_DIR)
         if latest:
             summary = replace(summary, step=latest[-1].step, latest_checkpoint=str(latest[-1].path))
+    if config.evaluation is not None and summary.final_model and env.is_rank_zero:
+        summary = evaluate_final(config, Path(summary.final_model), device, summary)  # the trained model is freed
     reporters.finish(summary)
     destroy_process_group()
     return summary
@@ -587,6 +638,10 @@ def _train(config: SFTConfig, env: DistributedEnv, device: torch.device, reporte
     barrier()
     if not env.is_rank_zero:
         splits = build_datasets(config, tokenizer)
+    if env.is_rank_zero:
+        from sft_trainer.data.inspect import counts_line
+
+        log.info("data: %s", counts_line(splits.stats))
     backend = create_backend(config, tokenizer, env, device)
     demo = DemoAccuracy(config, tokenizer) if config.data.synthetic is not None and env.is_rank_zero else None
     if demo is not None:
@@ -602,3 +657,28 @@ def _train(config: SFTConfig, env: DistributedEnv, device: torch.device, reporte
     if demo is not None:
         demo.after(final)
     return summary
+
+
+def evaluate_final(config: SFTConfig, final: Path, device: torch.device, summary: RunSummary) -> RunSummary:
+    """The `evaluation` step: `sft eval` of final/ into `<output_dir>/eval.json` and the summary's
+    `eval_metrics`. A failing evaluation is logged; the trained model stays and the run succeeds."""
+    from sft_trainer.data.build import data_files
+    from sft_trainer.evaluate import EVAL_FILE, evaluate, status_metrics, write_result
+
+    assert config.evaluation is not None
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the training model and optimizer are gone; final/ is loaded afresh
+    file = config.evaluation.file or data_files(config)[1]  # a synthetic task's held-out file too
+    if file is None:
+        log.error("evaluation: no evaluation.file and no validation file; skipped")
+        return summary
+    try:
+        result = evaluate(final, file, config.evaluation, device=device)
+        write_result(Path(config.output_dir) / EVAL_FILE, result)
+    except Exception as error:
+        log.exception("evaluation of %s on %s failed", final, file)
+        return replace(summary, message=f"{summary.message}; evaluation failed: {error}")
+    metrics = status_metrics(result)
+    log.info("evaluation on %s: %s", file, ", ".join(f"{k} {v:.6g}" for k, v in metrics.items()))
+    return replace(summary, eval_metrics=metrics)

@@ -1,8 +1,10 @@
 """CEL validation rules of the SFTJob CRD: the cross-field checks the API server runs at apply.
 
 They mirror `sft_trainer.config.consistency_problems` and `SFTJobSpec`'s validators, so a bad
-spec is refused by `kubectl apply` with the same message `sft run` prints. Every optional field is
-read through `has()` with the pydantic default, so a rule never fails on a missing key.
+spec is refused by `kubectl apply` with the same words and values `sft run` prints: a rule's
+`fieldPath` is the key the CLI names and its `messageExpression` the CLI's text after `key: `
+(tests/integration/test_cel_messages.py compares both on a real API server). Every optional field
+is read through `has()` with the pydantic default, so a rule never fails on a missing key.
 """
 
 from typing import Any
@@ -17,6 +19,12 @@ def field(path: str, default: object) -> str:
     parts = path.split(".")
     guards = " && ".join("has(self." + ".".join(parts[: i + 1]) + ")" for i in range(len(parts)))
     return f"({guards} ? self.{path} : {_literal(default)})"
+
+
+def formatted(template: str, *values: str) -> str:
+    """CEL for `template` with each `%d` / `%s` replaced by a CEL value (the strings library's `format`,
+    Kubernetes 1.30+): `'...' + string(n)` would exceed the CRD's cost budget (unbounded string size)."""
+    return f"{_literal(template)}.format([{', '.join(values)}])"
 
 
 def _literal(value: object) -> str:
@@ -46,6 +54,7 @@ MODEL_PARALLEL = (
     f" * {_parallel('context_parallel_size')})"
 )
 DATA_PARALLEL = f"({WORLD} / {MODEL_PARALLEL})"
+SOURCE = field("training.model.source", "hf")
 
 
 def spec_rules() -> list[Rule]:
@@ -53,28 +62,42 @@ def spec_rules() -> list[Rule]:
     return [
         {
             "rule": f"{WORLD} % {MODEL_PARALLEL} == 0",
-            "message": "tensor_model_parallel_size x pipeline_model_parallel_size x context_parallel_size "
-            "must divide the trainer processes (resources.numNodes x processes per node)",
-            "fieldPath": ".training.parallelism",
+            "message": "TP x PP x CP does not divide the processes (trainer.num_nodes x trainer.devices)",
+            "messageExpression": formatted(
+                "TP x PP x CP = %d does not divide the %d processes (trainer.num_nodes x trainer.devices)",
+                MODEL_PARALLEL,
+                WORLD,
+            ),
+            "fieldPath": ".training.parallelism.tensor_model_parallel_size",
             "reason": "FieldValueInvalid",
         },
         {
             "rule": f"{WORLD} % {MODEL_PARALLEL} != 0 || "
             f"{_trainer('global_batch_size')} % ({_trainer('micro_batch_size')} * {DATA_PARALLEL}) == 0",
-            "message": "global_batch_size must be divisible by micro_batch_size x data-parallel size "
-            "(trainer processes / (TP x PP x CP))",
+            "message": "trainer.global_batch_size is not divisible by micro_batch_size x data-parallel size",
+            "messageExpression": formatted(
+                "%d is not divisible by micro_batch_size x data-parallel size = %d x %d",
+                _trainer("global_batch_size"),
+                _trainer("micro_batch_size"),
+                DATA_PARALLEL,
+            ),
             "fieldPath": ".training.trainer.global_batch_size",
             "reason": "FieldValueInvalid",
         },
         {
             "rule": f"{_trainer('save_interval')} % {_trainer('val_check_interval')} == 0",
-            "message": "save_interval must be a multiple of val_check_interval",
+            "message": "trainer.save_interval is not a multiple of trainer.val_check_interval",
+            "messageExpression": formatted(
+                "%d is not a multiple of trainer.val_check_interval=%d",
+                _trainer("save_interval"),
+                _trainer("val_check_interval"),
+            ),
             "fieldPath": ".training.trainer.save_interval",
             "reason": "FieldValueInvalid",
         },
         {
             "rule": f"!({_trainer('max_steps')} == -1 && {_trainer('max_epochs')} == -1)",
-            "message": "max_steps=-1 together with max_epochs=-1 would never stop; set one",
+            "message": "-1 together with trainer.max_epochs=-1 would never stop; set one",
             "fieldPath": ".training.trainer.max_steps",
             "reason": "FieldValueInvalid",
         },
@@ -85,22 +108,29 @@ def spec_rules() -> list[Rule]:
             "reason": "FieldValueRequired",
         },
         {
-            "rule": f"{field('training.model.source', 'hf')} == 'random' || has(self.training.model.path)",
-            "message": "training.model.path is required unless training.model.source is random",
+            "rule": f"{SOURCE} == 'random' || has(self.training.model.path)",
+            "message": "model.source needs model.path (unless it is random)",
+            "messageExpression": formatted("model.source=%s needs model.path", SOURCE),
             "fieldPath": ".training.model",
             "reason": "FieldValueRequired",
         },
         {
             "rule": f"!has(self.training.trainer) || !has(self.training.trainer.num_nodes) || "
             f"self.training.trainer.num_nodes == {NODES}",
-            "message": "training.trainer.num_nodes must equal resources.numNodes (or be left unset)",
+            "message": "training.trainer.num_nodes contradicts resources.numNodes; leave it unset",
+            "messageExpression": formatted(
+                "%d contradicts resources (%d); leave it unset", "self.training.trainer.num_nodes", NODES
+            ),
             "fieldPath": ".training.trainer.num_nodes",
             "reason": "FieldValueInvalid",
         },
         {
             "rule": f"!has(self.training.trainer) || !has(self.training.trainer.devices) || "
             f"self.training.trainer.devices == {NPROC}",
-            "message": "training.trainer.devices must equal the processes per node (or be left unset)",
+            "message": "training.trainer.devices contradicts the processes per node; leave it unset",
+            "messageExpression": formatted(
+                "%d contradicts resources (%d); leave it unset", "self.training.trainer.devices", NPROC
+            ),
             "fieldPath": ".training.trainer.devices",
             "reason": "FieldValueInvalid",
         },

@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from sft_operator.api.kubernetes_types import VOLUME_SOURCES, KubernetesType
 from sft_trainer.config import SFTConfig, consistency_problems
 
 GROUP = "sft.kube-sft.io"
@@ -29,6 +30,10 @@ KIND = "SFTJob"
 PLURAL = "sftjobs"
 SINGULAR = "sftjob"
 SHORT_NAMES = ("sftj",)
+RESERVED_DOMAIN = GROUP.split(".", 1)[1]
+"""Labels and annotations under this domain (`kube-sft.io/...`, `*.kube-sft.io/...`) are the operator's."""
+TRAINER_SERVICE_ACCOUNT_SUFFIX = "-trainer"
+"""The per-job ServiceAccount is `<job><suffix>`."""
 
 MAX_JOB_NAME = 42
 """Longest SFTJob name: `<name>-node-<rank>` must stay a DNS label (63) and names a Service (DNS-1035)."""
@@ -74,8 +79,11 @@ class K8sModel(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-Unstructured = dict[str, Any]
-"""A Kubernetes core type the CRD passes through unchecked (affinity, tolerations, volumes)."""
+Toleration = Annotated[dict[str, Any], KubernetesType("Toleration")]
+Affinity = Annotated[dict[str, Any], KubernetesType("Affinity")]
+Volume = Annotated[dict[str, Any], KubernetesType("Volume", only=VOLUME_SOURCES)]
+VolumeMount = Annotated[dict[str, Any], KubernetesType("VolumeMount")]
+EnvVarSource = Annotated[dict[str, Any], KubernetesType("EnvVarSource")]
 
 
 # --- spec ----------------------------------------------------------------------------------------
@@ -170,7 +178,7 @@ class EnvVar(K8sModel):
 
     name: EnvName
     value: Annotated[str, StringConstraints(max_length=32768)] | None = None
-    value_from: Unstructured | None = None
+    value_from: EnvVarSource | None = None
 
 
 class LocalObjectReference(K8sModel):
@@ -185,14 +193,14 @@ class PodOverrides(K8sModel):
     labels: dict[ShortString, LabelValue] = Field(default_factory=dict, max_length=64)
     annotations: dict[ShortString, AnnotationValue] = Field(default_factory=dict, max_length=64)
     node_selector: dict[ShortString, LabelValue] = Field(default_factory=dict, max_length=64)
-    tolerations: list[Unstructured] = Field(default_factory=list, max_length=64)
-    affinity: Unstructured | None = None
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
+    affinity: Affinity | None = None
     priority_class_name: DNSSubdomain | None = None
     service_account_name: DNSSubdomain | None = None
     """Run as this ServiceAccount instead of the per-job one (it then needs `patch sftjobs/status`)."""
     env: list[EnvVar] = Field(default_factory=list, max_length=128)
-    volumes: list[Unstructured] = Field(default_factory=list, max_length=32)
-    volume_mounts: list[Unstructured] = Field(default_factory=list, max_length=32)
+    volumes: list[Volume] = Field(default_factory=list, max_length=32)
+    volume_mounts: list[VolumeMount] = Field(default_factory=list, max_length=32)
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16)
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     command: list[Annotated[str, StringConstraints(max_length=4096)]] | None = Field(default=None, max_length=64)
@@ -334,6 +342,13 @@ class Metrics(K8sModel):
     grad_norm: float | None = None
     tokens_per_second: float | None = None
     mfu: float | None = None
+    eval_loss: float | None = None
+    """`spec.training.evaluation` after training: loss of final/ on the held-out file."""
+    eval_perplexity: float | None = None
+    eval_exact_match: float | None = None
+    """Share of held-out answers equal to the reference (after `evaluation.answer_regex`)."""
+    eval_contains: float | None = None
+    eval_regex_match: float | None = None
 
 
 class CheckpointInfo(K8sModel):

@@ -12,6 +12,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from sft_operator.api import cel, crd
+from sft_operator.api.kubernetes_types import KubernetesType
 from sft_operator.api.models import API_VERSION, KIND, SHORT_NAMES, K8sModel, SFTJobSpec, SFTJobStatus
 
 OUTPUT = crd.REPO_ROOT / "docs" / "api-reference.md"
@@ -32,7 +33,8 @@ def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is typing.Annotated:
-        return _type_name(args[0])
+        kubernetes = [meta for meta in annotation.__metadata__ if isinstance(meta, KubernetesType)]
+        return f"Kubernetes `{kubernetes[0].name}` (core/v1)" if kubernetes else _type_name(args[0])
     if origin is typing.Literal:
         return " \\| ".join(f"`{value}`" for value in args)
     if origin in (typing.Union, types.UnionType):

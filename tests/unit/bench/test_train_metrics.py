@@ -130,3 +130,9 @@ def test_merge_goals_takes_the_last_measured_call_and_the_worst_ceiling() -> Non
     call2 = [tm.goal("a", 0.4, 0.5), tm.goal("wait", 0.2, 2.0, lower_is_better=True), tm.goal("b", None, 1.0)]
     merged = merge_goals([call1, call2])
     assert [(g["measured"], g["call"]) for g in merged] == [(0.4, 2), (0.5, 1), (None, 2)]
+
+
+def test_a_loss_positions_only_head_skips_the_head_flops_of_the_other_tokens() -> None:
+    assert tm.head_flops_skipped("llama-1b", 1.0) == 0.0
+    assert tm.head_flops_skipped("llama-1b", 0.0) == 6.0 * 2048 * 128256
+    assert tm.head_flops_skipped("llama-1b", 0.25) == 0.75 * 6.0 * 2048 * 128256

@@ -78,3 +78,10 @@ def sample_segments(tokenizer: Any, sample: Sample) -> list[str]:
     targets = np.zeros(len(sample.input_ids), dtype=bool)
     targets[1:] = sample.labels[:-1] != IGNORE_INDEX
     return trained_segments(tokenizer, sample.input_ids, targets)
+
+
+def require(*paths: Path) -> None:
+    """Fail (never skip) when a file of ../shared/data a test reads is missing."""
+    for path in paths:
+        if not path.exists():
+            pytest.fail(f"required shared data file is missing: {path} (CI must check out ../shared beside the repo)")

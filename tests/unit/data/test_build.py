@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from sft_trainer.cli_data import data_app
 from sft_trainer.config import SFTConfig, SyntheticTaskConfig
 from sft_trainer.data import build_datasets, collate, prompt_for_generation, synthetic_rows
+from sft_trainer.data.jsonl import write_jsonl
 from sft_trainer.data.types import IGNORE_INDEX
 from tests.unit.data.conftest import shared
 
@@ -249,4 +250,15 @@ def test_a_bad_template_fails_at_config_load(tmp_path: Path) -> None:
         ConfigError, match=r"prompt_template: the label placeholder \{output\} must come last"
     ) as caught:
         load_config(config)
-    assert caught.value.problems[0].source == f"{config}:2"
+    assert caught.value.problems[0].source == f"{config}:4"  # the prompt_template line
+    assert caught.value.problems[0].key == "data.prompt_template"
+
+
+def test_written_jsonl_is_readable_by_other_users_as_open_would_make_it(tmp_path: Path) -> None:
+    """Converted data is read by trainer pods of another uid (1000): not mkstemp's private 0600."""
+    previous = os.umask(0o022)
+    try:
+        write_jsonl(tmp_path / "rows.jsonl", [{"a": "b"}])
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "rows.jsonl").stat().st_mode & 0o777 == 0o644

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from sft_trainer.data.chat_context import ChatDefaults, ChatTurn
 from sft_trainer.data.converters import convert_oasst
 from sft_trainer.data.errors import DataError
 from sft_trainer.data.nemo_chat import encode_nemo_chat, nemo_chat_prompt, parse_conversation, render
@@ -126,7 +127,7 @@ def test_bad_rows_name_the_field(bad: dict[str, Any], field: str) -> None:
 
 def test_generation_prompt_matches_the_training_rendering() -> None:
     config = data_config(format="nemo_chat")
-    prompt = nemo_chat_prompt(config, [{"from": "User", "value": "hi"}], system="S")
+    prompt = nemo_chat_prompt(config, [ChatTurn("user", "hi")], "S", ChatDefaults(), None)
     text, spans = render(parse_conversation(row(None), "x", 1), config.chat_prompt_tokens)
     assert prompt == "\x00System\nS\n\x11User\nhi\n\x11Assistant\n"
     assert text.startswith(prompt) and text[spans[0][0] :].startswith("yo")
@@ -148,3 +149,26 @@ def test_oasst_conversations_train_exactly_the_assistant_turns(gpt2_tok: Any) ->
         if turns[-1]["from"] == "Assistant":
             expected += "\x11"
         assert "".join(trained_segments(gpt2_tok, ids, targets)) == expected
+
+
+def test_an_end_of_name_ending_in_a_space_trains_the_first_answer_token(gpt2_tok: Any) -> None:
+    tokens = {"end_of_name": ": ", "end_of_turn": "\n"}
+    conversation = row(
+        None,
+        turns=[
+            {"from": "User", "value": "Hi", "label": None},
+            {"from": "Assistant", "value": "Hello there", "label": None},
+        ],
+    )
+    [(ids, targets)] = list(
+        encode_nemo_chat(
+            enumerate([conversation], 1),
+            "c.jsonl",
+            data_config(format="nemo_chat", chat_prompt_tokens=tokens),
+            gpt2_tok,
+        )
+    )
+    pieces = gpt2_tok.convert_ids_to_tokens([int(i) for i in ids])
+    first_answer = pieces.index("ĠHello")  # the name's space and "Hello" are one token
+    assert targets[first_answer] and not targets[first_answer - 1]
+    assert trained_segments(gpt2_tok, ids, targets)[0].startswith(" Hello there\n")

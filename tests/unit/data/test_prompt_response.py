@@ -169,3 +169,25 @@ def test_labels_are_shifted_next_tokens(byte_tok: Any) -> None:
     assert sample.labels.tolist() == [IGNORE_INDEX, ord(" "), ord("c"), byte_tok.eos_token_id, IGNORE_INDEX]
     assert dataset.loss_tokens.tolist() == [3, 3] and sample.num_loss_tokens == 3
     assert dataset.lengths.tolist() == [5, 4]
+
+
+def test_an_empty_output_trains_only_eos_not_a_lone_space(byte_tok: Any, gpt2_tok: Any) -> None:
+    for tokenizer in (byte_tok, gpt2_tok):
+        [(ids, targets)], _ = encode(tokenizer, [{"input": "Say nothing.", "output": ""}])
+        assert tokenizer.decode(ids) == "Say nothing.<|endoftext|>".replace("<|endoftext|>", tokenizer.eos_token)
+        assert trained_segments(tokenizer, ids, targets) == [tokenizer.eos_token]
+
+
+def test_left_truncation_keeps_the_separator_before_the_field(byte_tok: Any) -> None:
+    row = {"context": "abcdefghij", "question": "why?", "output": "ok"}
+    knobs: dict[str, Any] = {"prompt_template": "Context:\n{context}\nQ: {question}\nA: {output}"}
+    length = len("Context:\nabcdefghij\nQ: why?\nA: ok") + 1  # + </s>
+    [(ids, targets)], _ = encode(
+        byte_tok, [row], max_seq_length=length - 4, truncation_field="context", truncation_method="left", **knobs
+    )
+    assert byte_tok.decode(ids) == "Context:\nefghij\nQ: why?\nA: ok</s>"  # the newline after "Context:" stays
+    [(ids, targets)], _ = encode(
+        byte_tok, [row], max_seq_length=length - 2, truncation_field="question", truncation_method="left", **knobs
+    )
+    assert byte_tok.decode(ids) == "Context:\nabcdefghij\nQ: y?\nA: ok</s>"  # "Q:" keeps its space
+    assert trained_segments(byte_tok, ids, targets) == [" ok</s>"]

@@ -1,4 +1,5 @@
-"""Package boundaries: the operator imports no torch and, from the trainer, only its config and exit codes."""
+"""Package boundaries: the operator imports no torch and, from the trainer, only its config, exit codes and
+the CLI plumbing `kubectl sft` shares with `sft` (cli_common: typer only)."""
 
 import ast
 import subprocess
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import sft_operator
 
-ALLOWED_FROM_TRAINER = ("sft_trainer.config", "sft_trainer.exit_codes")
+ALLOWED_FROM_TRAINER = ("sft_trainer.config", "sft_trainer.exit_codes", "sft_trainer.cli_common")
 
 
 def test_operator_imports_only_the_trainers_schema_and_exit_codes() -> None:

@@ -74,3 +74,35 @@ def test_phase_tracker_counts_jobs_not_events() -> None:
     assert metrics.REGISTRY.get_sample_value("kube_sft_jobs", {"phase": "Running"}) == 1
     tracker.set("ns", "a", None)
     assert metrics.REGISTRY.get_sample_value("kube_sft_jobs", {"phase": "Running"}) == 0
+
+
+def test_operator_exports_process_queue_and_time_to_running() -> None:
+    names = metrics.exported_names(metrics.REGISTRY)
+    assert {"process_resident_memory_bytes", "process_cpu_seconds_total", "process_start_time_seconds"} <= names
+    assert {"kube_sft_workqueue_depth", "kube_sft_job_time_to_running_seconds_bucket"} <= names
+
+
+def test_time_to_running_is_observed_on_the_first_running_only() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    count = lambda: metrics.REGISTRY.get_sample_value("kube_sft_job_time_to_running_seconds_count") or 0.0  # noqa: E731
+    total = lambda: metrics.REGISTRY.get_sample_value("kube_sft_job_time_to_running_seconds_sum") or 0.0  # noqa: E731
+    before, before_sum = count(), total()
+    metrics.record_transition("Initializing", "Running", 0, 0, "", created, created + timedelta(seconds=90))
+    assert (count() - before, total() - before_sum) == (1.0, 90.0)
+    metrics.record_transition("Running", "Running", 0, 0, "", created, created + timedelta(seconds=99))
+    metrics.record_transition("Restarting", "Running", 1, 1, "", created, created + timedelta(seconds=300))
+    assert count() - before == 1.0
+
+
+def test_dashboard_keeps_same_named_jobs_of_namespaces_apart() -> None:
+    """A job is (namespace, name): no aggregation or legend may merge two namespaces' jobs of one name."""
+    dashboard = json.loads((FILES / "dashboard.json").read_text())
+    targets = [target for panel in dashboard["panels"] for target in panel["targets"]]
+    for target in targets:
+        for grouping in re.findall(r"\bby\s*\(([^)]*)\)", target["expr"]):
+            labels = {label.strip() for label in grouping.split(",")}
+            assert "sftjob" not in labels or "sftjob_namespace" in labels, target["expr"]
+        if "{{sftjob}}" in target.get("legendFormat", ""):
+            assert "{{sftjob_namespace}}" in target["legendFormat"], target

@@ -87,13 +87,14 @@ def granted_to_trainers() -> set[Rule]:
 
 
 def chart_rules() -> set[Rule]:
-    """The chart's ClusterRole rules (template expressions blanked; the rules themselves are static)."""
+    """The rules of the chart's ClusterRoles (template expressions blanked; the rules themselves are static)."""
     text = (CHART / "templates" / "clusterrole.yaml").read_text()
     text = re.sub(r"(?m)^\s*\{\{-?[^}]*\}\}\s*$", "", text)  # control lines ({{- if }}, {{- include }})
     text = re.sub(r"\{\{.*?\}\}", "x", text)
-    role = next(doc for doc in yaml.safe_load_all(text) if isinstance(doc, dict) and doc["kind"] == "ClusterRole")
+    roles = [doc for doc in yaml.safe_load_all(text) if isinstance(doc, dict) and doc["kind"] == "ClusterRole"]
     return {
         (group, resource, verb)
+        for role in roles
         for rule in role["rules"]
         for group in rule["apiGroups"]
         for resource in rule["resources"]

@@ -1,6 +1,7 @@
 """Checkpoint metadata, retention and resume discovery (no model involved)."""
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,33 @@ def test_rng_states_restore() -> None:
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     ckpt.restore_rng(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_retention_with_mode_max_keeps_the_highest() -> None:
+    found = [info(10, 2.0), info(20, 1.0), info(30, 1.5), info(40, 0.1)]
+    assert steps(ckpt.checkpoints_to_delete(found, save_top_k=1, mode="max")) == [20, 30]
+
+
+def test_retention_ranks_by_the_monitored_metric_of_meta_json(tmp_path: Path) -> None:
+    root = tmp_path / ckpt.CHECKPOINTS_DIR
+    for step, val_loss, loss in ((10, 1.0, 3.0), (20, 2.0, 0.5), (30, 3.0, 2.0)):
+        staging = ckpt.staging_dir(root, step)
+        staging.mkdir(parents=True)
+        original = meta(step, val_loss)
+        ckpt.publish(root, staging, replace(original, metrics={"val_loss": val_loss, "loss": loss}))
+    assert [c.score for c in ckpt.list_checkpoints(root, "loss")] == [3.0, 0.5, 2.0]
+    ckpt.apply_retention(root, save_top_k=1, metric="loss", mode="min")
+    assert sorted(p.name for p in root.glob("step-*")) == ["step-20", "step-30"]
+
+
+def test_old_meta_without_metrics_still_ranks_by_val_loss() -> None:
+    assert meta(5, 0.25).monitored("val_loss") == 0.25
+    assert meta(5, 0.25).monitored("loss") is None
+
+
+def test_monitor_accepts_nemo_names_and_a_mode() -> None:
+    from sft_trainer.config import CheckpointConfig
+
+    assert CheckpointConfig(monitor="validation_loss").metric == "val_loss"
+    assert CheckpointConfig(monitor="reduced_train_loss", mode="min").metric == "loss"
+    assert CheckpointConfig(monitor="val_perplexity").metric == "val_perplexity"

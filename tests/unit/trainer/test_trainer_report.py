@@ -136,3 +136,18 @@ def test_wandb_offline_needs_no_network(tmp_path: Path, monkeypatch: pytest.Monk
     fan.validation(ValidationReport(step=3, val_loss=1.5, best_val_loss=1.5))
     fan.finish(SUMMARY)
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_wandb_run_name_project_and_tags_are_settable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
+    wandb = {"project": "sft_run", "name": "dolly_sft_run", "tags": ["dolly", "2b"], "mode": "offline"}
+    fan = build_reporters(config(tmp_path, wandb=wandb), is_rank_zero=True)
+    [reporter] = [r for r in fan.reporters if type(r).__name__ == "WandbReporter"]
+    run = reporter.run  # type: ignore[attr-defined]
+    assert (run.name, run.project, list(run.tags)) == ("dolly_sft_run", "sft_run", ["dolly", "2b"])
+    fan.finish(SUMMARY)
+    unnamed = build_reporters(config(tmp_path / "b", wandb={"mode": "offline"}), is_rank_zero=True)
+    [reporter] = [r for r in unnamed.reporters if type(r).__name__ == "WandbReporter"]
+    assert reporter.run.name == "sft"  # type: ignore[attr-defined]  # the config's name
+    unnamed.finish(SUMMARY)

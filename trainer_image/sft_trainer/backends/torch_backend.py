@@ -4,6 +4,11 @@ Precision: on CUDA, `bf16` and `fp16` run the forward pass under `torch.autocast
 master weights and optimizer state (fp16 adds a dynamic `GradScaler`); `fp32` runs in float32.
 On the CPU every precision computes in float32 (CPU autocast is slow and gains nothing for the
 small models trained there), so CPU losses are exact and reproducible.
+
+Packed rows on a GPU go through flex attention with a block-causal `BlockMask` built from the
+segment ids (no example attends to another, and fully masked blocks are skipped); elsewhere they
+get a dense 4-D mask. For the Llama-family models in `CHUNKED_HEAD_MODELS` the LM head and the
+cross-entropy run on the loss-carrying positions only, a chunk at a time (`backends.loss`).
 """
 
 import contextlib
@@ -28,6 +33,7 @@ from transformers import PreTrainedModel
 
 from sft_trainer import lora
 from sft_trainer.backends.base import EvalResult, StepResult
+from sft_trainer.backends.loss import chunked_linear_cross_entropy, loss_positions
 from sft_trainer.config.schema import OptimConfig, SFTConfig
 from sft_trainer.data.types import IGNORE_INDEX, MicroBatch
 from sft_trainer.distributed import DistributedEnv, all_reduce_sum
@@ -37,6 +43,9 @@ log = logging.getLogger(__name__)
 MODEL_SUBDIR = "model"
 OPTIMIZER_FILE = "optimizer.pt"
 _FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+FLEX_ATTENTION = "sft_flex_attention"
+# model types whose forward is `logits = lm_head(final hidden states)` with a bias-free head (no scaling, softcap)
+CHUNKED_HEAD_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -67,22 +76,54 @@ def make_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device) -
     )
 
 
-def attention_inputs(batch: MicroBatch, device: torch.device) -> dict[str, torch.Tensor]:
+def attention_inputs(batch: MicroBatch, device: torch.device, flex: bool = False) -> dict[str, Any]:
     """Extra forward arguments for a micro-batch.
 
     Rows holding one example each need none: padding sits at the end, so causal attention never
-    lets a real token see it, and the default positions are right. Packed rows get a 4-D
-    block-causal mask from their segment ids plus per-example position ids.
+    lets a real token see it, and the default positions are right. Packed rows get per-example
+    position ids and a block-causal mask from their segment ids: a flex-attention `BlockMask`
+    when `flex`, else a dense 4-D bool mask.
     """
-    if int(batch.segment_ids.max(initial=0)) <= 1:
+    if int(batch.segment_ids.max(initial=0)) <= 1 and not flex:
         return {}
-    from sft_trainer.data.attention import block_causal_mask
-
     segments = torch.from_numpy(batch.segment_ids).to(device)
-    return {
-        "attention_mask": torch.as_tensor(block_causal_mask(segments), device=device),
-        "position_ids": torch.from_numpy(batch.position_ids).to(device),
-    }
+    if flex:
+        mask: Any = packed_block_mask(segments)
+    else:
+        from sft_trainer.data.attention import block_causal_mask
+
+        mask = torch.as_tensor(block_causal_mask(segments), device=device)
+    return {"attention_mask": mask, "position_ids": torch.from_numpy(batch.position_ids).to(device)}
+
+
+def packed_block_mask(segments: torch.Tensor) -> Any:
+    """A flex-attention `BlockMask` for `[B, T]` segment ids: causal, and only inside one segment
+    (padding, segment 0, attends to earlier padding only and carries no loss)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def same_example_causal(b: Any, h: Any, q: Any, kv: Any) -> Any:
+        return (segments[b, q] == segments[b, kv]) & (q >= kv)
+
+    rows, length = segments.shape
+    return create_block_mask(same_example_causal, rows, None, length, length, device=segments.device)
+
+
+def _flex_attention_one_dtype(
+    module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: Any, **kwargs: Any
+) -> Any:
+    """transformers' flex attention with query and key in the value's dtype: under autocast, RoPE
+    leaves them in float32 (the residual stream's dtype) while the projections give bf16 values."""
+    from transformers.integrations.flex_attention import flex_attention_forward
+
+    return flex_attention_forward(module, query.to(value.dtype), key.to(value.dtype), value, *args, **kwargs)
+
+
+def use_flex_attention(model: PreTrainedModel) -> None:
+    """Switch `model` to flex attention (registered once as `FLEX_ATTENTION`); masks come from `packed_block_mask`."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(FLEX_ATTENTION, _flex_attention_one_dtype)
+    model.set_attn_implementation(FLEX_ATTENTION)
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
@@ -116,6 +157,15 @@ class TorchBackend:
         if self.autocast is None and config.trainer.precision != "fp32":
             log.info("trainer.precision=%s on %s: computing in float32", config.trainer.precision, device.type)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast == torch.float16)
+        self.flex = device.type == "cuda" and config.data.packing
+        if self.flex:
+            use_flex_attention(self.hf_model)
+        head = self.hf_model.get_output_embeddings()
+        self.chunked_head = (
+            getattr(self.hf_model.config, "model_type", "") in CHUNKED_HEAD_MODELS
+            and isinstance(head, nn.Linear)
+            and head.bias is None
+        )
 
     def _wrap(self, model: PreTrainedModel) -> nn.Module:
         if not self.env.is_distributed:
@@ -163,12 +213,36 @@ class TorchBackend:
         """Summed token cross-entropy of one micro-batch (labels are already next-token targets)."""
         input_ids = torch.from_numpy(batch.input_ids).to(self.device)
         labels = torch.from_numpy(batch.labels).to(self.device)
-        extra = attention_inputs(batch, self.device)
-        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+        extra = attention_inputs(batch, self.device, flex=self.flex)
+        autocast = torch.autocast(
+            self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None
+        )
+        if self.chunked_head:
+            index = torch.from_numpy(loss_positions(batch.labels, ignore=IGNORE_INDEX)).to(self.device)
+            with autocast, self._loss_head(index, labels.flatten()[index]):
+                return self.model(input_ids=input_ids, use_cache=False, **extra).logits.sum()
+        with autocast:
             logits = self.model(input_ids=input_ids, use_cache=False, **extra).logits
         return functional.cross_entropy(
             logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
         )
+
+    @contextlib.contextmanager
+    def _loss_head(self, index: torch.Tensor, targets: torch.Tensor) -> Iterator[None]:
+        """While active, the LM head returns the per-token losses of the positions `index` (flat over
+        [B, T]) instead of logits: `chunked_linear_cross_entropy`, inside the model's forward (so
+        DDP / FSDP2 see the head's weight used as usual)."""
+        head = self.hf_model.get_output_embeddings()
+
+        def losses(hidden: torch.Tensor) -> torch.Tensor:
+            flat = hidden.reshape(-1, hidden.shape[-1])
+            return chunked_linear_cross_entropy(flat[index], head.weight, targets)
+
+        head.forward = losses
+        try:
+            yield
+        finally:
+            del head.forward
 
     def train_step(self, micro_batches: list[MicroBatch], global_loss_tokens: int, lr: float) -> StepResult:
         """Accumulate over this rank's micro-batches, clip, and step at `lr`.

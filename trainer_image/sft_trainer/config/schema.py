@@ -4,6 +4,7 @@ Knob names and meanings follow NeMo-Aligner's `gpt_sft.yaml` (the seed) where it
 No torch import here: the operator validates SFTJob specs with these same models.
 """
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -162,6 +163,21 @@ class TrainingConfig(Strict):
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
 
+#: `checkpoint.monitor` names (ours and NeMo's) -> the metric of metrics.jsonl / meta.json they rank by.
+MONITOR_METRICS = {
+    "val_loss": "val_loss",
+    "validation_loss": "val_loss",
+    "val_perplexity": "val_perplexity",
+    "loss": "loss",
+    "train_loss": "loss",
+    "reduced_train_loss": "loss",
+    "grad_norm": "grad_norm",
+}
+Monitor = Literal[
+    "val_loss", "validation_loss", "val_perplexity", "loss", "train_loss", "reduced_train_loss", "grad_norm"
+]
+
+
 class CheckpointConfig(Strict):
     """Checkpoint retention and resume."""
 
@@ -170,8 +186,18 @@ class CheckpointConfig(Strict):
         description="auto: newest checkpoint in output_dir, if any; never: start fresh; or a checkpoint path.",
     )
     save_top_k: int = Field(default=1, ge=0, description="Keep the k best by `monitor`, plus `last`.")
-    monitor: Literal["val_loss"] = "val_loss"
+    monitor: Monitor = Field(
+        default="val_loss",
+        description="The logged metric that ranks checkpoints: val_loss (= NeMo's validation_loss), "
+        "val_perplexity, loss (= train_loss, reduced_train_loss) or grad_norm.",
+    )
+    mode: Literal["min", "max"] = Field(default="min", description="Whether a lower or a higher `monitor` is better.")
     save_last: bool = True
+
+    @property
+    def metric(self) -> str:
+        """The metrics.jsonl name of `monitor`."""
+        return MONITOR_METRICS[self.monitor]
 
 
 class ParallelismConfig(Strict):
@@ -207,6 +233,8 @@ class WandbConfig(Strict):
 
     project: str = "kube-sft"
     mode: Literal["offline", "online"] = "offline"
+    name: str | None = Field(default=None, description="The run's name (default: the config's `name`).")
+    tags: list[str] = Field(default_factory=list, description="Tags of the W&B run.")
 
 
 class LoggingConfig(Strict):
@@ -226,6 +254,39 @@ class LoggingConfig(Strict):
     )
 
 
+class EvaluationConfig(Strict):
+    """`sft eval` after training (an SFTJob step): loss on a held-out file, and generation metrics.
+
+    The result is written to `<output_dir>/eval.json` and reported in the job's status metrics.
+    """
+
+    file: str | None = Field(
+        default=None, description="Held-out JSONL in the run's data format (default: data.validation_file)."
+    )
+    generate: bool = Field(default=True, description="Also answer the rows and score the answers.")
+    max_examples: int = Field(
+        default=100, ge=1, description="Rows answered for the generation metrics (the loss uses all)."
+    )
+    max_new_tokens: int = Field(default=128, ge=1)
+    answer_regex: str | None = Field(
+        default=None,
+        description="Extract the answer (group 1, else the whole match) from reference and generation before comparing, "
+        "e.g. '####\\s*(.+)' for GSM8K.",
+    )
+    match_regex: str | None = Field(default=None, description="Also report the share of answers this regex finds.")
+    stop: list[str] = Field(default_factory=list, description="Stop strings that end an answer.")
+
+    @field_validator("answer_regex", "match_regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"not a valid regular expression: {error}") from None
+        return value
+
+
 class SFTConfig(Strict):
     """A whole fine-tuning run: `sft train --config run.yaml` and an SFTJob's `spec.training`."""
 
@@ -239,6 +300,9 @@ class SFTConfig(Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     parallelism: ParallelismConfig = Field(default_factory=ParallelismConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    evaluation: EvaluationConfig | None = Field(
+        default=None, description="Evaluate final/ after training (sft eval); the result lands in the status metrics."
+    )
 
     @property
     def world_size(self) -> int:

@@ -98,6 +98,8 @@ def prepare_split(path: str, config: DataConfig, tokenizer: "PreTrainedTokenizer
         "fill_ratio": round(tokens / (rows * config.max_seq_length), 4),
         "seconds": round(time.perf_counter() - started, 3),
     }
+    if config.format != "prompt_response":
+        stats["chat"] = counts.chat.most_common()  # generation defaults: what training used most
     return CachedSplit(store=store, order=order, bin_offsets=bin_offsets, stats=stats)
 
 

@@ -23,7 +23,7 @@ from sft_trainer.data.dataset import Int64Array, TokenStore
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: masks train a token straddling an answer start; empty answers; left-cut separators
 ARRAYS = ("input_ids", "labels", "offsets", "order", "bin_offsets")
 _IGNORED_KNOBS = {"train_file", "validation_file", "synthetic", "cache_dir", "shuffle"}
 

@@ -74,10 +74,20 @@ def encode_with_offsets(
     return [(encoding.ids, [start for start, _ in encoding.offsets]) for encoding in encodings]
 
 
-def targets_from_spans(starts: Sequence[int], spans: Sequence[tuple[int, int]]) -> npt.NDArray[np.bool_]:
-    """True for each token whose first character lies in one of the trained character spans."""
+def targets_from_spans(
+    starts: Sequence[int], spans: Sequence[tuple[int, int]], text_length: int | None = None
+) -> npt.NDArray[np.bool_]:
+    """True for each token that holds the first character of a trained span or starts inside one.
+
+    A token reaches up to the next token's start (the last one to `text_length`). One that starts
+    before a span but holds its first character (`: Hello` -> `:`, `ĠHello` after a name ending in a
+    space) is trained: it is the only token that produces that character.
+    """
     first = np.asarray(starts, dtype=np.int64)
+    following = np.append(first[1:], text_length if text_length is not None else np.iinfo(np.int64).max)
     targets = np.zeros(len(first), dtype=bool)
     for begin, end in spans:
         targets |= (first >= begin) & (first < end)
+        if end > begin:
+            targets |= (first < begin) & (following > begin)
     return targets

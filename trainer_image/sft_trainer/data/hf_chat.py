@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sft_trainer.config.data import DataConfig
+from sft_trainer.data.chat_context import ChatTally
 from sft_trainer.data.encoding import encode_with_offsets
 from sft_trainer.data.errors import BadRows, DataError
 from sft_trainer.data.jsonl import Row
@@ -135,9 +136,11 @@ def encode_hf_chat(
 ) -> Iterator[Example]:
     """Encode `messages` rows into `(input_ids, targets)` examples with assistant-only targets."""
     template = chat_template(config, tokenizer)
+    chat = counts.chat if counts is not None else ChatTally()
 
     def render_row(row: Row, line: int) -> tuple[str, list[Span]]:
         messages = parse_messages(row, file, line)
+        chat.systems[messages[0]["content"] if messages[0]["role"] == "system" else ""] += 1
         try:
             return render_with_spans(tokenizer, template, messages)
         except Exception as error:  # jinja2's raise_exception and template errors

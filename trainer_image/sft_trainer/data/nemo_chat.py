@@ -28,14 +28,15 @@ on with a zero denominator; `add_eos`/`add_sep` do not apply (the format ends tu
 does. Too-long conversations are cut at `max_seq_length` from the end.
 """
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sft_trainer.config.data import ChatPromptTokens, DataConfig
+from sft_trainer.data.chat_context import ChatDefaults, ChatTally, ChatTurn
 from sft_trainer.data.encoding import encode_with_offsets, special_id, targets_from_spans
 from sft_trainer.data.errors import BadRows, DataError
 from sft_trainer.data.jsonl import Row
@@ -112,6 +113,13 @@ def render_header(conversation: Conversation, tokens: ChatPromptTokens) -> str:
     return f"{tokens.system_turn_start}{SYSTEM_NAME}{tokens.end_of_name}{conversation.system}{tokens.end_of_turn}"
 
 
+def turn_parts(turn: Turn, kind: str | None, tokens: ChatPromptTokens) -> tuple[str, str, str]:
+    """(name part, label part, body) of a turn; the label part is empty for type null or a null label."""
+    name = f"{tokens.turn_start}{turn.speaker}{tokens.end_of_name}"
+    label = f"{tokens.label_start}{turn.label}{tokens.end_of_name}" if turn.label is not None and kind else ""
+    return name, label, turn.value + tokens.end_of_turn
+
+
 def render(conversation: Conversation, tokens: ChatPromptTokens) -> tuple[str, list[Span]]:
     """The conversation text and the character spans that carry loss (see the module docstring)."""
     text = render_header(conversation, tokens)
@@ -119,15 +127,8 @@ def render(conversation: Conversation, tokens: ChatPromptTokens) -> tuple[str, l
     kind = conversation.type
     for i, turn in enumerate(conversation.turns):
         start = len(text)
-        name = f"{tokens.turn_start}{turn.speaker}{tokens.end_of_name}"
-        label = f"{tokens.label_start}{turn.label}{tokens.end_of_name}" if turn.label is not None else ""
-        body = turn.value + tokens.end_of_turn
-        if kind == "VALUE_TO_TEXT":
-            piece = name + label + body
-        elif kind == "TEXT_TO_VALUE":
-            piece = name + body + label
-        else:
-            piece = name + body
+        name, label, body = turn_parts(turn, kind, tokens)
+        piece = name + body + label if kind == "TEXT_TO_VALUE" else name + label + body
         text += piece
         end = len(text)
         if i == 0 and kind != "TEXT_TO_VALUE":
@@ -159,8 +160,12 @@ def encode_nemo_chat(
     """Encode NeMo chat rows into `(input_ids, targets)` examples."""
     bos = [special_id(tokenizer, "bos", "data.add_bos")] if config.add_bos else []
 
+    chat = counts.chat if counts is not None else ChatTally()
+
     def render_row(row: Row, line: int) -> tuple[str, list[Span]]:
-        return render(parse_conversation(row, file, line), config.chat_prompt_tokens)
+        conversation = parse_conversation(row, file, line)
+        tally(conversation, chat)
+        return render(conversation, config.chat_prompt_tokens)
 
     return encode_rendered(rows, render_row, bos, config, tokenizer, bad_rows, counts)
 
@@ -189,9 +194,9 @@ def encode_rendered(
                     raise
                 bad_rows.add(error)
         encoded = encode_with_offsets(tokenizer, [text for text, _ in rendered])
-        for (_, spans), (ids, starts) in zip(rendered, encoded, strict=True):
+        for (text, spans), (ids, starts) in zip(rendered, encoded, strict=True):
             counts.rows += 1
-            example = finish(ids, starts, spans, bos, config, counts)
+            example = finish(ids, starts, spans, bos, config, counts, len(text))
             if example is None:
                 counts.dropped += 1
             else:
@@ -199,10 +204,19 @@ def encode_rendered(
 
 
 def finish(
-    ids: list[int], starts: list[int], spans: list[Span], bos: list[int], config: DataConfig, counts: EncodeCounts
+    ids: list[int],
+    starts: list[int],
+    spans: list[Span],
+    bos: list[int],
+    config: DataConfig,
+    counts: EncodeCounts,
+    text_length: int | None = None,
 ) -> Example | None:
     """Targets from spans (all tokens without answer-only loss), BOS, truncation; None if no target is left."""
-    targets = targets_from_spans(starts, spans) if config.answer_only_loss else np.ones(len(ids), dtype=bool)
+    if config.answer_only_loss:
+        targets = targets_from_spans(starts, spans, text_length)
+    else:
+        targets = np.ones(len(ids), dtype=bool)
     input_ids = np.array(bos + ids, dtype=np.int32)
     targets = np.concatenate([np.zeros(len(bos), dtype=bool), targets])
     if len(input_ids) > config.max_seq_length:
@@ -213,18 +227,94 @@ def finish(
     return input_ids, targets
 
 
-def nemo_chat_prompt(
-    config: DataConfig, turns: list[dict[str, Any]], system: str = "", assistant: str = "Assistant"
-) -> str:
-    """The text to generate the next `assistant` turn after `turns` (type null, as at inference)."""
-    tokens = config.chat_prompt_tokens
-    conversation = Conversation(
-        system=system,
-        mask_role="User",
-        type=None,
-        turns=tuple(Turn(t["from"], t["value"], None) for t in turns),
-    )
-    text = render_header(conversation, tokens)
+def tally(conversation: Conversation, chat: ChatTally) -> None:
+    """Count what a training conversation uses (for the generation defaults)."""
+    chat.systems[conversation.system] += 1
+    chat.types[conversation.type] += 1
+    chat.users[conversation.mask_role] += 1
     for turn in conversation.turns:
-        text += f"{tokens.turn_start}{turn.speaker}{tokens.end_of_name}{turn.value}{tokens.end_of_turn}"
-    return text + f"{tokens.turn_start}{assistant}{tokens.end_of_name}"
+        if turn.speaker != conversation.mask_role:
+            chat.assistants[turn.speaker] += 1
+            chat.labels[turn.label] += 1
+
+
+def nemo_chat_prompt(
+    config: DataConfig, turns: Sequence[ChatTurn], system: str, defaults: ChatDefaults, label: str | None
+) -> str:
+    """The text that precedes the next assistant answer after `turns`, as in training.
+
+    The conversation type and role names are the training data's (`defaults`); a VALUE_TO_TEXT
+    answer starts with its label line when `label` is given (earlier assistant turns use their own
+    label, else `defaults.label`). Trailing spaces of the name part are left to the model: training
+    tokenizes them with the answer's first word.
+    """
+    tokens = config.chat_prompt_tokens
+    kind = defaults.type if defaults.type == "VALUE_TO_TEXT" else None
+    past = tuple(
+        Turn(defaults.user, t.text, None)
+        if t.role == "user"
+        else Turn(defaults.assistant, t.text, t.label if t.label is not None else defaults.label)
+        for t in turns
+    )
+    conversation = Conversation(system=system, mask_role=defaults.user, type=kind, turns=past)
+    text, _ = render(conversation, tokens)  # ends with the user's turn: no closing turn start
+    return text + answer_start(tokens, defaults.assistant, kind, label)
+
+
+def answer_start(tokens: ChatPromptTokens, assistant: str, kind: str | None, label: str | None) -> str:
+    """The assistant's name part and label line, without trailing spaces (the answer's first token holds them)."""
+    name, label_part, _ = turn_parts(Turn(assistant, "", label), kind, tokens)
+    return (name + label_part).rstrip(" ")
+
+
+def _jinja_literal(text: str) -> str:
+    """A Jinja string literal of `text` (Jinja decodes literals with Python's unicode escapes)."""
+    return "'" + text.encode("unicode_escape").decode("ascii").replace("'", "\\'") + "'"
+
+
+def nemo_chat_jinja(config: DataConfig, defaults: ChatDefaults) -> str:
+    """A Hugging Face chat template that renders the NeMo chat format as training did.
+
+    `apply_chat_template(messages, add_generation_prompt=True)` gives `nemo_chat_prompt`'s text: the
+    default system prompt unless the messages start with one, the default label line on assistant
+    turns (VALUE_TO_TEXT; a message's own `label` wins), the final turn start after an assistant-last
+    conversation, BOS when `data.add_bos` is set.
+    """
+    tokens = config.chat_prompt_tokens
+    kind = defaults.type if defaults.type == "VALUE_TO_TEXT" else None
+    with_label = kind is not None and defaults.label is not None
+    name_user = f"{tokens.turn_start}{defaults.user}{tokens.end_of_name}"
+    name_assistant = f"{tokens.turn_start}{defaults.assistant}{tokens.end_of_name}"
+    default_label = defaults.label or ""
+    answer = answer_start(tokens, defaults.assistant, kind, defaults.label if with_label else None)
+    lines = [
+        "{%- set E = " + _jinja_literal(tokens.end_of_turn) + " -%}",
+        "{%- if messages and messages[0]['role'] == 'system' -%}",
+        "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}",
+        "{%- else -%}",
+        "{%- set system = " + _jinja_literal(defaults.system) + " -%}{%- set turns = messages -%}",
+        "{%- endif -%}",
+        ("{{- bos_token -}}" if config.add_bos else ""),
+        "{{- " + _jinja_literal(f"{tokens.system_turn_start}{SYSTEM_NAME}{tokens.end_of_name}") + " + system + E -}}",
+        "{%- for message in turns -%}",
+        "{%- if message['role'] == 'user' -%}",
+        "{{- " + _jinja_literal(name_user) + " + message['content'] + E -}}",
+        "{%- else -%}",
+        "{{- " + _jinja_literal(name_assistant) + " -}}",
+    ]
+    if with_label:
+        lines += [
+            "{%- set label = message['label'] if message['label'] is defined and message['label'] is not none else "
+            + _jinja_literal(default_label)
+            + " -%}",
+            "{{- " + _jinja_literal(tokens.label_start) + " + label + " + _jinja_literal(tokens.end_of_name) + " -}}",
+        ]
+    lines += [
+        "{{- message['content'] + E -}}",
+        "{%- endif -%}",
+        "{%- endfor -%}",
+        "{%- if add_generation_prompt -%}{{- " + _jinja_literal(answer) + " -}}",
+        "{%- elif turns and turns[-1]['role'] != 'user' -%}{{- " + _jinja_literal(tokens.turn_start) + " -}}",
+        "{%- endif -%}",
+    ]
+    return "\n".join(line for line in lines if line) + "\n"

@@ -9,11 +9,12 @@ those are used up is the answer cut from its end. An example left with no target
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, islice
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from sft_trainer.config.data import DataConfig
+from sft_trainer.data.chat_context import ChatTally
 from sft_trainer.data.dataset import BoolArray
 from sft_trainer.data.encoding import cut, encode_texts, plan_cuts, special_id
 from sft_trainer.data.errors import BadRows, DataError
@@ -30,11 +31,12 @@ Example = tuple[IntArray, BoolArray]
 
 @dataclass
 class EncodeCounts:
-    """What happened to the rows of one file."""
+    """What happened to the rows of one file (and, for chat formats, what their conversations used)."""
 
     rows: int = 0
     dropped: int = 0  # rows with no target left (empty answer, or truncated away)
     truncated: int = 0
+    chat: ChatTally = field(default_factory=ChatTally)
 
 
 @dataclass
@@ -42,6 +44,22 @@ class _Specials:
     bos: list[int] = field(default_factory=list)
     sep: list[int] = field(default_factory=list)
     eos: list[int] = field(default_factory=list)
+    separators: dict[int, list[int]] = field(default_factory=dict)  # piece index -> its leading whitespace's ids
+
+
+def separator_ids(template: PromptTemplate, tokenizer: "PreTrainedTokenizerBase") -> dict[int, list[int]]:
+    """Token ids of the whitespace the template puts before each context placeholder (kept by a left cut)."""
+    indices = [i for i, p in enumerate(template.pieces[:-1]) if p.key != TEMPLATE_KEY and p.literal]
+    encoded = encode_texts(tokenizer, [template.pieces[i].literal for i in indices])
+    return dict(zip(indices, encoded, strict=True))
+
+
+def cut_field(ids: list[int], amount: int, method: Literal["left", "right"], separator: list[int]) -> list[int]:
+    """`cut`, except that a left cut keeps the template's separator at the field's start (same length)."""
+    if method != "left" or not separator or amount <= 0:
+        return cut(ids, amount, method)
+    kept = max(0, len(ids) - amount)
+    return (separator + ids[amount + len(separator) :])[:kept]
 
 
 def _specials(config: DataConfig, tokenizer: "PreTrainedTokenizerBase") -> _Specials:
@@ -68,6 +86,7 @@ def encode_prompt_response(
     """Encode `(line, row)` pairs into `(input_ids, targets)` examples, in chunks for batched tokenization."""
     template = parse_template(config.prompt_template, config.label_key)
     specials = _specials(config, tokenizer)
+    specials.separators = separator_ids(template, tokenizer)
     counts = counts if counts is not None else EncodeCounts()
     literal_ids: dict[str, list[int]] = {}
     iterator = iter(rows)
@@ -112,7 +131,7 @@ def assemble(
         cuttable = [i for i, (key, _) in enumerate(pieces[:-1]) if key in names]
         cuts = plan_cuts([len(context[i]) for i in cuttable], excess)
         for i, amount in zip(cuttable, cuts, strict=True):
-            context[i] = cut(context[i], amount, config.truncation_method)
+            context[i] = cut_field(context[i], amount, config.truncation_method, specials.separators.get(i, []))
         excess -= sum(cuts)
         # Only now, with every truncation field used up, does the answer lose its end.
         before = len(answer)

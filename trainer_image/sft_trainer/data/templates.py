@@ -47,13 +47,20 @@ class PromptTemplate:
         return self.fields[:-1]
 
     def render_pieces(self, row: Row, file: str, line: int) -> list[tuple[str, str]]:
-        """`[(key, text), ...]` for one row; the last pair is the label. Fields must be strings."""
+        """`[(key, text), ...]` for one row; the last pair is the label. Fields must be strings.
+
+        A placeholder's text starts with the whitespace the template puts before it (dropped for
+        an empty label, which would otherwise train a lone space).
+        """
         out: list[tuple[str, str]] = []
         for piece in self.pieces:
             if piece.key == TEMPLATE_KEY:
                 out.append((TEMPLATE_KEY, piece.literal))
-            else:
-                out.append((piece.key, piece.literal + require_str(row, piece.key, file, line)))
+                continue
+            value = require_str(row, piece.key, file, line)
+            # An empty answer has no leading space to learn: only its EOS (if any) is trained.
+            lead = "" if piece.key == self.label_key and not value else piece.literal
+            out.append((piece.key, lead + value))
         return out
 
     def prompt(self, values: dict[str, str]) -> str:

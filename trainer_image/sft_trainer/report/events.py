@@ -58,6 +58,7 @@ class RunSummary:
     best_val_loss: float | None = None
     final_model: str | None = None
     latest_checkpoint: str | None = None
+    eval_metrics: dict[str, float] | None = None  # `evaluation` after training: eval_loss, eval_exact_match, ...
 
 
 class Reporter(Protocol):

@@ -60,6 +60,12 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def _camel(name: str) -> str:
+    """`eval_exact_match` -> `evalExactMatch` (the status field names)."""
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
 def merge(into: Patch, update: Patch) -> Patch:
     """Deep-merge `update` into `into` (JSON merge-patch semantics without deletions)."""
     for key, value in update.items():
@@ -119,6 +125,7 @@ class StatusPatches:
         if summary.outcome == "succeeded":
             patch["progress"].update(etaSeconds=0.0, eta="0s")
         metrics = {"loss": _finite(summary.last_loss), "bestValLoss": _finite(summary.best_val_loss)}
+        metrics.update({_camel(key): _finite(value) for key, value in (summary.eval_metrics or {}).items()})
         patch["metrics"] = {key: value for key, value in metrics.items() if value is not None}
         if summary.final_model:
             patch["finalModel"] = summary.final_model

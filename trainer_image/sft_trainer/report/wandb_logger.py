@@ -8,7 +8,7 @@ from sft_trainer.report.events import CheckpointReport, RunSummary, StepReport, 
 
 
 class WandbReporter:
-    """A W&B run named after the config, holding the same series as metrics.jsonl."""
+    """A W&B run (named `logging.wandb.name`, else the config's `name`), holding the same series as metrics.jsonl."""
 
     def __init__(self, config: SFTConfig, output_dir: Path) -> None:
         import wandb
@@ -17,7 +17,8 @@ class WandbReporter:
         output_dir.mkdir(parents=True, exist_ok=True)
         self.run: Any = wandb.init(
             project=config.logging.wandb.project,
-            name=config.name,
+            name=config.logging.wandb.name or config.name,
+            tags=config.logging.wandb.tags or None,
             mode=config.logging.wandb.mode,
             dir=str(output_dir),
             config=config.model_dump(mode="json"),

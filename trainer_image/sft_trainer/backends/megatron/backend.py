@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from sft_trainer.backends.base import EvalResult, StepResult
+from sft_trainer.backends.loss import chunked_linear_cross_entropy, loss_positions, scatter_token_losses
 from sft_trainer.backends.megatron import conversion
 from sft_trainer.backends.megatron.model import ModelPlan, build_model_chunks, make_plan, transformer_config
 from sft_trainer.backends.megatron.thd import (
@@ -53,6 +54,7 @@ class _DeviceBatch:
     labels: torch.Tensor  # [1, N]
     loss_mask: torch.Tensor  # [N] float32
     packed: Any  # megatron.core.packed_seq_params.PackedSeqParams
+    loss_index: torch.Tensor | None = None  # [n] int64: the positions of `tokens` that carry loss
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,14 @@ class MegatronTuning:
       APEX for it, so that one layer keeps the unfused path.
     - `grad_reduce_in_fp32`: main grads and their data-parallel reduction in fp32 (else bf16).
     - `transformer_overrides`: extra `TransformerConfig` fields (fusions, recipes) for experiments.
+    - `chunked_loss`: the output layer and cross-entropy run on the loss-carrying tokens only, a
+      chunk at a time (`backends.loss`): no `[tokens, vocabulary]` logits, and no LM-head FLOPs for
+      prompt tokens. Needs TP = 1 (a vocabulary-parallel head keeps megatron's own fused loss).
     """
 
     gradient_accumulation_fusion: bool = False
     grad_reduce_in_fp32: bool = True
+    chunked_loss: bool = True
     transformer_overrides: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -200,6 +206,7 @@ class MegatronBackend:
         self._save_queue: Any = None  # megatron AsyncCallsQueue, created by the first async save
         padded = self.plan.shape.vocab_rows != self.plan.shape.vocab_size
         self._output_processor = _mask_padded_vocab(self.plan.shape.vocab_size) if padded else None
+        self._chunked_loss = self.tuning.chunked_loss and par.tensor_model_parallel_size == 1
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -376,6 +383,7 @@ class MegatronBackend:
             labels=put(thd.labels)[None],
             loss_mask=put(thd.loss_mask),
             packed=packed,
+            loss_index=put(loss_positions(thd.labels, mask=thd.loss_mask)),
         )
 
     def _forward_step(self, scale: float, data: Iterator[_DeviceBatch], model: Any) -> tuple[torch.Tensor, Callable]:
@@ -386,9 +394,35 @@ class MegatronBackend:
             None,
             labels=batch.labels,
             packed_seq_params=batch.packed,
-            output_processor=self._output_processor,
+            output_processor=(
+                partial(self._head_loss, batch.loss_index)
+                if self._chunked_loss and batch.loss_index is not None
+                else self._output_processor
+            ),
         )
         return output, partial(self._loss, batch.loss_mask, scale)
+
+    def _head_loss(
+        self,
+        index: torch.Tensor,
+        *,
+        hidden_states: torch.Tensor,
+        output_layer: Any,
+        output_weight: Any,
+        labels: Any,
+        **kw: Any,
+    ) -> torch.Tensor:
+        """GPTModel `output_processor`: per-token losses [1, N] from the loss positions' hidden states only.
+
+        `hidden_states` is [N, 1, H] (after the final norm), `labels` [1, N]; the weight's padded
+        vocabulary rows are left out, which equals masking their logits.
+        """
+        weight = output_layer.weight if output_weight is None else output_weight
+        flat = hidden_states.reshape(-1, hidden_states.shape[-1])
+        losses = chunked_linear_cross_entropy(
+            flat[index], weight[: self.plan.shape.vocab_size], labels.reshape(-1)[index]
+        )
+        return scatter_token_losses(losses, index, flat.shape[0]).reshape(labels.shape)
 
     @staticmethod
     def _loss(

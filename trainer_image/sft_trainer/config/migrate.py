@@ -1,0 +1,55 @@
+"""`sft migrate`: a NeMo-Aligner config and overrides written out as our SFTConfig or an SFTJob manifest."""
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sft_trainer.config.loading import ConfigError, ConfigProblem, translate_config
+
+SFTJOB_API_VERSION = "sft.kube-sft.io/v1alpha1"
+
+
+def sftjob_manifest(name: str, training: dict[str, Any]) -> dict[str, Any]:
+    """An SFTJob holding `training`; the cluster shape moves from `trainer.num_nodes`/`devices` to `spec.resources`."""
+    training = {**training, "trainer": dict(training.get("trainer") or {})}
+    trainer = training["trainer"]
+    nodes = int(trainer.pop("num_nodes", 1))
+    devices = int(trainer.pop("devices", 1))
+    if not trainer:
+        del training["trainer"]
+    return {
+        "apiVersion": SFTJOB_API_VERSION,
+        "kind": "SFTJob",
+        "metadata": {"name": name},
+        "spec": {"resources": {"numNodes": nodes, "gpusPerNode": devices}, "training": training},
+    }
+
+
+def migrated_yaml(path: str | Path | None, overrides: list[str], sftjob: str | None) -> tuple[str, list[str]]:
+    """(YAML text, notes): only the keys the input set, mapped onto ours and validated.
+
+    Raises ConfigError (naming file:line or `command-line override N`) when the result would not run.
+    """
+    translation = translate_config(path, overrides)
+    translation.validated()
+    document = translation.tree if sftjob is None else sftjob_manifest(sftjob, translation.tree)
+    if sftjob is not None:
+        _check_manifest(document)
+    text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return text, translation.notes
+
+
+def _check_manifest(manifest: dict[str, Any]) -> None:
+    """Validate with the operator's SFTJob model when it is installed (the trainer image has no operator)."""
+    try:
+        from pydantic import ValidationError
+
+        from sft_operator.api import SFTJob
+    except ImportError:
+        return
+    try:
+        SFTJob.model_validate({**manifest, "metadata": {"namespace": "default", **manifest["metadata"]}})
+    except ValidationError as error:
+        problems = [ConfigProblem(".".join(str(p) for p in item["loc"]), item["msg"]) for item in error.errors()]
+        raise ConfigError(problems) from None
