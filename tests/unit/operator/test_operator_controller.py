@@ -6,6 +6,8 @@ import time
 from datetime import timedelta
 from typing import Any
 
+import urllib3
+
 from sft_operator import render
 from sft_operator.api import Metrics, Progress, SFTJob, SFTJobStatus
 from sft_operator.controller import Controller, Settings, is_active, needs_resync, pod_waves, status_patch
@@ -189,4 +191,50 @@ def test_children_of_another_owner_are_never_taken_as_the_jobs_own() -> None:
     controller.recorder.shutdown(wait=True)
     reasons = [what for verb, what, _, _ in kube.calls if verb == "event"]
     assert "WaitingForOldChildren" in reasons and "ForeignPod" in reasons
+    controller.stop()
+
+
+class LostResponseKube(RecordingKube):
+    """The API server stores rank 1's pod, then the connection drops before the answer (a restart)."""
+
+    def __init__(self) -> None:
+        super().__init__(patch_seconds=0.0)
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.deleted: list[str] = []
+        self.lost = False
+
+    def create(self, obj: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
+        created = super().create(obj, dry_run)
+        if obj["kind"] == "Pod":
+            self.pods[obj["metadata"]["name"]] = created
+            if obj["metadata"]["name"] == "demo-node-1" and not self.lost:
+                self.lost = True
+                raise urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError(104, "reset"))
+        return created
+
+    def find_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.pods.get(name)
+
+    def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        self.deleted.append(name)
+
+
+def test_a_pod_whose_create_had_no_answer_is_read_back_before_the_next_decision() -> None:
+    """A lost create response must not make the gang look broken: deciding from a store without rank 1
+    restarted the gang and created attempt 1 beside the unseen attempt-0 pod (the soak's overlap)."""
+    kube = LostResponseKube()
+    controller = Controller(kube, Settings())  # type: ignore[arg-type]
+    controller.store.put_job({**manifest(), "metadata": {**manifest()["metadata"], "resourceVersion": "1"}})
+    controller.synced.set()
+    key = ("team-a", "demo")
+    controller.reconcile(key)  # rank 1's answer is lost: no error, the job is looked at again soon
+    assert controller.queue.get(timeout=3) == key
+    controller.queue.done(key)
+    controller.reconcile(key)
+    assert {view.name for view in controller.store.pods(key)} == {"demo-node-0", "demo-node-1"}
+    assert kube.deleted == [], "the gang is whole: nothing to tear down"
+    created = [what for verb, what, _, _ in kube.calls if verb == "create" and what.startswith("Pod/")]
+    assert sorted(created) == ["Pod/demo-node-0", "Pod/demo-node-1"], "no second attempt beside the first"
+    record = controller.store.job(key)
+    assert record is not None and record.raw["status"].get("restarts", 0) == 0
     controller.stop()
