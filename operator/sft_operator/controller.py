@@ -227,7 +227,8 @@ class Controller:
         self._supported: dict[Key, str] = {}  # job -> uid whose Service, ConfigMap, RBAC exist
         self._memory: dict[Key, Memory] = {}  # what the last creates of a job's gang met
         self._spec_checks: dict[Key, tuple[str, str, Refusal | None]] = {}  # (uid, template hash, refusal)
-        self._unverified: dict[Key, set[str]] = {}  # pods whose create may have happened unseen (outcome_unknown)
+        self._unverified: dict[Key, dict[str, tuple[int, int]]] = {}  # pod name -> (attempt, rank): outcome_unknown
+        self._uncreated: dict[Key, tuple[str, int, frozenset[int]]] = {}  # (uid, attempt, ranks) read back absent
         self._record_writable = True
         self._reported: dict[str, None] = {}  # foreign pod uids already reported in an Event (ordered, bounded)
         self._leading = False
@@ -309,8 +310,10 @@ class Controller:
     def _verify(self, key: Key) -> bool:
         """Read back the pods whose create had an unknown outcome (stored if they exist); False while
         that cannot be done (the API server is still away): the job is not decided until it is."""
-        names = self._unverified.get(key, set())
-        for name in sorted(names):
+        names = self._unverified.get(key, {})
+        record = self.store.job(key)
+        uid = "" if record is None else str(record.raw["metadata"].get("uid"))
+        for name, (attempt, rank) in sorted(names.items()):
             try:
                 found = self.kube.find_pod(key[0], name)
             except Exception as error:
@@ -318,7 +321,11 @@ class Controller:
                 return False
             if found is not None:
                 self.store.put_pod(found)
-            names.discard(name)
+            elif not self.store.had_pods_named(key, name):
+                before = self._uncreated.get(key)
+                ranks = before[2] if before is not None and before[:2] == (uid, attempt) else frozenset()
+                self._uncreated[key] = (uid, attempt, ranks | {rank})
+            del names[name]
         self._unverified.pop(key, None)
         return True
 
@@ -328,7 +335,9 @@ class Controller:
         memory = self._memory.get(key)
         if memory is not None and (memory.uid, memory.attempt) != (uid, attempt):
             memory = None
+        uncreated = self._uncreated.get(key)
         return Observed(
+            uncreated=uncreated[2] if uncreated is not None and uncreated[:2] == (uid, attempt) else frozenset(),
             had_pods=self.store.had_pods(key, attempt),
             held_by_others=memory.held if memory else (),
             refusal=memory.refusal if memory else None,
@@ -483,6 +492,7 @@ class Controller:
             if not self._settled(key, job, [item for item in outcomes if not isinstance(item[1], dict)], own_account):
                 return
         self._memory.pop(key, None)
+        self._uncreated.pop(key, None)
 
     def _create_wave(self, key: Key, wave: list[Object]) -> list[tuple[Object, Object | Exception | None]]:
         """Create one wave of pods concurrently; each with what its create returned or raised. Every
@@ -496,11 +506,13 @@ class Controller:
                 log.warning("%s/%s: create of pod %s had no answer: %s", *key, obj["metadata"]["name"], error)
                 outcomes.append((obj, error))
         for obj, outcome in outcomes:
+            labels = obj["metadata"]["labels"]
             if isinstance(outcome, dict):
                 self.store.put_pod(outcome)
                 metrics.PODS_CREATED.inc()
             elif outcome_unknown(obj, outcome):
-                self._unverified.setdefault(key, set()).add(obj["metadata"]["name"])
+                where = (int(labels[render.LABEL_ATTEMPT]), int(labels[render.LABEL_RANK]))
+                self._unverified.setdefault(key, {})[obj["metadata"]["name"]] = where
         return outcomes
 
     def _created(self, key: Key, job: SFTJob, objects: list[Object]) -> bool:
@@ -593,6 +605,7 @@ class Controller:
         self._memory.pop(key, None)
         self._spec_checks.pop(key, None)
         self._unverified.pop(key, None)
+        self._uncreated.pop(key, None)
 
     # --- the resync loop --------------------------------------------------------------------------
 
