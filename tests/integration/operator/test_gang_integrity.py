@@ -290,6 +290,6 @@ def test_randomized_fault_soak(
             record.write(summary_json(summary) + "\n")
     assert not summary.stuck, summary.stuck
     assert not summary.violations, summary.violations
-    assert summary.pods == summary.expected_pods, table
+    assert summary.pods == summary.expected_pods, f"{table}\n{summary.short_attempts}"
     assert not orphans, orphans
     assert soak_job("x", 1, 1)["spec"]["runPolicy"]["backoffLimit"] > summary.restarts
