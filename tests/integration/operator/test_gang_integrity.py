@@ -43,6 +43,24 @@ SOAK_RECORD = os.environ.get("KUBE_SFT_SOAK_RECORD")  # a file to append each ru
 SOAK_REAL = os.environ.get("KUBE_SFT_SOAK_REAL_TRAINER") == "1"  # one real-trainer job per run (the long soak)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def sftjobs_served(kube_cluster: ControlPlane, installed_chart: str, sft_namespace: str) -> None:
+    """Wait until the API server serves SFTJob creates: on a loaded machine it answers 503 "Resource kind
+    ... not found" for a while after the CRD is Established (cases 1 and 3 failed on their first create)."""
+    body = sftjob("served", script("pass"))
+
+    def served() -> bool:
+        try:
+            custom(kube_cluster).create_namespaced_custom_object(
+                GROUP, VERSION, sft_namespace, PLURAL, body, dry_run="All"
+            )
+        except ApiException as error:
+            return error.status != 503
+        return True
+
+    wait_until(served, 120, "SFTJob creates served", interval=0.5)
+
+
 @pytest.fixture(scope="module")
 def gang_namespaces(kube_cluster: ControlPlane, installed_chart: str) -> Iterator[list[str]]:
     """Three namespaces with the chart's peering object and RoleBinding in each (as `watchNamespaces`
