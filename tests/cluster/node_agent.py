@@ -913,11 +913,18 @@ class NodeAgent:
             code = self._kill(run, grace)
             self._finish(pod, run, code, reason="Error" if code else "Completed")
         body = {"gracePeriodSeconds": 0, "preconditions": {"uid": pod.metadata.uid}}
-        try:
-            self.v1.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, body=body)
-        except ApiException as exc:
-            if exc.status not in (404, 409):
+        delay = 0.25
+        while True:  # retried while the API server is away: else the pod stays Terminating for ever
+            try:
+                self.v1.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, body=body)
+                return
+            except Exception as exc:
+                if isinstance(exc, ApiException) and exc.status in (404, 409):
+                    return
                 log.warning("final delete of %s/%s failed: %s", pod.metadata.namespace, pod.metadata.name, exc)
+                if not transient_api_error(exc) or self._stop.wait(delay):
+                    return
+            delay = min(delay * 2, 4.0)
 
     def _kill(self, run: PodRun, grace: float) -> int:
         """SIGTERM the pod's process group, SIGKILL after grace seconds; return the exit code."""
