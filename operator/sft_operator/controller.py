@@ -478,7 +478,15 @@ class Controller:
         results = [(obj, future.result()) for obj, future in supporting.started]
         if not self._settled(key, job, results, own_account) or not self._created(key, job, supporting.second):
             return
-        ranks = missing_ranks(self.store.pods(key), attempt, job.spec.resources.num_nodes)
+        missing = missing_ranks(self.store.pods(key), attempt, job.spec.resources.num_nodes)
+        names = render.Names(job.metadata.name)
+        # Never a name this operator ever stored (a rank is never re-created): the store may have lost the
+        # pod between the decision and now (a DELETED event); the next decision then restarts the gang.
+        ranks = [rank for rank in missing if not self.store.had_pods_named(key, names.pod(rank, attempt))]
+        if len(ranks) < len(missing):
+            log.warning("%s/%s: ranks %s of attempt %d existed already: not re-created", *key,
+                        sorted(set(missing) - set(ranks)), attempt)  # fmt: skip
+            self.queue.add(key)
         pods = [render.pod(job, rank, self.settings.trainer_image) for rank in ranks]
         held = held_pod_names(pods, self.store.foreign(key))
         if held:

@@ -11,7 +11,7 @@ import urllib3
 
 from sft_operator import render
 from sft_operator.api import Metrics, Progress, SFTJob, SFTJobStatus
-from sft_operator.controller import Controller, Settings, is_active, needs_resync, pod_waves, status_patch
+from sft_operator.controller import Controller, Settings, Supporting, is_active, needs_resync, pod_waves, status_patch
 from sft_operator.policy import gang_breach
 from sft_operator.status import Event, pod_view
 from tests.unit.operator.builders import NOW, manifest
@@ -260,3 +260,25 @@ def test_a_rank_never_created_is_not_missing_but_one_seen_is() -> None:
     )
     failure = gang_breach([rank0, deleting], 0, 2, True, NOW, uncreated=frozenset({1}))
     assert failure is not None and failure.rank == 1  # a rank seen being deleted was created: the gang is broken
+
+
+def test_a_pod_name_ever_stored_is_never_created_again() -> None:
+    """The store may drop a pod (its DELETED event) between a decision to create the gang's missing
+    ranks and the creates: the rank it had is not re-created (short soak seed 11: rank 0 of attempt 2
+    created twice); the job is queued for a new decision."""
+    kube = RecordingKube(patch_seconds=0.0)
+    controller = Controller(kube, Settings())  # type: ignore[arg-type]
+    raw = {**manifest(), "metadata": {**manifest()["metadata"], "resourceVersion": "1", "uid": "job-uid"}}
+    controller.store.put_job(raw)
+    key = ("team-a", "demo")
+    job = SFTJob.model_validate(raw)
+    controller._supported[key] = "job-uid"
+    rank0 = render.pod(job, 0)
+    rank0["metadata"].update(uid="p0", resourceVersion="2")
+    controller.store.put_pod(rank0)
+    controller.store.drop_pod(rank0)
+    controller._create_gang(job, Supporting())
+    created = [what for verb, what, _, _ in kube.calls if verb == "create"]
+    assert created == ["Pod/demo-node-1"]
+    assert controller.queue.get(timeout=3) == key
+    controller.stop()
