@@ -140,6 +140,9 @@ class Store:
         self._pods: dict[Key, dict[str, PodRecord]] = {}
         self._gone: dict[Key, list[str]] = {}  # uids of deleted pods: a late create response must not revive one
         self._attempts: dict[Key, dict[str, set[int]]] = {}  # owner uid -> attempts a pod was seen of
+        self._names: dict[
+            Key, dict[str, set[str]]
+        ] = {}  # owner uid -> pod names seen (a rank created once is never re-created)
         self._deleted_at: dict[str, float] = {}  # uid -> when this operator deleted it (until it is gone)
 
     # --- jobs -----------------------------------------------------------------------------------
@@ -154,6 +157,7 @@ class Store:
             uid = str((raw.get("metadata") or {}).get("uid") or "")
             if stored is not None and stored.raw["metadata"].get("uid") != uid:
                 self._attempts.pop(key, None)  # a new job with an old job's name: nothing of its own seen yet
+                self._names.pop(key, None)
             self._jobs[key] = JobRecord(slim_job(raw), seen)
             return True
 
@@ -169,6 +173,7 @@ class Store:
             self._pods.pop(key, None)
             self._gone.pop(key, None)
             self._attempts.pop(key, None)
+            self._names.pop(key, None)
 
     def job_keys(self) -> list[Key]:
         """Every stored job."""
@@ -201,6 +206,7 @@ class Store:
             pods[name] = PodRecord(view, seen)
             if view.name == Names(key[1]).pod(view.rank, view.attempt):
                 self._attempts.setdefault(key, {}).setdefault(view.owner, set()).add(view.attempt)
+                self._names.setdefault(key, {}).setdefault(view.owner, set()).add(view.name)
             return key
 
     def drop_pod(self, raw: Object) -> Key | None:
@@ -268,6 +274,12 @@ class Store:
             owner = self._owner(key)
             return owner is not None and attempt in self._attempts.get(key, {}).get(owner, set())
 
+    def had_pods_named(self, key: Key, name: str) -> bool:
+        """Whether a pod of that name of the stored job was ever stored (seen, created, or deleted since)."""
+        with self._lock:
+            owner = self._owner(key)
+            return owner is not None and name in self._names.get(key, {}).get(owner, set())
+
     # --- the periodic full list -------------------------------------------------------------------
 
     def replace_jobs(self, pages: Iterable[Page]) -> list[Key]:
@@ -289,6 +301,7 @@ class Store:
                     self._jobs.pop(key)
                     self._pods.pop(key, None)
                     self._attempts.pop(key, None)
+                    self._names.pop(key, None)
         return changed
 
     def replace_pods(self, pages: Iterable[Page]) -> set[Key]:

@@ -156,6 +156,24 @@ def held_pod_names(pods: list[Object], foreign: list[PodView]) -> list[str]:
     return [f"Pod/{pod['metadata']['name']}" for pod in pods if pod["metadata"]["name"] in taken]
 
 
+def outcome_unknown(obj: Object, outcome: object) -> bool:
+    """Whether a pod create may have happened although the operator did not learn so: the connection
+    was lost (the API server or etcd restarting), the server failed (5xx: the write may still have
+    been committed), or the name exists already (409: it may be this create's own pod, from a try
+    whose response was lost). Such a pod is read back before the job is decided again: a decision
+    from a store without it would start the next attempt beside it, or re-create its rank."""
+    if obj["kind"] != "Pod" or isinstance(outcome, dict):
+        return False
+    if isinstance(outcome, ApiException):
+        return outcome.status is None or outcome.status >= 500
+    return True  # None (409, a pod's is not read back) or a connection error
+
+
+def unanswered(outcome: object) -> bool:
+    """A create that raised without an answer from the API server (a lost connection, no status)."""
+    return isinstance(outcome, Exception) and not (isinstance(outcome, ApiException) and outcome.status is not None)
+
+
 def refusal_of(obj: Object, error: ApiException, own_service_account: str) -> Refusal:
     """A refused create as the decision sees it: the API server's own message, classified."""
     try:
@@ -209,6 +227,8 @@ class Controller:
         self._supported: dict[Key, str] = {}  # job -> uid whose Service, ConfigMap, RBAC exist
         self._memory: dict[Key, Memory] = {}  # what the last creates of a job's gang met
         self._spec_checks: dict[Key, tuple[str, str, Refusal | None]] = {}  # (uid, template hash, refusal)
+        self._unverified: dict[Key, dict[str, tuple[int, int]]] = {}  # pod name -> (attempt, rank): outcome_unknown
+        self._uncreated: dict[Key, tuple[str, int, frozenset[int]]] = {}  # (uid, attempt, ranks) read back absent
         self._record_writable = True
         self._access_checkable = True
         self._reported: dict[str, None] = {}  # foreign pod uids already reported in an Event (ordered, bounded)
@@ -279,6 +299,9 @@ class Controller:
             self._refuse(raw, error)
             return
         job = job.model_copy(update={"status": trusted_status(job)})
+        if not self._verify(key):
+            self.queue.add_after(key, HELD_RETRY_SECONDS)
+            return
         pods = self.store.pods(key)
         self._report_foreign(raw, key)
         now, observed = datetime.now(UTC).replace(microsecond=0), self._observed(key, job, pods)
@@ -288,13 +311,37 @@ class Controller:
         self.apply(raw, job, plan)
         record.release_model()
 
+    def _verify(self, key: Key) -> bool:
+        """Read back the pods whose create had an unknown outcome (stored if they exist); False while
+        that cannot be done (the API server is still away): the job is not decided until it is."""
+        names = self._unverified.get(key, {})
+        record = self.store.job(key)
+        uid = "" if record is None else str(record.raw["metadata"].get("uid"))
+        for name, (attempt, rank) in sorted(names.items()):
+            try:
+                found = self.kube.find_pod(key[0], name)
+            except Exception as error:
+                log.info("%s/%s: pod %s, whose create had no answer, cannot be read yet: %s", *key, name, error)
+                return False
+            if found is not None:
+                self.store.put_pod(found)
+            elif not self.store.had_pods_named(key, name):
+                before = self._uncreated.get(key)
+                ranks = before[2] if before is not None and before[:2] == (uid, attempt) else frozenset()
+                self._uncreated[key] = (uid, attempt, ranks | {rank})
+            del names[name]
+        self._unverified.pop(key, None)
+        return True
+
     def _observed(self, key: Key, job: SFTJob, pods: list[PodView]) -> Observed:
         """What this operator knows about the job beyond its pods (see status.Observed)."""
         uid, attempt = job.metadata.uid, job.status.attempt
         memory = self._memory.get(key)
         if memory is not None and (memory.uid, memory.attempt) != (uid, attempt):
             memory = None
+        uncreated = self._uncreated.get(key)
         return Observed(
+            uncreated=uncreated[2] if uncreated is not None and uncreated[:2] == (uid, attempt) else frozenset(),
             had_pods=self.store.had_pods(key, attempt),
             held_by_others=memory.held if memory else (),
             refusal=memory.refusal if memory else None,
@@ -450,21 +497,50 @@ class Controller:
         results = [(obj, future.result()) for obj, future in supporting.started]
         if not self._settled(key, job, results, own_account) or not self._created(key, job, supporting.second):
             return
-        ranks = missing_ranks(self.store.pods(key), attempt, job.spec.resources.num_nodes)
+        missing = missing_ranks(self.store.pods(key), attempt, job.spec.resources.num_nodes)
+        names = render.Names(job.metadata.name)
+        # Never a name this operator ever stored (a rank is never re-created): the store may have lost the
+        # pod between the decision and now (a DELETED event); the next decision then restarts the gang.
+        ranks = [rank for rank in missing if not self.store.had_pods_named(key, names.pod(rank, attempt))]
+        if len(ranks) < len(missing):
+            log.warning("%s/%s: ranks %s of attempt %d existed already: not re-created", *key,
+                        sorted(set(missing) - set(ranks)), attempt)  # fmt: skip
+            self.queue.add(key)
         pods = [render.pod(job, rank, self.settings.trainer_image) for rank in ranks]
         held = held_pod_names(pods, self.store.foreign(key))
         if held:
             self._hold(key, uid, attempt, held)
             return
         for wave in pod_waves([], pods, attempt):
-            outcomes = list(zip(wave, self.creator.map(self._try_create, wave), strict=True))
-            for _, created in outcomes:
-                if isinstance(created, dict):
-                    self.store.put_pod(created)
-                    metrics.PODS_CREATED.inc()
+            outcomes = self._create_wave(key, wave)
+            if any(unanswered(outcome) for _, outcome in outcomes):
+                self.queue.add_after(key, HELD_RETRY_SECONDS)  # a create had no answer: read it back first
+                return
             if not self._settled(key, job, [item for item in outcomes if not isinstance(item[1], dict)], own_account):
                 return
         self._memory.pop(key, None)
+        self._uncreated.pop(key, None)
+
+    def _create_wave(self, key: Key, wave: list[Object]) -> list[tuple[Object, Object | Exception | None]]:
+        """Create one wave of pods concurrently; each with what its create returned or raised. Every
+        pod created is stored; a pod whose create had an unknown outcome is to be read back."""
+        futures = [self.creator.submit(self._try_create, obj) for obj in wave]
+        outcomes: list[tuple[Object, Object | Exception | None]] = []
+        for obj, future in zip(wave, futures, strict=True):
+            try:
+                outcomes.append((obj, future.result()))
+            except Exception as error:  # the connection was lost: the pod may exist
+                log.warning("%s/%s: create of pod %s had no answer: %s", *key, obj["metadata"]["name"], error)
+                outcomes.append((obj, error))
+        for obj, outcome in outcomes:
+            labels = obj["metadata"]["labels"]
+            if isinstance(outcome, dict):
+                self.store.put_pod(outcome)
+                metrics.PODS_CREATED.inc()
+            elif outcome_unknown(obj, outcome):
+                where = (int(labels[render.LABEL_ATTEMPT]), int(labels[render.LABEL_RANK]))
+                self._unverified.setdefault(key, {})[obj["metadata"]["name"]] = where
+        return outcomes
 
     def _created(self, key: Key, job: SFTJob, objects: list[Object]) -> bool:
         """Create the supporting objects that need the first wave (the RoleBinding); True when all are
@@ -493,8 +569,10 @@ class Controller:
                 self.queue.add(key)
                 return False
         found = [(obj, outcome) for obj, outcome in results if not isinstance(outcome, ApiException)]
+        # A pod answered 409 is not held: it may be this job's own (a create whose response was lost);
+        # the store shows it soon, or the gang is incomplete and restarts whole. Foreign pods holding a
+        # name are caught before any create (held_pod_names).
         held = [name for name in foreign_names(found, uid) if not name.startswith("Pod/")]
-        held += [f"Pod/{obj['metadata']['name']}" for obj, outcome in found if obj["kind"] == "Pod" and outcome is None]
         if held:
             self._hold(key, uid, attempt, held)
             return False
@@ -553,6 +631,8 @@ class Controller:
         self._supported.pop(key, None)
         self._memory.pop(key, None)
         self._spec_checks.pop(key, None)
+        self._unverified.pop(key, None)
+        self._uncreated.pop(key, None)
 
     # --- the resync loop --------------------------------------------------------------------------
 

@@ -100,6 +100,12 @@ class Kube:
                 lambda ns=namespace, **kw: self.core.list_namespaced_pod(ns, label_selector=LABEL_JOB, **kw)
             )
 
+    def find_pod(self, namespace: str, name: str) -> Object | None:
+        """The pod of that name as stored now, or None (a list by name: the operator may list pods, not get them)."""
+        body = _json(self.core.list_namespaced_pod(namespace, field_selector=f"metadata.name={name}", **RAW))
+        items: list[Object] = body.get("items") or []
+        return items[0] if items else None
+
     def create(self, obj: Object, dry_run: bool = False) -> Object | None:
         """Create a child; the object as created. When one of that name exists already (409): that
         object as read back, for the caller to check whose it is (None for a Pod, or when it went

@@ -184,7 +184,14 @@ def pods_to_clean(pods: list[PodView], clean_pod_policy: str) -> list[PodView]:
 # --- the gang rule ---------------------------------------------------------------------------------
 
 
-def gang_breach(pods: list[PodView], attempt: int, num_nodes: int, had_pods: bool, now: datetime) -> Failure | None:
+def gang_breach(
+    pods: list[PodView],
+    attempt: int,
+    num_nodes: int,
+    had_pods: bool,
+    now: datetime,
+    uncreated: frozenset[int] = frozenset(),
+) -> Failure | None:
     """The one gang-integrity rule: every member of a started attempt is alive and of that attempt.
 
     `pods` are the job's own pods (owner reference uid = the job's uid) of every attempt. An attempt
@@ -192,12 +199,16 @@ def gang_breach(pods: list[PodView], attempt: int, num_nodes: int, had_pods: boo
     A started attempt with a rank missing or being deleted, a rank outside the gang, or a live pod of
     another attempt beside it, is broken: the whole gang restarts as the next attempt. A rank is never
     re-created alone. An attempt with no pod at all, never started, is created whole.
+
+    `uncreated`: ranks of this attempt whose create got no answer and which the API server, read
+    back, does not have: never created, so not missing from the gang; their creates are finished.
     """
     current = [pod for pod in pods if pod.attempt == attempt]
     if not current and not had_pods:
         return None
     live = {pod.rank for pod in current if not pod.deleting}
-    missing = [rank for rank in range(num_nodes) if rank not in live]
+    seen = {pod.rank for pod in current}
+    missing = [rank for rank in range(num_nodes) if rank not in live and (rank in seen or rank not in uncreated)]
     outside = sorted(pod.name for pod in current if not 0 <= pod.rank < num_nodes)
     others = sorted(pod.name for pod in pods if pod.attempt != attempt and not pod.deleting)
     if missing:

@@ -64,6 +64,9 @@ class Observed:
     """The API server refuses the pods of the edited spec (a dry-run create): the running gang is kept."""
     access_refusal: Refusal | None = None
     """The job's creator lacks a right the job uses (asked before any create): the job fails, no children."""
+    uncreated: frozenset[int] = frozenset()
+    """Ranks of the current attempt whose create got no answer and that the API server, read back,
+    does not have (never created): the attempt's creates are finished, not counted as a broken gang."""
 
 
 @dataclass
@@ -463,7 +466,9 @@ def _active(plan: Plan, job: SFTJob, pods: list[PodView], now: datetime, observe
     # operator knows the creates are held back: a gang found with no pod left restarts whole, even
     # after a fail-over whose store never saw the pods that were deleted meanwhile.
     started = observed.had_pods or not observed.held_by_others
-    failure = failure or policy.gang_breach(pods, status.attempt, spec.resources.num_nodes, started, now)
+    failure = failure or policy.gang_breach(
+        pods, status.attempt, spec.resources.num_nodes, started, now, observed.uncreated
+    )
     if failure is None and not current:  # nothing of this attempt exists yet: create it, if not stuck
         stuck = policy.gang_start_timeout([], status, spec.run_policy, False, False, now)
         if stuck is not None:
@@ -503,6 +508,7 @@ def _active(plan: Plan, job: SFTJob, pods: list[PodView], now: datetime, observe
         plan.events.append(Event("Normal", "SpecChanged", status.message))
         return
     _progress_phase(status, current, spec.resources.num_nodes)
+    plan.create_pods = bool(observed.uncreated & set(missing_ranks(current, status.attempt, spec.resources.num_nodes)))
     if changed and observed.spec_refusal is not None:
         refused = policy.refusal_failure(observed.spec_refusal, now)
         status.reason = "SpecChangeRefused"

@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import kubernetes
+import urllib3
 from kubernetes.client import ApiException
 
 from tests.cluster.local_volumes import LocalVolumeProvisioner
@@ -99,6 +100,14 @@ MAX_GRACE_SECONDS = 30
 RESOLVED_ENV = ("MASTER_ADDR",)
 POD_EXEC = Path(__file__).with_name("pod_exec.py")
 KUBERNETES_SERVICE_NAME = "kubernetes.default.svc"
+
+
+def transient_api_error(exc: Exception) -> bool:
+    """An API call that failed because the API server (or etcd behind it) is down, restarting or
+    overloaded: a connection error, 429 or a 5xx. Such a call is retried, as the kubelet retries."""
+    if isinstance(exc, ApiException):
+        return exc.status is None or exc.status == 429 or exc.status >= 500
+    return isinstance(exc, (OSError, urllib3.exceptions.HTTPError))
 
 
 def mount_namespaces_work() -> bool:
@@ -450,6 +459,10 @@ class NodeAgent:
                 if str(exc) != reported:
                     reported = str(exc)
                     self._patch_status(run, self._waiting_status(pod, reason, reported))
+            except Exception as exc:  # the API server is restarting: the kubelet retries, the pod waits
+                if not transient_api_error(exc):
+                    raise
+                log.warning("pod %s/%s waits for the API server: %s", run.namespace, run.name, exc)
             if run.deleting or self._stop.wait(1.0):
                 raise DeletedWhileWaitingError(run.name)
 
@@ -799,12 +812,25 @@ class NodeAgent:
 
     # ----- status ---------------------------------------------------------------------------
 
-    def _patch_status(self, run: PodRun, body: dict[str, Any]) -> None:
-        try:
-            self.v1.patch_namespaced_pod_status(run.name, run.namespace, body)
-        except ApiException as exc:
-            if exc.status != 404:
-                log.warning("status patch of %s/%s failed: %s", run.namespace, run.name, exc)
+    def _patch_status(self, run: PodRun, body: dict[str, Any], final: bool = False) -> None:
+        """Write a pod status; while the API server is unreachable or restarting, try again (as the
+        kubelet's status manager re-syncs) until it is written, the pod is gone or the agent stops.
+        A non-final status is given up once the pod has finished (the terminal status supersedes it)."""
+        delay = 0.25
+        while True:
+            try:
+                self.v1.patch_namespaced_pod_status(run.name, run.namespace, body)
+                return
+            except Exception as exc:
+                if isinstance(exc, ApiException) and exc.status == 404:
+                    return
+                if not transient_api_error(exc):
+                    log.warning("status patch of %s/%s failed: %s", run.namespace, run.name, exc)
+                    return
+                log.warning("status patch of %s/%s failed (again in %.1fs): %s", run.namespace, run.name, delay, exc)
+            if (not final and run.finished) or self._stop.wait(delay):
+                return
+            delay = min(delay * 2, 4.0)
 
     def _running_status(
         self, pod: Any, run: PodRun, state: dict[str, Any] | None = None, ready: bool = True
@@ -862,7 +888,7 @@ class NodeAgent:
         if init_name is not None:
             body["status"]["initContainerStatuses"] = [{**status, "name": init_name}]
         run.finished = True
-        self._patch_status(run, body)
+        self._patch_status(run, body, final=True)
 
     def _termination_message(self, container: Any, run: PodRun, code: int) -> str:
         try:
@@ -887,11 +913,18 @@ class NodeAgent:
             code = self._kill(run, grace)
             self._finish(pod, run, code, reason="Error" if code else "Completed")
         body = {"gracePeriodSeconds": 0, "preconditions": {"uid": pod.metadata.uid}}
-        try:
-            self.v1.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, body=body)
-        except ApiException as exc:
-            if exc.status not in (404, 409):
+        delay = 0.25
+        while True:  # retried while the API server is away: else the pod stays Terminating for ever
+            try:
+                self.v1.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, body=body)
+                return
+            except Exception as exc:
+                if isinstance(exc, ApiException) and exc.status in (404, 409):
+                    return
                 log.warning("final delete of %s/%s failed: %s", pod.metadata.namespace, pod.metadata.name, exc)
+                if not transient_api_error(exc) or self._stop.wait(delay):
+                    return
+            delay = min(delay * 2, 4.0)
 
     def _kill(self, run: PodRun, grace: float) -> int:
         """SIGTERM the pod's process group, SIGKILL after grace seconds; return the exit code."""

@@ -366,6 +366,7 @@ class Summary:
     max_partial_job: str
     stuck: list[str]
     violations: list[str]
+    short_attempts: list[str] = field(default_factory=list)  # attempts with fewer pods than nodes
 
     def row(self) -> str:
         """One line of the summary table."""
@@ -711,6 +712,11 @@ class Soak:
             if pod.job_uid in ledger.jobs:  # others are orphans, reported as violations when seen
                 attempts_with_pods[pod.job_uid].add(pod.attempt)
         expected = sum(ledger.jobs[uid].nodes * len(attempts) for uid, attempts in attempts_with_pods.items())
+        per_attempt = Counter((pod.job_uid, pod.attempt) for pod in ledger.pods.values() if pod.job_uid in ledger.jobs)
+        short = [
+            f"{ledger.jobs[uid].namespace}/{ledger.jobs[uid].name} attempt {attempt}: {count} of {ledger.jobs[uid].nodes}"
+            for (uid, attempt), count in sorted(per_attempt.items()) if count != ledger.jobs[uid].nodes
+        ]  # fmt: skip
         for job in jobs:
             if job.final is None:
                 continue
@@ -740,6 +746,7 @@ class Soak:
             max_partial_job=ledger.max_partial_job,
             stuck=stuck,
             violations=violations,
+            short_attempts=short,
         )
 
     def clean_up_and_check_orphans(self, timeout: float = 180) -> list[str]:

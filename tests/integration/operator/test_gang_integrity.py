@@ -45,12 +45,26 @@ SOAK_REAL = os.environ.get("KUBE_SFT_SOAK_REAL_TRAINER") == "1"  # one real-trai
 
 @pytest.fixture(scope="module")
 def gang_namespaces(kube_cluster: ControlPlane, installed_chart: str) -> Iterator[list[str]]:
-    """Three namespaces with the chart's peering object in each (as `watchNamespaces` would make)."""
+    """Three namespaces with the chart's peering object and RoleBinding in each (as `watchNamespaces`
+    would make: the chart binds its namespaced rules in the watched namespaces only)."""
     v1 = core(kube_cluster)
+    rbac = kubernetes.client.RbacAuthorizationV1Api(kube_cluster.api_client())
+    account = operator_service_account(installed_chart)
+    system = f"{installed_chart.removeprefix('op-')}-system"
     names = [f"gang-{uuid.uuid4().hex[:5]}" for _ in range(3)]
     for name in names:
         v1.create_namespace({"metadata": {"name": name}})
         wait_until(partial(v1.read_namespaced_service_account, "default", name), 30, f"{name}/default")
+        binding = {
+            "metadata": {"name": account},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": f"{account}-namespaced",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": system}],
+        }
+        rbac.create_namespaced_role_binding(name, binding)
         peering = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": installed_chart}}
         custom(kube_cluster).create_namespaced_custom_object("kopf.dev", "v1", name, "kopfpeerings", peering)
     yield names
@@ -276,6 +290,6 @@ def test_randomized_fault_soak(
             record.write(summary_json(summary) + "\n")
     assert not summary.stuck, summary.stuck
     assert not summary.violations, summary.violations
-    assert summary.pods == summary.expected_pods, table
+    assert summary.pods == summary.expected_pods, f"{table}\n{summary.short_attempts}"
     assert not orphans, orphans
     assert soak_job("x", 1, 1)["spec"]["runPolicy"]["backoffLimit"] > summary.restarts

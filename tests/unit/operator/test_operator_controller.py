@@ -6,10 +6,14 @@ import time
 from datetime import timedelta
 from typing import Any
 
+import pytest
+import urllib3
+
 from sft_operator import render
 from sft_operator.api import Metrics, Progress, SFTJob, SFTJobStatus
-from sft_operator.controller import Controller, Settings, is_active, needs_resync, pod_waves, status_patch
-from sft_operator.status import Event
+from sft_operator.controller import Controller, Settings, Supporting, is_active, needs_resync, pod_waves, status_patch
+from sft_operator.policy import gang_breach
+from sft_operator.status import Event, pod_view
 from tests.unit.operator.builders import NOW, manifest
 
 
@@ -189,4 +193,92 @@ def test_children_of_another_owner_are_never_taken_as_the_jobs_own() -> None:
     controller.recorder.shutdown(wait=True)
     reasons = [what for verb, what, _, _ in kube.calls if verb == "event"]
     assert "WaitingForOldChildren" in reasons and "ForeignPod" in reasons
+    controller.stop()
+
+
+class LostResponseKube(RecordingKube):
+    """The API server stores rank 1's pod, then the connection drops before the answer (a restart)."""
+
+    def __init__(self, stored: bool = True) -> None:
+        super().__init__(patch_seconds=0.0)
+        self.stored = stored  # False: the connection dropped before the API server stored the pod
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.deleted: list[str] = []
+        self.lost = False
+
+    def create(self, obj: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
+        lose = obj["kind"] == "Pod" and obj["metadata"]["name"] == "demo-node-1" and not self.lost
+        if lose and not self.stored:
+            self.lost = True
+            raise urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError(104, "reset"))
+        created = super().create(obj, dry_run)
+        if obj["kind"] == "Pod":
+            self.pods[obj["metadata"]["name"]] = created
+        if lose:
+            self.lost = True
+            raise urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError(104, "reset"))
+        return created
+
+    def find_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.pods.get(name)
+
+    def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        self.deleted.append(name)
+
+
+@pytest.mark.parametrize("stored", [True, False], ids=["created-answer-lost", "never-created"])
+def test_a_pod_whose_create_had_no_answer_is_read_back_before_the_next_decision(stored: bool) -> None:
+    """A lost create response must not make the gang look broken: deciding from a store without rank 1
+    restarted the gang and created attempt 1 beside the unseen attempt-0 pod (the soak's overlap).
+    Read back absent, rank 1 was never created: the attempt's creates are finished (a gang of fewer
+    pods than nodes was torn down before)."""
+    kube = LostResponseKube(stored)
+    controller = Controller(kube, Settings())  # type: ignore[arg-type]
+    controller.store.put_job({**manifest(), "metadata": {**manifest()["metadata"], "resourceVersion": "1"}})
+    controller.synced.set()
+    key = ("team-a", "demo")
+    controller.reconcile(key)  # rank 1's answer is lost: no error, the job is looked at again soon
+    assert controller.queue.get(timeout=3) == key
+    controller.queue.done(key)
+    controller.reconcile(key)
+    assert {view.name for view in controller.store.pods(key)} == {"demo-node-0", "demo-node-1"}
+    assert kube.deleted == [], "the gang is whole: nothing to tear down"
+    created = [what for verb, what, _, _ in kube.calls if verb == "create" and what.startswith("Pod/")]
+    assert sorted(created) == ["Pod/demo-node-0", "Pod/demo-node-1"], "no second attempt beside the first"
+    record = controller.store.job(key)
+    assert record is not None and record.raw["status"].get("restarts", 0) == 0
+    controller.stop()
+
+
+def test_a_rank_never_created_is_not_missing_but_one_seen_is() -> None:
+    job = SFTJob.model_validate(manifest())
+    rank0 = pod_view({**render.pod(job, 0), "status": {"phase": "Running"}})
+    assert gang_breach([rank0], 0, 2, True, NOW, uncreated=frozenset({1})) is None
+    assert gang_breach([rank0], 0, 2, True, NOW) is not None  # rank 1 gone unseen: broken
+    deleting = pod_view(
+        {**render.pod(job, 1), "metadata": {**render.pod(job, 1)["metadata"], "deletionTimestamp": "x"}}
+    )
+    failure = gang_breach([rank0, deleting], 0, 2, True, NOW, uncreated=frozenset({1}))
+    assert failure is not None and failure.rank == 1  # a rank seen being deleted was created: the gang is broken
+
+
+def test_a_pod_name_ever_stored_is_never_created_again() -> None:
+    """The store may drop a pod (its DELETED event) between a decision to create the gang's missing
+    ranks and the creates: the rank it had is not re-created (short soak seed 11: rank 0 of attempt 2
+    created twice); the job is queued for a new decision."""
+    kube = RecordingKube(patch_seconds=0.0)
+    controller = Controller(kube, Settings())  # type: ignore[arg-type]
+    raw = {**manifest(), "metadata": {**manifest()["metadata"], "resourceVersion": "1", "uid": "job-uid"}}
+    controller.store.put_job(raw)
+    key = ("team-a", "demo")
+    job = SFTJob.model_validate(raw)
+    controller._supported[key] = "job-uid"
+    rank0 = render.pod(job, 0)
+    rank0["metadata"].update(uid="p0", resourceVersion="2")
+    controller.store.put_pod(rank0)
+    controller.store.drop_pod(rank0)
+    controller._create_gang(job, Supporting())
+    created = [what for verb, what, _, _ in kube.calls if verb == "create"]
+    assert created == ["Pod/demo-node-1"]
+    assert controller.queue.get(timeout=3) == key
     controller.stop()
