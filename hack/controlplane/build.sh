@@ -7,6 +7,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=versions.env
 source "$HERE/versions.env"
+# shellcheck source=../lib.sh
+source "$HERE/../lib.sh"
 CACHE="${KUBE_SFT_CACHE:-$HOME/.cache/kube-sft}"
 BIN="$CACHE/bin/$K8S_VERSION"
 START=$(date +%s)
@@ -102,17 +104,7 @@ install_helm() {
 # Debian packages: prometheus + promtool (the e2e Prometheus), iproute2 (`ip`: the node agent's pod
 # network namespaces) and util-linux (`unshare`: its per-pod mount namespaces).
 install_debian_packages() {
-    local missing=()
-    command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
-    command -v ip >/dev/null || missing+=(iproute2)
-    command -v unshare >/dev/null || missing+=(util-linux)
-    [ "${#missing[@]}" = 0 ] && return 0
-    MODE=cold
-    log "installing Debian packages: ${missing[*]}"
-    local sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo apt-get update -q >&2
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+    apt_install prometheus iproute2 util-linux
 }
 
 build_k8s

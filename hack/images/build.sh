@@ -16,6 +16,8 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 # shellcheck source=versions.env
 source "$HERE/versions.env"
+# shellcheck source=../lib.sh
+source "$HERE/../lib.sh"
 CACHE="${KUBE_SFT_CACHE:-$HOME/.cache/kube-sft}"
 OUT="$CACHE/images"
 PY="${KUBE_SFT_PYTHON:-$ROOT/.venv/bin/python}"
@@ -42,15 +44,7 @@ tree_hash() {
 }
 
 install_debian_packages() {
-    local missing=() tool
-    for tool in buildah mmdebstrap; do command -v "$tool" >/dev/null || missing+=("$tool"); done
-    [ "${#missing[@]}" = 0 ] && return 0
-    MODE=cold
-    log "installing Debian packages: ${missing[*]}"
-    local sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo apt-get update -q >&2
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+    apt_install buildah mmdebstrap
 }
 
 # The local base: Debian + python3 + pip as a rootfs tarball (the stand-in for python:*-slim-bookworm).

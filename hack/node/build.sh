@@ -10,6 +10,8 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 source "$HERE/../controlplane/versions.env"
 # shellcheck source=versions.env
 source "$HERE/versions.env"
+# shellcheck source=../lib.sh
+source "$HERE/../lib.sh"
 CACHE="${KUBE_SFT_CACHE:-$HOME/.cache/kube-sft}"
 K8S_BIN="$CACHE/bin/$K8S_VERSION"
 CONTAINERD_BIN="$CACHE/bin/containerd-$CONTAINERD_VERSION"
@@ -87,18 +89,8 @@ build_pause() {
 }
 
 install_debian_packages() {
-    local missing=() package
     # shellcheck disable=SC2086  # a list of names
-    for package in $NODE_DEBIAN_PACKAGES buildah gcc libc6-dev; do
-        dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
-    done
-    [ "${#missing[@]}" = 0 ] && return 0
-    MODE=cold
-    log "installing Debian packages: ${missing[*]}"
-    local sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo apt-get update -q >&2
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+    apt_install $NODE_DEBIAN_PACKAGES buildah gcc libc6-dev
 }
 
 install_debian_packages
