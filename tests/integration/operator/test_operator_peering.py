@@ -8,7 +8,7 @@ import pytest
 
 from tests.cluster.controlplane import ControlPlane
 from tests.integration.operator.conftest import Operator, wait_for
-from tests.integration.operator.test_operator_reconcile import create, pods, script, sftjob, status
+from tests.integration.operator.test_operator_reconcile import create, events, pods, script, sftjob, status
 
 pytestmark = pytest.mark.integration
 
@@ -36,8 +36,13 @@ def test_standby_takes_over_without_duplicates(
         create(kube_cluster, sft_namespace, sftjob("ha-two", script("time.sleep(600)")))
         wait_for(lambda: len(pods(kube_cluster, sft_namespace, "ha-two")) == 2, 60, "the standby to take over", other)
         wait_for(lambda: leading(other), 15, "the standby to report itself active", other)
-        assert len(pods(kube_cluster, sft_namespace, "ha-one")) == 2
-        assert status(kube_cluster, sft_namespace, "ha-one")["attempt"] == 0
+        survivors = [pod.metadata.name for pod in pods(kube_cluster, sft_namespace, "ha-one")]
+        attempt = status(kube_cluster, sft_namespace, "ha-one")["attempt"]
+        assert (len(survivors), attempt) == (2, 0), (
+            f"ha-one after the fail-over: pods {survivors}, attempt {attempt}\n"
+            f"events: {events(kube_cluster, sft_namespace, 'ha-one')}\n"
+            f"--- standby log ---\n{other.log()}\n--- killed replica log ---\n{active.log()}"
+        )
     finally:
         for replica in (operator, standby):
             replica.stop()
