@@ -213,7 +213,7 @@ def gang_breach(
     others = sorted(pod.name for pod in pods if pod.attempt != attempt and not pod.deleting)
     if missing:
         first = next((pod for pod in current if pod.rank == missing[0]), None)
-        gone = "is being deleted" if first is not None else "is missing"
+        gone = "is being deleted" if first is not None else "is missing (deleted, or its create was cut short)"
         return Failure(
             reason="PodDeleted",
             message=f"gang attempt {attempt} broken: the pod of rank {', '.join(map(str, missing))} {gone}; "

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from sft_operator.render import Names
 from tests.e2e.harness import (
     LABEL_JOB,
     RELEASE,
@@ -164,16 +165,22 @@ def test_killed_active_operator_hands_over_to_the_standby(
     )
     final = system.wait_phase("failover", {"Succeeded", "Failed"}, 300)
     assert final["phase"] == "Succeeded", system.diagnostics("failover")
-    assert final["restarts"] == 0 and final["attempt"] == 0, final
+    # The kill may land between the two pods' creates: the standby then finds a started gang with a
+    # rank missing and restarts it whole (never a rank created alone), once. Otherwise no restart.
+    assert final["attempt"] == final["restarts"] <= 1, final
+    if final["restarts"]:
+        assert final["lastFailure"]["reason"] == "PodDeleted" and "missing" in final["lastFailure"]["message"], final
+    names_by_attempt = [[Names("failover").pod(rank, attempt) for rank in (0, 1)] for attempt in (0, 1)]
     uid = system.get("failover")["metadata"]["uid"]  # type: ignore[index]
     pods = system.pods("failover")
     names = [p.metadata.name for p in pods]
-    assert len(names) == len(set(names)) and set(names) <= {"failover-node-0", "failover-node-1"}, names
+    assert len(names) == len(set(names)) and set(names) <= set(names_by_attempt[final["attempt"]]), names
     created = system.core.list_namespaced_event(
         system.namespace, field_selector="involvedObject.kind=Pod,reason=Scheduled"
     ).items
     scheduled = [e.involved_object.name for e in created if e.involved_object.name.startswith("failover-node-")]
-    assert sorted(scheduled) == ["failover-node-0", "failover-node-1"], f"pods scheduled: {scheduled}"
+    assert len(scheduled) == len(set(scheduled)), f"a pod scheduled twice: {scheduled}"
+    assert set(names_by_attempt[final["attempt"]]) <= set(scheduled), f"pods scheduled: {scheduled}"
     for pod in system.core.list_namespaced_pod(system.namespace).items:
         if pod.metadata.name.startswith("failover"):
             owners = [ref.uid for ref in pod.metadata.owner_references or []]
