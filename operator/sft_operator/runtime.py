@@ -95,14 +95,14 @@ def resolve(choice: Choice | None, raw: Object | None) -> Resolution:
         name=runtime.metadata.name,
         generation=runtime.metadata.generation,
         resource_version=runtime.metadata.resource_version,
-        default=choice.default,
+        is_default=choice.default,
     )
     return Resolution(defaults=runtime.spec, applied=applied, reason=RUNTIME_APPLIED)
 
 
 def describe(applied: AppliedRuntime) -> str:
     """One line naming the runtime an attempt got (the condition's message)."""
-    chosen = f"the operator's default runtime ({DEFAULT_FLAG})" if applied.default else REF_FIELD
+    chosen = f"the operator's default runtime ({DEFAULT_FLAG})" if applied.is_default else REF_FIELD
     return (
         f"{RUNTIME_KIND} {applied.name!r} (generation {applied.generation}, resourceVersion "
         f"{applied.resource_version}) from {chosen} applied to attempt {applied.attempt}"

@@ -386,7 +386,7 @@ class AppliedRuntime(K8sModel):
     resource_version: ShortString = ""
     attempt: int = 0
     """The gang attempt it was resolved for (a later edit of the runtime reaches the next attempt only)."""
-    default: bool = False
+    is_default: bool = False
     """Chosen as the operator's default runtime (the job has no spec.runtimeRef)."""
 
 

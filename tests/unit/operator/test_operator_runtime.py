@@ -10,6 +10,7 @@ from sft_operator import render
 from sft_operator.api import SFTJob
 from sft_operator.api import crd as crd_module
 from sft_operator.api.admission import required_access
+from sft_operator.api.models import AppliedRuntime
 from sft_operator.api.runtime import ClusterSFTRuntimeSpec
 from sft_operator.controller import Controller, Settings
 from sft_operator.runtime import (
@@ -315,7 +316,7 @@ def test_the_controller_creates_the_gang_with_the_runtime_it_read() -> None:
         "generation": 3,
         "resourceVersion": "4711",
         "attempt": 0,
-        "default": False,
+        "isDefault": False,
     }
 
 
@@ -323,7 +324,7 @@ def test_the_controller_applies_the_default_runtime_to_jobs_without_a_reference(
     kube = RuntimeKube({"platform": RUNTIME})
     run_once(kube, manifest(), default_runtime="platform")
     assert all(env_of(pod)["NCCL_DEBUG"] == "INFO" for pod in kube.pods) and len(kube.pods) == 2
-    assert kube.patches[0]["runtime"]["default"] is True
+    assert kube.patches[0]["runtime"]["isDefault"] is True
 
 
 def test_the_controller_creates_nothing_for_a_missing_runtime() -> None:
@@ -338,3 +339,10 @@ def test_a_job_without_a_runtime_costs_no_get() -> None:
     kube = RuntimeKube({"h100": RUNTIME})
     run_once(kube, manifest())
     assert [verb for verb, _, _, _ in kube.calls if verb == "get"] == [] and len(kube.pods) == 2
+
+
+def test_the_status_schema_keeps_every_field_of_the_applied_runtime() -> None:
+    """The API server prunes what the schema lacks: every AppliedRuntime field must be in the CRD."""
+    runtime = crd_module.status_schema()["properties"]["runtime"]
+    wanted = {info.serialization_alias or name for name, info in AppliedRuntime.model_fields.items()}
+    assert set(runtime["properties"]) == wanted
