@@ -13,6 +13,7 @@ from sft_operator.api.admission import required_access
 from sft_operator.api.models import AppliedRuntime
 from sft_operator.api.runtime import ClusterSFTRuntimeSpec
 from sft_operator.controller import Controller, Settings
+from sft_operator.kubectl_plugin import format_status
 from sft_operator.runtime import (
     NO_RUNTIME,
     REF_FIELD,
@@ -346,3 +347,11 @@ def test_the_status_schema_keeps_every_field_of_the_applied_runtime() -> None:
     runtime = crd_module.status_schema()["properties"]["runtime"]
     wanted = {info.serialization_alias or name for name, info in AppliedRuntime.model_fields.items()}
     assert set(runtime["properties"]) == wanted
+
+
+def test_kubectl_sft_status_names_the_runtime() -> None:
+    raw = manifest(runtimeRef={"name": "h100"})
+    raw["status"] = {"phase": "Running", "runtime": {"name": "h100", "resourceVersion": "4711", "attempt": 2}}
+    text = format_status(raw)
+    assert "Runtime:      h100 (resourceVersion 4711, spec.runtimeRef, attempt 2)" in text
+    assert "Runtime:" not in format_status(manifest())
