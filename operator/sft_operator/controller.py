@@ -309,12 +309,11 @@ class Controller:
         self._report_foreign(raw, key)
         now, observed = datetime.now(UTC).replace(microsecond=0), self._observed(key, job, pods)
         plan = reconcile(job, pods, now, observed)
-        resolved = runtime.NO_RUNTIME
-        if plan.create_pods and (resolved := self._read_runtime(job)) != runtime.NO_RUNTIME:
-            observed = replace(observed, runtime=resolved)  # the defaults of the pods about to be created
+        # The platform defaults of the pods about to be created (or none, once the spec dropped its runtime).
+        resolved = self._read_runtime(job) if plan.create_pods else runtime.NO_RUNTIME
+        if plan.create_pods and (resolved != runtime.NO_RUNTIME or job.status.runtime is not None):
+            observed = replace(observed, runtime=resolved)
             plan = reconcile(job, pods, now, observed)
-        elif plan.create_pods and job.status.runtime is not None:  # the runtime was dropped from the spec
-            plan = reconcile(job, pods, now, replace(observed, runtime=resolved))
         if plan.create_pods and (denied := self._access_refusal(raw)) is not None:
             plan = reconcile(job, pods, now, replace(observed, access_refusal=denied))
         self.apply(raw, job, plan, resolved.defaults)
@@ -385,7 +384,14 @@ class Controller:
     def _read_runtime(self, job: SFTJob) -> runtime.Resolution:
         """The job's platform defaults as stored now (one GET; none without a runtime to apply)."""
         choice = runtime.choose(job.spec, self.settings.default_runtime)
-        return runtime.resolve(choice, None if choice is None else self.kube.get_runtime(choice.name))
+        if choice is None:
+            return runtime.NO_RUNTIME
+        try:
+            return runtime.resolve(choice, self.kube.get_runtime(choice.name))
+        except ApiException as error:
+            if error.status != 403:
+                raise
+            return runtime.forbidden(choice, str(error.reason))
 
     def _access_refusal(self, raw: Object) -> Refusal | None:
         """Before a gang is created (first attempt, every restart): whether the job's recorded creator

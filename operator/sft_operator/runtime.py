@@ -33,7 +33,10 @@ T = TypeVar("T")
 
 RUNTIME_NOT_FOUND = "RuntimeNotFound"
 RUNTIME_INVALID = "RuntimeInvalid"
+RUNTIME_FORBIDDEN = "RuntimeForbidden"
 RUNTIME_APPLIED = "RuntimeApplied"
+RUNTIME_PROBLEMS = frozenset({RUNTIME_NOT_FOUND, RUNTIME_INVALID, RUNTIME_FORBIDDEN})
+"""Reasons that hold a job: its runtime cannot be used."""
 RUNTIME_CONDITION = "RuntimeApplied"
 """The status condition saying which runtime the current attempt got (or why none could be)."""
 REF_FIELD = "spec.runtimeRef.name"
@@ -98,6 +101,15 @@ def resolve(choice: Choice | None, raw: Object | None) -> Resolution:
         is_default=choice.default,
     )
     return Resolution(defaults=runtime.spec, applied=applied, reason=RUNTIME_APPLIED)
+
+
+def forbidden(choice: Choice, reason: str) -> Resolution:
+    """The operator may not read the runtime (a chart older than the operator: no `get clustersftruntimes`)."""
+    message = (
+        f"{choice.source}: the operator may not get {RUNTIME_KIND} {choice.name!r} ({reason}); "
+        "its ClusterRole lacks get on clustersftruntimes: upgrade the chart"
+    )
+    return Resolution(reason=RUNTIME_FORBIDDEN, problem=message)
 
 
 def describe(applied: AppliedRuntime) -> str:

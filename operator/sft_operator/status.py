@@ -34,7 +34,7 @@ from sft_operator.api import (
 )
 from sft_operator.policy import PodView, Refusal
 from sft_operator.render import ANNOTATION_TEMPLATE_HASH, LABEL_ATTEMPT, LABEL_RANK, TRAINER_CONTAINER, template_hash
-from sft_operator.runtime import RUNTIME_APPLIED, RUNTIME_CONDITION, RUNTIME_INVALID, RUNTIME_NOT_FOUND, Resolution
+from sft_operator.runtime import RUNTIME_APPLIED, RUNTIME_CONDITION, RUNTIME_PROBLEMS, Resolution
 from sft_operator.runtime import describe as describe_runtime
 
 CONDITION_TYPES: tuple[str, ...] = ("Created", "Suspended", "Running", "Restarting", "Succeeded", "Failed")
@@ -391,7 +391,7 @@ def runtime_condition(
 ) -> list[Condition]:
     """The RuntimeApplied condition: False while the job's runtime cannot be read (its message names
     the field), True naming the runtime the current attempt got; none for a job without a runtime."""
-    if status.reason in (RUNTIME_NOT_FOUND, RUNTIME_INVALID):
+    if status.reason in RUNTIME_PROBLEMS:
         value: Literal["True", "False"] = "False"
         reason, message = status.reason, status.message or ""
     elif status.runtime is not None:

@@ -5,6 +5,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from sft_operator import render
 from sft_operator.api import SFTJob
@@ -355,3 +356,28 @@ def test_kubectl_sft_status_names_the_runtime() -> None:
     text = format_status(raw)
     assert "Runtime:      h100 (resourceVersion 4711, spec.runtimeRef, attempt 2)" in text
     assert "Runtime:" not in format_status(manifest())
+
+
+class ForbiddenKube(RuntimeKube):
+    """A chart older than the operator: no `get` on clustersftruntimes."""
+
+    def get_runtime(self, name: str) -> dict[str, Any] | None:
+        raise ApiException(status=403, reason="Forbidden")
+
+
+def test_a_runtime_the_operator_may_not_read_holds_the_job_and_says_why() -> None:
+    kube = ForbiddenKube({})
+    run_once(kube, manifest(runtimeRef={"name": "h100"}))
+    assert [what for verb, what, _, _ in kube.calls if verb == "create"] == []
+    assert kube.patches[0]["reason"] == "RuntimeForbidden"
+    assert "lacks get on clustersftruntimes" in kube.patches[0]["message"]
+    (held,) = [item for item in kube.patches[0]["conditions"] if item["type"] == "RuntimeApplied"]
+    assert held["status"] == "False"
+
+
+def test_a_spec_that_drops_its_runtime_clears_the_record_at_the_next_attempt() -> None:
+    first = decide(manifest(runtimeRef={"name": "h100"}), resolve(Choice("h100", default=False), RUNTIME))
+    status = first.status.model_copy(update={"phase": "Restarting", "next_attempt_time": NOW, "reason": "SpecChanged"})
+    plan = decide({**manifest(), "status": status.wire()}, NO_RUNTIME)
+    assert plan.create_pods and plan.status.attempt == 1 and plan.status.runtime is None
+    assert "RuntimeApplied" not in [item.type for item in plan.status.conditions]
