@@ -20,6 +20,7 @@ from sft_operator.runtime import REF_FIELD, RUNTIME_CONDITION, RUNTIME_NOT_FOUND
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.procs import wait_until
 from tests.e2e.harness import impersonating_client
+from tests.integration.chart.helm import by_kind, helm_template, rendered
 from tests.integration.operator.conftest import Operator, settle, wait_for
 from tests.integration.operator.test_operator_reconcile import events, pods, script, sftjob, status
 
@@ -223,3 +224,12 @@ def test_a_missing_runtime_holds_the_job_until_it_exists(
     kubernetes.client.CustomObjectsApi(user).delete_namespaced_custom_object(
         GROUP, VERSION, sft_namespace, PLURAL, "no-runtime"
     )
+
+
+def test_the_chart_passes_the_default_runtime_and_refuses_a_bad_name() -> None:
+    (deployment,) = by_kind(rendered("--set", "defaultRuntime=h100"), "Deployment")
+    assert "--default-runtime=h100" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    (plain,) = by_kind(rendered(), "Deployment")
+    assert not [arg for arg in plain["spec"]["template"]["spec"]["containers"][0]["args"] if "default-runtime" in arg]
+    refused = helm_template("--set", "defaultRuntime=Bad_Name", check=False)
+    assert refused.returncode != 0 and "at '/defaultRuntime'" in refused.stderr, refused.stderr

@@ -8,6 +8,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from sft_operator import render
+from sft_operator.__main__ import parse_args
 from sft_operator.api import SFTJob
 from sft_operator.api import crd as crd_module
 from sft_operator.api.admission import required_access
@@ -381,3 +382,9 @@ def test_a_spec_that_drops_its_runtime_clears_the_record_at_the_next_attempt() -
     plan = decide({**manifest(), "status": status.wire()}, NO_RUNTIME)
     assert plan.create_pods and plan.status.attempt == 1 and plan.status.runtime is None
     assert "RuntimeApplied" not in [item.type for item in plan.status.conditions]
+
+
+def test_the_operator_flag_and_its_environment_variable() -> None:
+    assert parse_args(["--default-runtime", "h100"], environ={}).default_runtime == "h100"
+    assert parse_args([], environ={"KUBE_SFT_DEFAULT_RUNTIME": "platform"}).default_runtime == "platform"
+    assert parse_args([], environ={}).default_runtime is None
