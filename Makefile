@@ -12,7 +12,7 @@ export UV_PYTHON_DOWNLOADS := never
 # Heavy, version-keyed builds (the Kubernetes control plane) live outside the repository.
 export KUBE_SFT_CACHE ?= $(HOME)/.cache/kube-sft
 
-.PHONY: images help env demo test lint typecheck unit crds cluster-bins lint-tools node-bins dev-cluster dev-cluster-down bench-data bench-train bench-operator gpu-test soak-long clean
+.PHONY: images help env demo test lint typecheck unit crds cluster-bins lint-tools node-bins dev-cluster dev-cluster-down bench-data bench-train bench-operator gpu-test soak-long lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -25,6 +25,10 @@ $(VENV)/.installed: pyproject.toml uv.lock
 	@touch $@
 
 env: $(VENV)/.installed  ## create .venv with the `sft` command and every dependency
+
+lock: env  ## re-resolve uv.lock from pyproject.toml and re-export the images' requirement files from it
+	$(UV) lock
+	$(BIN)/python hack/images/export_requirements.py
 
 demo: env  ## train the demo model locally on CPU and print held-out accuracy before/after
 	@# A fresh run every time (the config says checkpoint.resume: never); an earlier run is kept aside.

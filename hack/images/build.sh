@@ -77,27 +77,26 @@ base_image() {
 }
 
 # Every wheel the images' `pip install` needs, downloaded on the host (its pip cache and proxy
-# settings apply) and mounted read-only into the builds, which then never reach the network.
+# settings apply) and mounted read-only into the builds, which then never reach the network: the
+# locked requirement files (exported from uv.lock, with hashes) and the build backend.
 wheelhouse() {
-    local key dir t0 reqs
-    key="$( (cat "$ROOT/pyproject.toml"; echo "$BASE_SUITE") | sha256sum | cut -c1-16)"
+    local key dir t0 backend
+    key="$( (cat "$ROOT/operator/requirements.txt" "$ROOT/trainer_image/requirements-cpu.txt" \
+        "$ROOT/pyproject.toml"; echo "$BASE_SUITE") | sha256sum | cut -c1-16)"
     dir="$OUT/wheels-$key"
     if [ ! -f "$dir/.complete" ]; then
         MODE=cold; t0=$(date +%s)
-        reqs="$(mktemp)"
-        "$PY" - "$ROOT/pyproject.toml" >"$reqs" <<'EOF'
-import sys, tomllib
-project = tomllib.load(open(sys.argv[1], "rb"))
-extras = project["project"]["optional-dependencies"]
-for requirement in (project["project"]["dependencies"] + extras["operator"] + extras["trainer"]
-                    + project["build-system"]["requires"]):
-    print(requirement)
-EOF
-        log "downloading the images' wheels from PyPI into $dir (cold: ~4 GB, torch brings CUDA libraries)"
+        log "downloading the images' wheels from PyPI into $dir (cold: ~3 GB, torch brings CUDA libraries)"
+        # Older wheelhouses are garbage once the lock moved on (they are large).
+        find "$OUT" -maxdepth 1 -name 'wheels-*' -not -name "wheels-$key" -exec rm -rf {} +
         mkdir -p "$dir"
-        nice -n 10 python3 -m pip download -q --dest "$dir" --only-binary=:all: --python-version "$BASE_PYTHON" \
-            -r "$reqs" >&2
-        rm -f "$reqs"
+        local download=(python3 -m pip download -q --dest "$dir" --only-binary=:all: --python-version "$BASE_PYTHON")
+        nice -n 10 "${download[@]}" --no-deps --require-hashes \
+            -r "$ROOT/operator/requirements.txt" -r "$ROOT/trainer_image/requirements-cpu.txt" >&2
+        backend="$("$PY" -c 'import sys, tomllib; print(*tomllib.load(open(sys.argv[1], "rb"))["build-system"]["requires"])' \
+            "$ROOT/pyproject.toml")"
+        # shellcheck disable=SC2086  # the backend's requirements are words
+        nice -n 10 "${download[@]}" $backend >&2
         touch "$dir/.complete"
         log "wheels downloaded in $(seconds_since "$t0")s"
     fi
@@ -134,6 +133,8 @@ build_with_buildah() {
 }
 
 sources=(pyproject.toml README.md operator/sft_operator trainer_image/sft_trainer)
+operator_inputs=(operator/Dockerfile operator/requirements.txt)
+trainer_inputs=(trainer_image/Dockerfile trainer_image/requirements-cpu.txt trainer_image/requirements-gpu.txt)
 
 if [ "$(builder)" = docker ]; then
     docker build -f "$ROOT/operator/Dockerfile" -t "$OPERATOR_TAG" "$ROOT"
@@ -147,14 +148,12 @@ install_debian_packages
 BASE="$(base_image)"
 WHEELS="$(wheelhouse)"
 base_key="$(buildah images --quiet --no-trunc "$BASE" | head -1 | sed 's/^sha256://' | cut -c1-16)"
-operator_key="$(tree_hash operator/Dockerfile "${sources[@]}")-$base_key"
-trainer_key="$(tree_hash trainer_image/Dockerfile "${sources[@]}")-$base_key"
+operator_key="$(tree_hash "${operator_inputs[@]}" "${sources[@]}")-$base_key"
+trainer_key="$(tree_hash "${trainer_inputs[@]}" "${sources[@]}")-$base_key"
 operator_archive="$(build_with_buildah operator "$OPERATOR_TAG" operator/Dockerfile "$operator_key" \
     --build-arg "BASE_IMAGE=$BASE")"
-# The CPU wheel index cannot be reached here: torch comes from the wheelhouse (PyPI's build, which
-# also runs on CPU but brings the CUDA libraries along); the build's pip.conf says no-index anyway.
 trainer_archive="$(build_with_buildah trainer-cpu "$TRAINER_CPU_TAG" trainer_image/Dockerfile "$trainer_key" \
-    --build-arg "BASE_IMAGE=$BASE" --build-arg FLAVOUR=cpu --build-arg TORCH_INDEX_URL=file:///wheels)"
+    --build-arg "BASE_IMAGE=$BASE" --build-arg FLAVOUR=cpu)"
 log "$MODE in $(seconds_since "$START")s"
 echo "operator=$operator_archive"
 echo "trainer-cpu=$trainer_archive"

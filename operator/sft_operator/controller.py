@@ -534,6 +534,9 @@ class Controller:
             self._hold(key, uid, attempt, held)
             return
         for wave in pod_waves([], pods, attempt):
+            log.info(
+                "%s/%s: creating %s (attempt %d)", *key, ", ".join(pod["metadata"]["name"] for pod in wave), attempt
+            )
             outcomes = self._create_wave(key, wave)
             if any(unanswered(outcome) for _, outcome in outcomes):
                 self.queue.add_after(key, HELD_RETRY_SECONDS)  # a create had no answer: read it back first

@@ -1,5 +1,6 @@
 """uv.lock: fresh against pyproject.toml, installed by `make env`, and what the images export from it."""
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -53,3 +54,23 @@ def test_the_trainer_export_holds_wandb_and_torch_but_no_operator_or_dev_tools()
     names = {line.split("==")[0] for line in result.stdout.splitlines() if "==" in line and not line.startswith(" ")}
     assert {"wandb", "torch", "transformers", "pydantic", "kubernetes"} <= names
     assert not {"kopf", "ruff", "mypy", "pytest", "trl"} & names
+
+
+def test_the_images_requirement_files_are_exported_from_the_lock() -> None:
+    spec = importlib.util.spec_from_file_location("export_requirements", ROOT / "hack/images/export_requirements.py")
+    assert spec is not None and spec.loader is not None
+    export = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export)
+    assert export.stale_files() == [], "stale: run `make lock` and commit the requirement files"
+    gpu = (ROOT / "trainer_image/requirements-gpu.txt").read_text(encoding="utf-8")
+    assert "\nmegatron-core==" in gpu and "\ntorch==" not in gpu and "\nnvidia-" not in gpu  # NGC's own builds
+    assert all("--hash=sha256:" in (ROOT / path).read_text(encoding="utf-8") for path in export.EXPORTS)
+    assert "\nkopf==" in (ROOT / "operator/requirements.txt").read_text(encoding="utf-8")
+
+
+def test_the_dockerfiles_install_only_the_locked_requirements() -> None:
+    for dockerfile in ("operator/Dockerfile", "trainer_image/Dockerfile"):
+        text = (ROOT / dockerfile).read_text(encoding="utf-8")
+        installs = [line for line in text.splitlines() if "pip install" in line and not line.lstrip().startswith("#")]
+        assert installs and all("--no-deps" in line for line in installs), (dockerfile, installs)
+        assert "--require-hashes" in text, dockerfile

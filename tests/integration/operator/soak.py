@@ -327,7 +327,21 @@ class PodWatcher(threading.Thread):
 
 
 def restart_component(cluster: ControlPlane, name: str, down_seconds: float) -> None:
-    """Stop a control-plane process (SIGTERM), wait, and start it again with the same arguments."""
+    """Stop a control-plane process (SIGTERM), wait, and start it again with the same arguments.
+
+    The controller manager is restarted with the API server and etcd. Its garbage collector retries
+    a failed delete with a per-object exponential back-off that only a success resets: after a few
+    outages in minutes (this soak makes one every ~40 s) the children of deleted jobs wait up to
+    16 minutes, and a re-created job of the same name waits for them (`WaitingForOldChildren`). On a
+    real control plane a controller manager that cannot renew its lease exits and is restarted; the
+    operator does not do the collector's work itself, which would need `delete` on Roles and
+    RoleBindings in every watched namespace (docs/notes/gang-integrity.md, defect 14)."""
+    _restart_process(cluster, name, down_seconds)
+    if name in ("kube-apiserver", "etcd"):
+        _restart_process(cluster, "kube-controller-manager", 0)
+
+
+def _restart_process(cluster: ControlPlane, name: str, down_seconds: float) -> None:
     index = next(i for i, proc in enumerate(cluster.processes) if proc.name == name)
     old = cluster.processes[index]
     old.stop()
