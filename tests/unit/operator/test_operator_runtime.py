@@ -5,6 +5,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes.client.exceptions import ApiException
 
 from sft_operator import render
@@ -388,3 +389,12 @@ def test_the_operator_flag_and_its_environment_variable() -> None:
     assert parse_args(["--default-runtime", "h100"], environ={}).default_runtime == "h100"
     assert parse_args([], environ={"KUBE_SFT_DEFAULT_RUNTIME": "platform"}).default_runtime == "platform"
     assert parse_args([], environ={}).default_runtime is None
+
+
+def test_the_runtime_crd_is_generated_into_crds_and_the_chart_and_kept_fresh() -> None:
+    directories = crd_module.OUTPUTS["clustersftruntime.yaml"]
+    assert {directory.name for directory in directories} == {"crds"} and len(directories) == 2
+    for directory in directories:
+        path = directory / "clustersftruntime.yaml"
+        assert path not in crd_module.stale_files()
+        assert yaml.safe_load(path.read_text())["metadata"]["name"] == "clustersftruntimes.sft.kube-sft.io"
