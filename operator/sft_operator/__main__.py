@@ -82,6 +82,11 @@ def parse_args(argv: list[str] | None = None, environ: Mapping[str, str] | None 
     )
     parser.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)")
     parser.add_argument("--trainer-image")
+    parser.add_argument(
+        "--default-runtime",
+        default=environ.get("KUBE_SFT_DEFAULT_RUNTIME") or None,
+        help="ClusterSFTRuntime whose platform defaults SFTJobs without spec.runtimeRef get (default: none)",
+    )
     parser.add_argument("--metrics-port", type=int)
     parser.add_argument("--liveness-port", type=int)
     parser.add_argument(
@@ -155,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings(
         namespaces=list(args.namespace),
         trainer_image=args.trainer_image,
+        default_runtime=args.default_runtime,
         resync_seconds=args.resync_seconds,
         workers=args.workers,
         pod_event_delay=args.pod_event_delay,

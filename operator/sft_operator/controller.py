@@ -32,8 +32,9 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from sft_operator import access, metrics, render
+from sft_operator import access, metrics, render, runtime
 from sft_operator.api import FINISHED_PHASES, SFTJob, SFTJobStatus
+from sft_operator.api.runtime import ClusterSFTRuntimeSpec
 from sft_operator.cache import Key, Store, job_key
 from sft_operator.kube import Kube
 from sft_operator.policy import PodView, Refusal, classify_refusal
@@ -70,6 +71,8 @@ class Settings:
     pod_event_delay: float = 0.5
     create_parallelism: int = 32
     relist_seconds: float = 300.0
+    default_runtime: str | None = None
+    """The ClusterSFTRuntime of jobs without spec.runtimeRef (None: such jobs get no platform defaults)."""
 
 
 def status_patch(stored: Object, old: SFTJobStatus, new: SFTJobStatus) -> Object:
@@ -306,9 +309,14 @@ class Controller:
         self._report_foreign(raw, key)
         now, observed = datetime.now(UTC).replace(microsecond=0), self._observed(key, job, pods)
         plan = reconcile(job, pods, now, observed)
+        # The platform defaults of the pods about to be created (or none, once the spec dropped its runtime).
+        resolved = self._read_runtime(job) if plan.create_pods else runtime.NO_RUNTIME
+        if plan.create_pods and (resolved != runtime.NO_RUNTIME or job.status.runtime is not None):
+            observed = replace(observed, runtime=resolved)
+            plan = reconcile(job, pods, now, observed)
         if plan.create_pods and (denied := self._access_refusal(raw)) is not None:
             plan = reconcile(job, pods, now, replace(observed, access_refusal=denied))
-        self.apply(raw, job, plan)
+        self.apply(raw, job, plan, resolved.defaults)
         record.release_model()
 
     def _verify(self, key: Key) -> bool:
@@ -362,7 +370,8 @@ class Controller:
         if checked is not None and checked[:2] == (job.metadata.uid, desired):
             return checked[2]
         status = job.status.model_copy(update={"attempt": job.status.attempt + 1})
-        candidate = render.pod(job.model_copy(update={"status": status}), 0, self.settings.trainer_image)
+        defaults = self._read_runtime(job).defaults
+        candidate = render.pod(job.model_copy(update={"status": status}), 0, self.settings.trainer_image, defaults)
         refusal: Refusal | None = None
         try:
             self.kube.create(candidate, dry_run=True)
@@ -371,6 +380,18 @@ class Controller:
             refusal = found if found.permanent and error.status != 409 else None
         self._spec_checks[key] = (job.metadata.uid, desired, refusal)
         return refusal
+
+    def _read_runtime(self, job: SFTJob) -> runtime.Resolution:
+        """The job's platform defaults as stored now (one GET; none without a runtime to apply)."""
+        choice = runtime.choose(job.spec, self.settings.default_runtime)
+        if choice is None:
+            return runtime.NO_RUNTIME
+        try:
+            return runtime.resolve(choice, self.kube.get_runtime(choice.name))
+        except ApiException as error:
+            if error.status != 403:
+                raise
+            return runtime.forbidden(choice, str(error.reason))
 
     def _access_refusal(self, raw: Object) -> Refusal | None:
         """Before a gang is created (first attempt, every restart): whether the job's recorded creator
@@ -407,8 +428,9 @@ class Controller:
         ]
         self.recorder.submit(self._record, raw, events)
 
-    def apply(self, raw: Object, job: SFTJob, plan: Plan) -> None:
+    def apply(self, raw: Object, job: SFTJob, plan: Plan, defaults: ClusterSFTRuntimeSpec | None = None) -> None:
         """Write the decision: status first, then pods, then Events (queued, recorded off this thread).
+        `defaults`: the platform defaults of the pods to create (the job's runtime, read for this decision).
 
         A new gang's supporting objects are not tied to an attempt, so they are created while the
         status is written; its pods only once both are done.
@@ -429,7 +451,7 @@ class Controller:
             self.kube.delete_pod(namespace, pod.name, pod.uid)
             self.store.mark_deleting(key, pod.name, pod.uid, job.spec.pod.termination_grace_period_seconds)
         if plan.create_pods:
-            self._create_gang(job.model_copy(update={"status": plan.status}), supporting)
+            self._create_gang(job.model_copy(update={"status": plan.status}), supporting, defaults)
         if plan.events:
             self.recorder.submit(self._record, raw, plan.events)
         reason = plan.status.last_failure.reason if plan.status.last_failure else (plan.status.reason or "")
@@ -487,7 +509,7 @@ class Controller:
                 raise
             return error
 
-    def _create_gang(self, job: SFTJob, supporting: Supporting) -> None:
+    def _create_gang(self, job: SFTJob, supporting: Supporting, defaults: ClusterSFTRuntimeSpec | None = None) -> None:
         """Create what the gang lacks: the supporting objects (first wave, then the RoleBinding), then the
         missing ranks' pods, concurrently. An object of a child's name owned by another uid holds the
         gang back (never taken as the job's own); a refused create is remembered for the decision."""
@@ -506,7 +528,7 @@ class Controller:
             log.warning("%s/%s: ranks %s of attempt %d existed already: not re-created", *key,
                         sorted(set(missing) - set(ranks)), attempt)  # fmt: skip
             self.queue.add(key)
-        pods = [render.pod(job, rank, self.settings.trainer_image) for rank in ranks]
+        pods = [render.pod(job, rank, self.settings.trainer_image, defaults) for rank in ranks]
         held = held_pod_names(pods, self.store.foreign(key))
         if held:
             self._hold(key, uid, attempt, held)

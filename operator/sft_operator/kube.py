@@ -17,6 +17,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from sft_operator.api import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from sft_operator.api.runtime import RUNTIME_PLURAL
 from sft_operator.cache import version
 from sft_operator.render import LABEL_JOB
 from sft_operator.status import Event
@@ -88,6 +89,17 @@ class Kube:
         except ApiException as error:
             if error.status not in (404, 409):
                 raise
+
+    # --- platform defaults ----------------------------------------------------------------------
+
+    def get_runtime(self, name: str) -> Object | None:
+        """The ClusterSFTRuntime of that name as stored now, or None when there is none."""
+        try:
+            return _json(self.custom.get_cluster_custom_object(GROUP, VERSION, RUNTIME_PLURAL, name, **RAW))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
 
     # --- children -----------------------------------------------------------------------------
 

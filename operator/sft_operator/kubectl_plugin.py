@@ -205,6 +205,13 @@ def format_status(job: Object) -> str:
     replicas = status.get("replicas") or {}
     pods = ", ".join(f"{replicas[k]} {k}" for k in ("running", "pending", "succeeded", "failed") if replicas.get(k))
     lines.append(f"Resources:    {nodes} node(s) x {gpus} GPU(s)" + (f"; pods: {pods}" if pods else ""))
+    runtime = status.get("runtime")
+    if runtime:
+        chosen = "default runtime" if runtime.get("isDefault") else "spec.runtimeRef"
+        lines.append(
+            f"Runtime:      {runtime.get('name')} (resourceVersion {runtime.get('resourceVersion')}, {chosen}, "
+            f"attempt {runtime.get('attempt', 0)})"
+        )
     if status.get("progress"):
         lines.append(f"Progress:     {progress_text(status['progress'])}")
     if status.get("metrics"):

@@ -19,6 +19,8 @@ import yaml
 
 from sft_operator.api import API_VERSION, GROUP, KIND, PLURAL, SFTJob, StorageLocation
 from sft_operator.api.models import TRAINER_SERVICE_ACCOUNT_SUFFIX
+from sft_operator.api.runtime import ClusterSFTRuntimeSpec
+from sft_operator.runtime import with_runtime
 
 Object = dict[str, Any]
 
@@ -321,12 +323,19 @@ def trainer_container(job: SFTJob, rank: int, default_image: str) -> Object:
     return container
 
 
-def pod(job: SFTJob, rank: int, default_image: str = DEFAULT_IMAGE) -> Object:
-    """Trainer pod of node `rank` in the current attempt."""
+def pod(
+    job: SFTJob, rank: int, default_image: str = DEFAULT_IMAGE, runtime: ClusterSFTRuntimeSpec | None = None
+) -> Object:
+    """Trainer pod of node `rank` in the current attempt, with a runtime's platform defaults under the
+    job's own fields (`runtime.with_runtime`). The template hash is the job's own spec's: an edit of
+    the runtime restarts no running gang."""
     names = Names(job.metadata.name)
+    shape = template_hash(job)
+    if runtime is not None:
+        job = job.model_copy(update={"spec": with_runtime(job.spec, runtime)})
     spec = job.spec
     labels = {**spec.pod.labels, LABEL_RANK: str(rank), LABEL_ATTEMPT: str(job.status.attempt)}  # ours win
-    annotations = {**spec.pod.annotations, ANNOTATION_TEMPLATE_HASH: template_hash(job)}
+    annotations = {**spec.pod.annotations, ANNOTATION_TEMPLATE_HASH: shape}
     if spec.scheduling.queue_name:
         labels[KUEUE_QUEUE_LABEL] = spec.scheduling.queue_name
         labels[KUEUE_GROUP_LABEL] = f"{job.metadata.name}-{job.status.attempt}"
@@ -369,6 +378,6 @@ def supporting_objects(job: SFTJob) -> list[Object]:
     return [service_account(job), role(job), role_binding(job), config_map(job), headless_service(job)]
 
 
-def pods(job: SFTJob, default_image: str = DEFAULT_IMAGE) -> list[Object]:
+def pods(job: SFTJob, default_image: str = DEFAULT_IMAGE, runtime: ClusterSFTRuntimeSpec | None = None) -> list[Object]:
     """The gang: one pod per node, rank order."""
-    return [pod(job, rank, default_image) for rank in range(job.spec.resources.num_nodes)]
+    return [pod(job, rank, default_image, runtime) for rank in range(job.spec.resources.num_nodes)]

@@ -34,6 +34,8 @@ from sft_operator.api import (
 )
 from sft_operator.policy import PodView, Refusal
 from sft_operator.render import ANNOTATION_TEMPLATE_HASH, LABEL_ATTEMPT, LABEL_RANK, TRAINER_CONTAINER, template_hash
+from sft_operator.runtime import RUNTIME_APPLIED, RUNTIME_CONDITION, RUNTIME_PROBLEMS, Resolution
+from sft_operator.runtime import describe as describe_runtime
 
 CONDITION_TYPES: tuple[str, ...] = ("Created", "Suspended", "Running", "Restarting", "Succeeded", "Failed")
 ACTIVE_PHASES: frozenset[str] = frozenset({"Pending", "Initializing", "Running"})
@@ -67,6 +69,8 @@ class Observed:
     uncreated: frozenset[int] = frozenset()
     """Ranks of the current attempt whose create got no answer and that the API server, read back,
     does not have (never created): the attempt's creates are finished, not counted as a broken gang."""
+    runtime: Resolution | None = None
+    """The job's platform defaults as read for the pods about to be created (None: not read in this pass)."""
 
 
 @dataclass
@@ -149,6 +153,7 @@ LIFECYCLE_FIELDS = frozenset(
         "attempt_start_time",
         "next_attempt_time",
         "last_failure",
+        "runtime",
     }
 )
 """Status fields that drive the lifecycle: the operator keeps them in LIFECYCLE_ANNOTATION."""
@@ -356,11 +361,13 @@ def reconcile(job: SFTJob, pods: list[PodView], now: datetime, observed: Observe
         denied = observed.access_refusal
         _finish(plan, pods, job, "Failed", Failure(reason=denied.reason, message=denied.message[:4096], time=now), now)
     elif status.phase in ("Suspended", "Restarting"):
-        _between_attempts(plan, job, pods, now)
+        _between_attempts(plan, job, pods, now, observed)
     else:
         _active(plan, job, pods, now, observed)
     if plan.create_pods and observed.held_by_others:
         _held(plan, job, observed.held_by_others)
+    if plan.create_pods and observed.runtime is not None and observed.runtime.problem:
+        _runtime_missing(plan, job, observed.runtime)  # ranks of a started attempt: not without their defaults
 
     status.replicas = replica_counts([pod for pod in pods if pod.attempt == status.attempt], spec.resources.num_nodes)
     if plan.create_pods:  # the pods about to be created are Pending: one status write, not a second one after
@@ -373,10 +380,46 @@ def reconcile(job: SFTJob, pods: list[PodView], now: datetime, observed: Observe
         status.message or "",
         job.metadata.generation,
         now,
-    )
+    ) + runtime_condition(job.status.conditions, status, job.metadata.generation, now)
     if status.phase != previous_phase and status.phase in ("Initializing", "Running"):
         plan.events.append(Event("Normal", status.phase, status.message or status.phase))
     return plan
+
+
+def runtime_condition(
+    previous: list[Condition], status: SFTJobStatus, generation: int, now: datetime
+) -> list[Condition]:
+    """The RuntimeApplied condition: False while the job's runtime cannot be read (its message names
+    the field), True naming the runtime the current attempt got; none for a job without a runtime."""
+    if status.reason in RUNTIME_PROBLEMS:
+        value: Literal["True", "False"] = "False"
+        reason, message = status.reason, status.message or ""
+    elif status.runtime is not None:
+        value, reason, message = "True", RUNTIME_APPLIED, describe_runtime(status.runtime)
+    else:
+        return []
+    before = next((item for item in previous if item.type == RUNTIME_CONDITION), None)
+    kept = before is not None and before.status == value
+    return [
+        Condition(
+            type=RUNTIME_CONDITION,
+            status=value,
+            reason=reason,
+            message=message,
+            last_transition_time=before.last_transition_time if kept and before is not None else now,
+            observed_generation=generation,
+        )
+    ]
+
+
+def _runtime_missing(plan: Plan, job: SFTJob, resolution: Resolution) -> None:
+    """The job's runtime cannot be read: no pods, the reason in the status and one Warning Event; the
+    job stays in its phase (no attempt starts, no clock runs) and starts once the runtime exists."""
+    status = plan.status
+    plan.create_pods = False
+    status.reason, status.message = resolution.reason, resolution.problem
+    if job.status.reason != resolution.reason or job.status.message != resolution.problem:
+        plan.events.append(Event("Warning", resolution.reason, resolution.problem))
 
 
 def _finished(plan: Plan, job: SFTJob, pods: list[PodView], now: datetime) -> None:
@@ -405,7 +448,7 @@ def _suspended(plan: Plan, pods: list[PodView]) -> None:
     plan.delete_pods = [pod for pod in pods if not pod.deleting]
 
 
-def _between_attempts(plan: Plan, job: SFTJob, pods: list[PodView], now: datetime) -> None:
+def _between_attempts(plan: Plan, job: SFTJob, pods: list[PodView], now: datetime, observed: Observed) -> None:
     """Suspended-then-resumed or Restarting: start the next attempt once the old gang is gone."""
     status = plan.status
     if status.phase == "Suspended":
@@ -418,7 +461,7 @@ def _between_attempts(plan: Plan, job: SFTJob, pods: list[PodView], now: datetim
         return  # wait until every pod of the old gang is gone: never two gangs at once
     if status.next_attempt_time is not None and now < status.next_attempt_time:
         return
-    _start_attempt(plan, job, status.attempt + 1, now)
+    _start_attempt(plan, job, status.attempt + 1, now, observed)
 
 
 def _held(plan: Plan, job: SFTJob, names: tuple[str, ...]) -> None:
@@ -435,8 +478,16 @@ def _held(plan: Plan, job: SFTJob, names: tuple[str, ...]) -> None:
         plan.events.append(Event("Warning", WAITING_FOR_OLD_CHILDREN, status.message))
 
 
-def _start_attempt(plan: Plan, job: SFTJob, attempt: int, now: datetime) -> None:
+def _start_attempt(plan: Plan, job: SFTJob, attempt: int, now: datetime, observed: Observed) -> None:
+    """Start gang attempt `attempt` with the platform defaults read for it (none: the job's runtime
+    cannot be read, so the attempt does not start)."""
     status = plan.status
+    resolved = observed.runtime
+    if resolved is not None and resolved.problem:
+        _runtime_missing(plan, job, resolved)
+        return
+    if resolved is not None:
+        status.runtime = resolved.applied.model_copy(update={"attempt": attempt}) if resolved.applied else None
     status.attempt = attempt
     status.attempt_start_time = now
     status.start_time = status.start_time or now
@@ -452,7 +503,7 @@ def _active(plan: Plan, job: SFTJob, pods: list[PodView], now: datetime, observe
     status = plan.status
     spec = job.spec
     if status.attempt_start_time is None:
-        _start_attempt(plan, job, status.attempt, now)
+        _start_attempt(plan, job, status.attempt, now, observed)
         return
     current = [pod for pod in pods if pod.attempt == status.attempt]
     rank0 = next((pod for pod in current if pod.rank == 0 and not pod.deleting), None)

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from sft_operator.api.models import K8sModel
+from sft_operator.api.models import DNSSubdomain, K8sModel
 
 SCHEMA_PATH = Path(__file__).resolve().parents[3] / "charts" / "kube-sft" / "values.schema.json"
 
@@ -47,10 +47,10 @@ class TrainerImage(K8sModel):
 
 
 class Crds(K8sModel):
-    """The SFTJob CRD (templates/crds.yaml)."""
+    """The SFTJob and ClusterSFTRuntime CRDs (templates/crds.yaml)."""
 
     install: bool = True
-    """Render the CRD (kept on uninstall); false when the platform applies crds/ itself."""
+    """Render the CRDs (kept on uninstall); false when the platform applies crds/ itself."""
 
 
 class Peering(K8sModel):
@@ -140,6 +140,8 @@ class ChartValues(K8sModel):
     command: list[str] = Field(default_factory=lambda: ["python", "-m", "sft_operator"])
     extra_args: list[str] = Field(default_factory=list)
     extra_env: list[KubeObject] = Field(default_factory=list)
+    default_runtime: Literal[""] | DNSSubdomain = ""
+    """The ClusterSFTRuntime of SFTJobs without spec.runtimeRef ("": none)."""
     watch_namespaces: list[str] = Field(default_factory=list)
     crds: Crds = Crds()
     peering: Peering = Peering()

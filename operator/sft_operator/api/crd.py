@@ -15,12 +15,13 @@ from typing import Any
 
 import yaml
 
-from sft_operator.api import admission, cel, kubernetes_types
+from sft_operator.api import admission, cel, kubernetes_types, runtime
 from sft_operator.api.models import (
     GROUP,
     KIND,
     MAX_JOB_NAME,
     PLURAL,
+    RESERVED_DOMAIN,
     SHORT_NAMES,
     SINGULAR,
     VERSION,
@@ -37,9 +38,10 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 CHART = REPO_ROOT / "charts" / "kube-sft"
 OUTPUTS = {
     "sftjob.yaml": (REPO_ROOT / "crds", CHART / "files" / "crds"),
+    "clustersftruntime.yaml": (REPO_ROOT / "crds", CHART / "files" / "crds"),
     "kopf-peering.yaml": (REPO_ROOT / "crds", CHART / "crds"),
 }
-"""Where each generated CRD file goes. The chart's SFTJob CRD is a file its templates/crds.yaml renders (so that
+"""Where each generated CRD file goes. The chart's SFTJob and ClusterSFTRuntime CRDs are files its templates/crds.yaml renders (so that
 `helm upgrade` upgrades it); the kopf peering CRDs stay in the chart's crds/ (the chart creates peering objects,
 which need their CRD before the templates are applied, and their schema never changes)."""
 
@@ -67,6 +69,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Checkpoint", "type": "integer", "jsonPath": ".status.latestCheckpoint.step", "priority": 1},
     {"name": "Queue", "type": "string", "jsonPath": ".spec.scheduling.queueName", "priority": 1},
     {"name": "Model", "type": "string", "jsonPath": ".spec.training.model.path", "priority": 1},
+    {"name": "Runtime", "type": "string", "jsonPath": ".status.runtime.name", "priority": 1},
 ]
 
 
@@ -248,6 +251,74 @@ def crd() -> dict[str, Any]:
     }
 
 
+RUNTIME_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Image", "type": "string", "jsonPath": ".spec.image"},
+    {"name": "Priority-Class", "type": "string", "jsonPath": ".spec.pod.priorityClassName"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def runtime_spec_schema() -> Schema:
+    """The structural schema of a ClusterSFTRuntime's `spec`; its pod labels and annotations may not use
+    the operator's reserved domain (as the SFTJob admission policy refuses them to authors)."""
+    raw = runtime.ClusterSFTRuntimeSpec.model_json_schema(by_alias=True, mode="validation")
+    schema = structural(raw, raw.get("$defs", {}))
+    schema.pop("default", None)
+    pod = schema["properties"]["pod"]["properties"]
+    for what in ("labels", "annotations"):
+        pod[what]["x-kubernetes-validations"] = [
+            {
+                "rule": f"self.all(k, !k.matches('{admission.RESERVED_KEY_PATTERN}'))",
+                "message": f"{what} under {RESERVED_DOMAIN}/ are the operator's",
+            }
+        ]
+    return schema
+
+
+def runtime_crd() -> dict[str, Any]:
+    """The ClusterSFTRuntime CustomResourceDefinition: cluster-scoped platform defaults, no status."""
+    root: Schema = {
+        "type": "object",
+        "description": "ClusterSFTRuntime: platform-owned defaults of the trainer pods of the SFTJobs that "
+        "reference it (spec.runtimeRef.name); the job's own fields win.",
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": runtime_spec_schema(),
+        },
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{runtime.RUNTIME_PLURAL}.{GROUP}",
+            "labels": {"app.kubernetes.io/name": "kube-sft", "app.kubernetes.io/component": "crd"},
+        },
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": runtime.RUNTIME_KIND,
+                "listKind": f"{runtime.RUNTIME_KIND}List",
+                "plural": runtime.RUNTIME_PLURAL,
+                "singular": runtime.RUNTIME_SINGULAR,
+                "shortNames": list(runtime.RUNTIME_SHORT_NAMES),
+                "categories": ["kube-sft"],
+            },
+            "scope": "Cluster",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "additionalPrinterColumns": copy.deepcopy(RUNTIME_PRINTER_COLUMNS),
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
 def kopf_peering_crds() -> list[dict[str, Any]]:
     """kopf's peering resources (kopf.dev/v1), which let two operator replicas elect one active."""
     schema = {
@@ -285,6 +356,7 @@ def rendered() -> dict[str, str]:
     """File name -> YAML text of every generated CRD file."""
     return {
         "sftjob.yaml": HEADER + yaml.safe_dump(crd(), sort_keys=False, width=120),
+        "clustersftruntime.yaml": HEADER + yaml.safe_dump(runtime_crd(), sort_keys=False, width=120),
         "kopf-peering.yaml": HEADER + yaml.safe_dump_all(kopf_peering_crds(), sort_keys=False, width=120),
     }
 

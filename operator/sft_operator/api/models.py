@@ -238,6 +238,12 @@ class RunPolicy(K8sModel):
     the trainer's first progress report) this long after its pods were created (null: never)."""
 
 
+class RuntimeRef(K8sModel):
+    """The ClusterSFTRuntime whose platform defaults this job's pods get (the job's own fields win)."""
+
+    name: DNSSubdomain
+
+
 class Scheduling(K8sModel):
     """Which scheduler and queue place the gang."""
 
@@ -258,6 +264,9 @@ class SFTJobSpec(K8sModel):
     pod: PodOverrides = Field(default_factory=PodOverrides)
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     scheduling: Scheduling = Field(default_factory=Scheduling)
+    runtime_ref: RuntimeRef | None = None
+    """Platform defaults (a ClusterSFTRuntime) merged under this spec when each gang attempt starts;
+    without it, the operator's default runtime (chart value `defaultRuntime`), if any."""
     _template_hash: str | None = PrivateAttr(default=None)
     """render.template_hash of this spec, computed once (a validated spec is never changed in place)."""
 
@@ -369,6 +378,18 @@ class ReplicaCounts(K8sModel):
     failed: int = 0
 
 
+class AppliedRuntime(K8sModel):
+    """The ClusterSFTRuntime whose defaults the current attempt's pods got, as it was then."""
+
+    name: DNSSubdomain
+    generation: int = 0
+    resource_version: ShortString = ""
+    attempt: int = 0
+    """The gang attempt it was resolved for (a later edit of the runtime reaches the next attempt only)."""
+    is_default: bool = False
+    """Chosen as the operator's default runtime (the job has no spec.runtimeRef)."""
+
+
 class SFTJobStatus(K8sModel):
     """What the operator and the trainer observed. The operator owns all but progress, metrics,
     latestCheckpoint and finalModel, which the trainer's rank 0 patches."""
@@ -394,6 +415,8 @@ class SFTJobStatus(K8sModel):
     metrics: Metrics | None = None
     latest_checkpoint: CheckpointInfo | None = None
     final_model: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    runtime: AppliedRuntime | None = None
+    """The platform defaults applied to the current attempt (spec.runtimeRef or the default runtime)."""
 
 
 class ObjectMeta(BaseModel):

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from sft_operator.api import cel, crd
+from sft_operator.api import cel, crd, runtime
 from sft_operator.api.kubernetes_types import KubernetesType
 from sft_operator.api.models import API_VERSION, KIND, SHORT_NAMES, K8sModel, SFTJobSpec, SFTJobStatus
 
@@ -111,6 +111,20 @@ def reference() -> str:
         "## Status",
         "",
         *(_section(model) for model in _walk(SFTJobStatus)),
+        f"## {runtime.RUNTIME_KIND}",
+        "",
+        f"`apiVersion: {API_VERSION}`, `kind: {runtime.RUNTIME_KIND}`, short name `{runtime.RUNTIME_SHORT_NAMES[0]}`, "
+        "cluster-scoped, written by cluster admins only (the chart grants no one else any right on it; the operator "
+        "may only `get` it). An SFTJob names one in `spec.runtimeRef.name` (or gets the operator's default runtime, "
+        "chart value `defaultRuntime`); its fields are merged under the job's own when each gang attempt starts, "
+        "the job's values winning: `image`, `pod.priorityClassName`, `pod.imagePullPolicy` and `pod.affinity` "
+        "when the job sets none; `pod.env` by name; `pod.nodeSelector`, `pod.labels`, `pod.annotations` and "
+        "`resources.requests`/`limits` by key; `pod.tolerations` and `pod.imagePullSecrets` (by name) added to "
+        "the job's. `status.runtime` and the `RuntimeApplied` condition name the runtime (and its "
+        "`resourceVersion`) the current attempt got; an edit reaches a running job at its next attempt only. "
+        "Labels and annotations under `kube-sft.io/` are refused.",
+        "",
+        *(_section(model) for model in _walk(runtime.ClusterSFTRuntimeSpec) if model not in _walk(SFTJobSpec)),
     ]
     return "\n".join(parts)
 

@@ -67,7 +67,13 @@ def test_watch_namespaces_binds_namespaced_rules_only_there() -> None:
     assert cluster_bound == {"kube-sft"}, "the namespaced rules must not be bound cluster-wide"
     (cluster_only,) = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == "kube-sft"]
     resources = {res for rule in cluster_only["rules"] for res in rule["resources"]}
-    assert resources == {"subjectaccessreviews", "clusterkopfpeerings", "customresourcedefinitions", "namespaces"}
+    assert resources == {
+        "subjectaccessreviews",
+        "clusterkopfpeerings",
+        "customresourcedefinitions",
+        "namespaces",
+        "clustersftruntimes",
+    }
     # Every namespace: both ClusterRoles bound cluster-wide, no RoleBinding.
     docs = rendered()
     assert {b["roleRef"]["name"] for b in by_kind(docs, "ClusterRoleBinding")} == {"kube-sft", "kube-sft-namespaced"}
@@ -75,7 +81,11 @@ def test_watch_namespaces_binds_namespaced_rules_only_there() -> None:
 
 
 def test_crd_is_rendered_kept_on_uninstall_and_optional() -> None:
-    (crd,) = by_kind(rendered(), "CustomResourceDefinition")
-    assert crd["metadata"]["name"] == "sftjobs.sft.kube-sft.io"
-    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    crds = by_kind(rendered(), "CustomResourceDefinition")
+    assert [crd["metadata"]["name"] for crd in crds] == [
+        "sftjobs.sft.kube-sft.io",
+        "clustersftruntimes.sft.kube-sft.io",
+    ]
+    for crd in crds:
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert not by_kind(rendered("--set", "crds.install=false"), "CustomResourceDefinition")

@@ -88,7 +88,7 @@ def test_crd_names_columns_and_status_subresource() -> None:
     columns = [column["name"].upper() for column in version["additionalPrinterColumns"] if "priority" not in column]
     assert columns == ["PHASE", "NODES", "GPUS", "STEP", "PROGRESS", "LOSS", "VAL-LOSS", "RESTARTS", "AGE"]
     wide = [column["name"].upper() for column in version["additionalPrinterColumns"] if column.get("priority") == 1]
-    assert wide == ["ETA", "CHECKPOINT", "QUEUE", "MODEL"]
+    assert wide == ["ETA", "CHECKPOINT", "QUEUE", "MODEL", "RUNTIME"]
 
 
 def test_printer_columns_point_at_real_fields(job: SFTJob) -> None:

@@ -8,6 +8,7 @@ import yaml
 
 from sft_operator import handlers, kube, render
 from sft_operator.api import GROUP, PLURAL, SFTJob
+from sft_operator.api.runtime import RUNTIME_PLURAL
 from sft_operator.rbac import FRAMEWORK_RULES, Rule
 from tests.unit.operator.builders import manifest
 
@@ -25,7 +26,7 @@ RESOURCE_NAMES = {
     "event": "events",
 }
 API_GROUPS = {"core": "", "rbac": "rbac.authorization.k8s.io"}
-CONSTANTS = {"GROUP": GROUP, "PLURAL": PLURAL, "PEERING_GROUP": kube.PEERING_GROUP}
+CONSTANTS = {"GROUP": GROUP, "PLURAL": PLURAL, "PEERING_GROUP": kube.PEERING_GROUP, "RUNTIME_PLURAL": RUNTIME_PLURAL}
 
 
 def _value(node: ast.expr) -> str | None:
@@ -107,6 +108,7 @@ def test_derivation_sees_the_calls() -> None:
     assert ("", "pods", "create") in derived and ("", "pods", "delete") in derived
     assert (GROUP, "sftjobs/status", "patch") in derived
     assert ("kopf.dev", "clusterkopfpeerings", "get") in derived
+    assert (GROUP, RUNTIME_PLURAL, "get") in derived
     assert ("", "pods", "watch") in watched_by_kopf()
 
 
