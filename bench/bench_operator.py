@@ -4,7 +4,7 @@
     python -m bench.bench_operator --quick         # development: 50 nodes, 50 + 50/min x 1, 5 failures
     python -m bench.bench_operator --jobs 200 --steady-minutes 2 --only sft
 
-One real control plane (tests/cluster: etcd, kube-apiserver, controller-manager, scheduler) plus
+One real control plane (devcluster: etcd, kube-apiserver, controller-manager, scheduler) plus
 KWOK (hack/kwok) simulating fake nodes with 8 `nvidia.com/gpu` each and pod lifecycles (hack/kwok/
 stages.yaml: Running at once, Succeeded after --run-seconds, Failed with exit code 137 when the bench
 annotates a pod). For each operator in turn (kube-sft's SFTJob, then the peer's PyTorchJob, each in
@@ -50,9 +50,9 @@ import urllib3
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from tests.cluster.binaries import cache_dir
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.procs import ManagedProcess, free_port, wait_until
+from devcluster.binaries import cache_dir
+from devcluster.controlplane import ControlPlane
+from devcluster.procs import ManagedProcess, free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 KWOK_DIR = REPO / "hack" / "kwok"
@@ -786,7 +786,7 @@ def audit_policy(trace_pods: bool = False) -> Object:
 
 
 class AuditedControlPlane(ControlPlane):
-    """tests/cluster's ControlPlane, with the API server's audit log on for the operators' users only."""
+    """devcluster's ControlPlane, with the API server's audit log on for the operators' users only."""
 
     trace_pods = False  # TracedControlPlane: every pod write too
 

@@ -2,7 +2,7 @@
 
 `sft_system` is the fixture every scenario uses: the chart installed with `helm install` (CRDs,
 ServiceAccount, ClusterRole, 2 operator replicas with kopf peering), as docs/user-guide.md installs
-it. Every pod runs on a real node (tests/cluster/real_node.py: kubelet + containerd + runc + CNI
+it. Every pod runs on a real node (devcluster/real_node.py: kubelet + containerd + runc + CNI
 bridge) from the images built from the Dockerfiles: the operator image the chart names, and the CPU
 flavour of the trainer image (`trainerImage.tag=<appVersion>-cpu`). The operator authenticates with
 the chart's ServiceAccount token (never admin). Prometheus scrapes both replicas and every trainer
@@ -32,10 +32,10 @@ import pytest
 import yaml
 from kubernetes.client import ApiException
 
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.procs import wait_until
-from tests.cluster.prometheus import PrometheusServer
-from tests.cluster.real_node import RealNode, archive_image_tags
+from devcluster.controlplane import ControlPlane
+from devcluster.procs import wait_until
+from devcluster.prometheus import PrometheusServer
+from devcluster.real_node import RealNode, archive_image_tags
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kube-sft"

@@ -18,9 +18,9 @@ import kubernetes
 import pytest
 import yaml
 
+from devcluster.controlplane import ControlPlane
+from devcluster.procs import wait_until
 from sft_operator.api import KIND, SFTJob
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.procs import wait_until
 
 pytestmark = pytest.mark.e2e
 

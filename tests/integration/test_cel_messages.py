@@ -15,8 +15,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from devcluster.controlplane import ControlPlane
 from sft_trainer.cli import app
-from tests.cluster.controlplane import ControlPlane
 from tests.integration.test_kubectl_plugin import sftjob_crd
 
 pytestmark = pytest.mark.integration

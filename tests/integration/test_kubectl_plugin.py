@@ -5,7 +5,7 @@ example and its status is written through the status subresource (as the operato
 trainer's rank 0 do), then `kubectl sft status|suspend|resume|generate` read and change it.
 
 `logs` reads real pod logs: pods labelled as the operator labels a job's gang run on the test node
-agent, whose kubelet endpoint (tests/cluster/log_server.py) the API server proxies `pods/log` to.
+agent, whose kubelet endpoint (devcluster/log_server.py) the API server proxies `pods/log` to.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import kubernetes
 import pytest
 import yaml
 
+from devcluster.controlplane import ControlPlane
+from devcluster.node_agent import NodeAgent
+from devcluster.procs import wait_until
 from sft_operator.api import GROUP, PLURAL, VERSION
 from sft_operator.render import LABEL_ATTEMPT, LABEL_JOB, LABEL_RANK, TRAINER_CONTAINER
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.node_agent import NodeAgent
-from tests.cluster.procs import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ from bench.bench_operator import (
     kwok_binary,
     start_kwok,
 )
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.procs import wait_until
+from devcluster.controlplane import ControlPlane
+from devcluster.procs import wait_until
 
 pytestmark = pytest.mark.integration
 RUN_SECONDS = 3.0

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from kubernetes.client import ApiException
 
+from devcluster.controlplane import ControlPlane
 from sft_operator.api import GROUP, PLURAL, VERSION
-from tests.cluster.controlplane import ControlPlane
 from tests.integration.operator.conftest import Operator, settle, wait_for
 
 pytestmark = pytest.mark.integration

@@ -27,12 +27,12 @@ from pathlib import Path
 import kubernetes
 import pytest
 
-from tests.cluster.binaries import MissingBinariesError, find_binaries, find_tool
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.node_agent import NodeAgent
-from tests.cluster.procs import wait_until
-from tests.cluster.prometheus import PrometheusServer
-from tests.cluster.real_node import MissingNodeBinariesError, RealNode, find_node_binaries, project_image_archives
+from devcluster.binaries import MissingBinariesError, find_binaries, find_tool
+from devcluster.controlplane import ControlPlane
+from devcluster.node_agent import NodeAgent
+from devcluster.procs import wait_until
+from devcluster.prometheus import PrometheusServer
+from devcluster.real_node import MissingNodeBinariesError, RealNode, find_node_binaries, project_image_archives
 
 
 def _say(config: pytest.Config, line: str) -> None:
