@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from sft_operator.api import SFTJob, SFTJobStatus
 from sft_operator.api import crd as crd_module
-from tests.unit.operator.builders import manifest
+from tests.builders import manifest
 
 
 def test_resources_fill_the_trainer_node_and_process_counts(job: SFTJob) -> None:
