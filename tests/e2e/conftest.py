@@ -11,9 +11,9 @@ import pytest
 
 from devcluster.controlplane import ControlPlane
 from devcluster.real_node import RealNode
-from tests.cluster_fixtures import kube_cluster, namespace, project_images, prometheus, running_real_node
+from tests.cluster_fixtures import kube_cluster, namespace, project_images, prometheus, running_real_node, sftjob_crd
 
-__all__ = ["kube_cluster", "namespace", "project_images", "prometheus", "real_node"]
+__all__ = ["kube_cluster", "namespace", "project_images", "prometheus", "real_node", "sftjob_crd"]
 
 
 @pytest.fixture(scope="package")

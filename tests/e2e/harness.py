@@ -36,6 +36,7 @@ from devcluster.controlplane import ControlPlane
 from devcluster.procs import wait_until
 from devcluster.prometheus import PrometheusServer
 from devcluster.real_node import RealNode, archive_image_tags
+from tests import builders
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kube-sft"
@@ -159,18 +160,17 @@ def sftjob(
     env = [{"name": "SFT_STATUS_INTERVAL_SECONDS", "value": "0.5"}, {"name": "OMP_NUM_THREADS", "value": "1"}]
     pod_spec: dict[str, Any] = {"terminationGracePeriodSeconds": 2, **(pod or {})}
     pod_spec["env"] = env + list(pod_spec.get("env", []))
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "SFTJob",
-        "metadata": {"name": name, "namespace": JOBS_NAMESPACE},
-        "spec": {
+    return builders.sftjob(
+        name,
+        {
             "resources": {"numNodes": num_nodes, "gpusPerNode": 0, "requests": {"cpu": "100m", "memory": "256Mi"}},
             "storage": volumes,
             "runPolicy": {"backoffLimit": 2, "backoffSeconds": 1, **(run_policy or {})},
             "pod": pod_spec,
             "training": training,
         },
-    }
+        namespace=JOBS_NAMESPACE,
+    )
 
 
 # --- the installed system ----------------------------------------------------------------------------------
