@@ -43,6 +43,8 @@ def gpu_pod(name: str, annotations: dict[str, str] | None = None) -> dict[str, A
         "metadata": {"name": name, "annotations": annotations or {}},
         "spec": {
             "restartPolicy": "Never",
+            # KWOK's nodes only: the session's node agent (8 GPUs too) may be up, and cannot run a pod without a command.
+            "nodeSelector": {"type": "kwok"},
             "containers": [{"name": "main", "image": "example.invalid/none", "resources": {"limits": {GPU: "8"}}}],
         },
     }

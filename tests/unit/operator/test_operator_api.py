@@ -94,7 +94,7 @@ def test_crd_names_columns_and_status_subresource() -> None:
 def test_the_tests_write_the_served_api_version() -> None:
     # tests/builders.py writes the public API version out; it is the one the CRD serves.
     spec = crd_module.crd()["spec"]
-    assert API_VERSION == f"{spec['group']}/{spec['versions'][0]['name']}"
+    assert f"{spec['group']}/{spec['versions'][0]['name']}" == API_VERSION
 
 
 def test_printer_columns_point_at_real_fields(job: SFTJob) -> None:
