@@ -88,10 +88,10 @@ images: env  ## build the operator and CPU trainer images with the chart's tags 
 	hack/images/build.sh
 
 dev-cluster: env cluster-bins node-bins images  ## a local cluster (real node), the chart, a demo SFTJob run to the end
-	$(BIN)/python -m tests.cluster.dev_cluster up
+	$(BIN)/python -m devcluster.dev_cluster up
 
 dev-cluster-down:  ## stop the dev cluster and remove everything it made
-	$(BIN)/python -m tests.cluster.dev_cluster down
+	$(BIN)/python -m devcluster.dev_cluster down
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

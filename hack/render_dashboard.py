@@ -3,7 +3,7 @@
     .venv/bin/python hack/render_dashboard.py [--out docs/img] [--max-steps 600]
 
 What happens, all real (no Grafana needed, no fake series):
-1. a real control plane (tests/cluster: etcd, kube-apiserver, controller-manager, scheduler), the
+1. a real control plane (devcluster: etcd, kube-apiserver, controller-manager, scheduler), the
    test node agent, the SFTJob CRD and the operator (`python -m sft_operator`) as a local process;
 2. the project's demo run (examples/local/demo.yaml: a small Llama learns two-digit addition on
    the CPU) submitted as an SFTJob; the node agent runs its trainer pod, which serves /metrics;
@@ -181,7 +181,7 @@ def demo_sftjob(output_dir: Path, max_steps: int) -> dict[str, Any]:
 @contextmanager
 def operator_process(kubeconfig: Path, namespace: str, metrics_port: int, log_path: Path) -> Iterator[None]:
     """`python -m sft_operator` watching one namespace, stopped on exit."""
-    from tests.cluster.procs import free_port
+    from devcluster.procs import free_port
 
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAME": "render-dashboard"}
     argv = [sys.executable, "-m", "sft_operator", "--namespace", namespace, "--standalone"]
@@ -200,8 +200,8 @@ def operator_process(kubeconfig: Path, namespace: str, metrics_port: int, log_pa
 
 def wait_phase(custom: Any, namespace: str, phases: set[str], timeout: float) -> dict[str, Any]:
     """Poll the SFTJob until its phase is one of `phases`; returns its status."""
+    from devcluster.procs import wait_until
     from sft_operator.api import GROUP, PLURAL, VERSION
-    from tests.cluster.procs import wait_until
 
     def check() -> dict[str, Any] | None:
         job = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, JOB_NAME)
@@ -214,7 +214,7 @@ def wait_phase(custom: Any, namespace: str, phases: set[str], timeout: float) ->
 
 def collect(dashboard: dict[str, Any], url: str, start: float, end: float, step: float) -> Series:
     """Every panel's series over [start, end], by panel title; prints what each query returned."""
-    from tests.cluster.prometheus import query_range
+    from devcluster.prometheus import query_range
 
     values = {"sftjob": ".*", "namespace": ".*", "datasource": "prometheus"}
     series: Series = {}
@@ -233,12 +233,12 @@ def render(out: Path, max_steps: int, keep: bool) -> None:
     """The whole run: cluster, operator, SFTJob, Prometheus, queries, pictures."""
     import kubernetes
 
+    from devcluster.binaries import find_binaries
+    from devcluster.controlplane import ControlPlane
+    from devcluster.node_agent import NodeAgent
+    from devcluster.procs import free_port, wait_until
+    from devcluster.prometheus import PrometheusServer
     from sft_operator.api import GROUP, PLURAL, VERSION
-    from tests.cluster.binaries import find_binaries
-    from tests.cluster.controlplane import ControlPlane
-    from tests.cluster.node_agent import NodeAgent
-    from tests.cluster.procs import free_port, wait_until
-    from tests.cluster.prometheus import PrometheusServer
 
     dashboard = json.loads(DASHBOARD.read_text())
     work = Path(tempfile.mkdtemp(prefix="render-dashboard-"))

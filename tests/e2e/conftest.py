@@ -1,4 +1,4 @@
-"""End-to-end tests run against the real control plane and a real node (tests/cluster).
+"""End-to-end tests run against the real control plane and a real node (devcluster).
 
 The real node lives for this package only: the integration tests that run after it in the same
 session use the node agent, and pods of one must never be scheduled onto the other.
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.fixtures import kube_cluster, namespace, project_images, prometheus, running_real_node
-from tests.cluster.real_node import RealNode
+from devcluster.controlplane import ControlPlane
+from devcluster.real_node import RealNode
+from tests.cluster_fixtures import kube_cluster, namespace, project_images, prometheus, running_real_node, sftjob_crd
 
-__all__ = ["kube_cluster", "namespace", "project_images", "prometheus", "real_node"]
+__all__ = ["kube_cluster", "namespace", "project_images", "prometheus", "real_node", "sftjob_crd"]
 
 
 @pytest.fixture(scope="package")

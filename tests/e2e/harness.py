@@ -2,7 +2,7 @@
 
 `sft_system` is the fixture every scenario uses: the chart installed with `helm install` (CRDs,
 ServiceAccount, ClusterRole, 2 operator replicas with kopf peering), as docs/user-guide.md installs
-it. Every pod runs on a real node (tests/cluster/real_node.py: kubelet + containerd + runc + CNI
+it. Every pod runs on a real node (devcluster/real_node.py: kubelet + containerd + runc + CNI
 bridge) from the images built from the Dockerfiles: the operator image the chart names, and the CPU
 flavour of the trainer image (`trainerImage.tag=<appVersion>-cpu`). The operator authenticates with
 the chart's ServiceAccount token (never admin). Prometheus scrapes both replicas and every trainer
@@ -32,10 +32,11 @@ import pytest
 import yaml
 from kubernetes.client import ApiException
 
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.procs import wait_until
-from tests.cluster.prometheus import PrometheusServer
-from tests.cluster.real_node import RealNode, archive_image_tags
+from devcluster.controlplane import ControlPlane
+from devcluster.procs import wait_until
+from devcluster.prometheus import PrometheusServer
+from devcluster.real_node import RealNode, archive_image_tags
+from tests import builders
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kube-sft"
@@ -159,18 +160,17 @@ def sftjob(
     env = [{"name": "SFT_STATUS_INTERVAL_SECONDS", "value": "0.5"}, {"name": "OMP_NUM_THREADS", "value": "1"}]
     pod_spec: dict[str, Any] = {"terminationGracePeriodSeconds": 2, **(pod or {})}
     pod_spec["env"] = env + list(pod_spec.get("env", []))
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "SFTJob",
-        "metadata": {"name": name, "namespace": JOBS_NAMESPACE},
-        "spec": {
+    return builders.sftjob(
+        name,
+        {
             "resources": {"numNodes": num_nodes, "gpusPerNode": 0, "requests": {"cpu": "100m", "memory": "256Mi"}},
             "storage": volumes,
             "runPolicy": {"backoffLimit": 2, "backoffSeconds": 1, **(run_policy or {})},
             "pod": pod_spec,
             "training": training,
         },
-    }
+        namespace=JOBS_NAMESPACE,
+    )
 
 
 # --- the installed system ----------------------------------------------------------------------------------

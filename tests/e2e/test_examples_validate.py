@@ -18,16 +18,13 @@ import kubernetes
 import pytest
 import yaml
 
+from devcluster.controlplane import ControlPlane
 from sft_operator.api import KIND, SFTJob
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.procs import wait_until
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-CRD = ROOT / "crds" / "sftjob.yaml"
-CRD_NAME = "sftjobs.sft.kube-sft.io"
 
 
 def manifest_documents(path: Path) -> list[dict[str, Any]]:
@@ -43,22 +40,6 @@ def example_manifests() -> list[Path]:
 
 
 MANIFESTS = example_manifests()
-
-
-@pytest.fixture(scope="module")
-def sftjob_crd(kube_cluster: ControlPlane) -> str:
-    """Install the checked-in SFTJob CRD and wait until the API server serves it."""
-    result = kube_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD), check=False)
-    assert result.returncode == 0, result.stderr
-
-    def established() -> bool:
-        jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
-        found = kube_cluster.kubectl("get", f"crd/{CRD_NAME}", "-o", f"jsonpath={jsonpath}", check=False)
-        served = kube_cluster.kubectl("get", "sftjobs", "-A", check=False)
-        return found.stdout.strip() == "True" and served.returncode == 0
-
-    wait_until(established, 60, f"CRD {CRD_NAME} established and served", interval=0.5)
-    return CRD_NAME
 
 
 def dry_run(kube_cluster: ControlPlane, namespace: str, path: Path) -> subprocess.CompletedProcess[str]:

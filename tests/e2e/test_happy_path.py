@@ -19,7 +19,7 @@ import kubernetes
 import pytest
 import yaml
 
-from tests.cluster.prometheus import query_range
+from devcluster.prometheus import query_range
 from tests.e2e.harness import (
     CHART,
     RELEASE,
@@ -211,7 +211,7 @@ def test_promql_returns_data(happy_run: HappyRun, expr: str) -> None:
 
 def test_promtool_checks_the_charts_rules(tmp_path: Path) -> None:
     """`promtool check rules` on the chart's alert rules (the file the PrometheusRule embeds)."""
-    from tests.cluster.prometheus import PrometheusServer
+    from devcluster.prometheus import PrometheusServer
 
     output = PrometheusServer.check_rules(ALERTS)
     rules = [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]

@@ -23,9 +23,9 @@ import pytest
 import yaml
 from kubernetes.client import ApiException
 
-from tests.cluster.binaries import MissingBinariesError, find_binaries
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.procs import wait_until
+from devcluster.binaries import MissingBinariesError, find_binaries
+from devcluster.controlplane import ControlPlane
+from devcluster.procs import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -1,5 +1,5 @@
-"""Integration tests run against the real control plane (tests/cluster)."""
+"""Integration tests run against the real control plane (devcluster)."""
 
-from tests.cluster.fixtures import kube_cluster, namespace, node_agent, project_images, prometheus
+from tests.cluster_fixtures import kube_cluster, namespace, node_agent, project_images, prometheus, sftjob_crd
 
-__all__ = ["kube_cluster", "namespace", "node_agent", "project_images", "prometheus"]
+__all__ = ["kube_cluster", "namespace", "node_agent", "project_images", "prometheus", "sftjob_crd"]

@@ -15,15 +15,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from devcluster.controlplane import ControlPlane
 from sft_trainer.cli import app
-from tests.cluster.controlplane import ControlPlane
-from tests.integration.test_kubectl_plugin import sftjob_crd
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "sftjob-demo.yaml"
-__all__ = ["sftjob_crd"]
 
 CASES: dict[str, dict[str, Any]] = {
     "global-batch": {"training.trainer.global_batch_size": 100},

@@ -15,11 +15,11 @@ import kubernetes
 import pytest
 from kubernetes.client import ApiException
 
-from tests.cluster.binaries import pinned_versions
-from tests.cluster.controlplane import SA_ISSUER, ControlPlane
-from tests.cluster.node_agent import NodeAgent
-from tests.cluster.procs import free_port, wait_until
-from tests.cluster.prometheus import PrometheusServer
+from devcluster.binaries import pinned_versions
+from devcluster.controlplane import SA_ISSUER, ControlPlane
+from devcluster.node_agent import NodeAgent
+from devcluster.procs import free_port, wait_until
+from devcluster.prometheus import PrometheusServer
 
 pytestmark = pytest.mark.integration
 

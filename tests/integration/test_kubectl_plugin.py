@@ -5,7 +5,7 @@ example and its status is written through the status subresource (as the operato
 trainer's rank 0 do), then `kubectl sft status|suspend|resume|generate` read and change it.
 
 `logs` reads real pod logs: pods labelled as the operator labels a job's gang run on the test node
-agent, whose kubelet endpoint (tests/cluster/log_server.py) the API server proxies `pods/log` to.
+agent, whose kubelet endpoint (devcluster/log_server.py) the API server proxies `pods/log` to.
 """
 
 from __future__ import annotations
@@ -23,51 +23,20 @@ import kubernetes
 import pytest
 import yaml
 
+from devcluster.controlplane import ControlPlane
+from devcluster.node_agent import NodeAgent
+from devcluster.procs import wait_until
 from sft_operator.api import GROUP, PLURAL, VERSION
 from sft_operator.render import LABEL_ATTEMPT, LABEL_JOB, LABEL_RANK, TRAINER_CONTAINER
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.node_agent import NodeAgent
-from tests.cluster.procs import wait_until
+from tests.builders import running_status
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "crds" / "sftjob.yaml"
-CRD_NAME = "sftjobs.sft.kube-sft.io"
 EXAMPLE = ROOT / "examples" / "dolly" / "03-sftjob-8gpu.yaml"
 VENV_BIN = Path(sys.executable).parent
 
-RUNNING: dict[str, Any] = {
-    "phase": "Running",
-    "restarts": 1,
-    "attempt": 2,
-    "replicas": {"desired": 1, "running": 1},
-    "progress": {"step": 120, "totalSteps": 600, "epoch": 0, "percent": 20.0, "eta": "12m30s", "tokens": 1_234_567},
-    "metrics": {"loss": 1.23456, "valLoss": 1.5, "bestValLoss": 1.4, "lr": 5e-6, "tokensPerSecond": 12345.6},
-    "latestCheckpoint": {"step": 100, "path": "/output/dolly-2b/checkpoints/step-100"},
-    "lastFailure": {
-        "reason": "PodFailed",
-        "rank": 0,
-        "pod": "dolly-2b-node-0",
-        "exitCode": 70,
-        "retryable": True,
-        "message": "NCCL watchdog timeout",
-        "time": "2026-11-28T04:00:00Z",
-    },
-}
-
-
-@pytest.fixture(scope="module")
-def sftjob_crd(kube_cluster: ControlPlane) -> str:
-    """The checked-in SFTJob CRD, installed and served."""
-    result = kube_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD), check=False)
-    assert result.returncode == 0, result.stderr
-
-    def served() -> bool:
-        return kube_cluster.kubectl("get", "sftjobs", "-A", check=False).returncode == 0
-
-    wait_until(served, 60, f"CRD {CRD_NAME} served", interval=0.5)
-    return CRD_NAME
+RUNNING = running_status("dolly-2b", nodes=1)
 
 
 def kubectl_sft(cluster: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:

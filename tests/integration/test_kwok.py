@@ -1,6 +1,6 @@
 """KWOK on the real control plane: fake GPU nodes come up Ready, and a pod they "run" goes Running then
 Succeeded (hack/kwok/stages.yaml), or Failed with exit code 137 when annotated to fail — what
-bench/bench_operator.py relies on. Fails (never skips) when the kwok binary is not built."""
+the operator benchmark (bench/operator_scale/cluster.py) relies on. Fails (never skips) when the kwok binary is not built."""
 
 from __future__ import annotations
 
@@ -12,16 +12,10 @@ from typing import Any
 import kubernetes
 import pytest
 
-from bench.bench_operator import (
-    FAIL_ANNOTATION,
-    GPU,
-    MissingToolError,
-    create_nodes,
-    kwok_binary,
-    start_kwok,
-)
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.procs import wait_until
+from bench.operator_scale.cluster import MissingToolError, create_nodes, kwok_binary, start_kwok
+from bench.operator_scale.flavours import FAIL_ANNOTATION, GPU
+from devcluster.controlplane import ControlPlane
+from devcluster.procs import wait_until
 
 pytestmark = pytest.mark.integration
 RUN_SECONDS = 3.0
@@ -49,6 +43,8 @@ def gpu_pod(name: str, annotations: dict[str, str] | None = None) -> dict[str, A
         "metadata": {"name": name, "annotations": annotations or {}},
         "spec": {
             "restartPolicy": "Never",
+            # KWOK's nodes only: the session's node agent (8 GPUs too) may be up, and cannot run a pod without a command.
+            "nodeSelector": {"type": "kwok"},
             "containers": [{"name": "main", "image": "example.invalid/none", "resources": {"limits": {GPU: "8"}}}],
         },
     }

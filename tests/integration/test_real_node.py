@@ -1,4 +1,4 @@
-"""The real test node (tests/cluster/real_node.py) runs the project's images, and leaves nothing behind.
+"""The real test node (devcluster/real_node.py) runs the project's images, and leaves nothing behind.
 
 Two bugs only a real kubelet shows (issue 17) are checked here on one: the operator image's user
 (`useradd: group operator exists` stopped the build on every Debian base) and the service-link
@@ -17,10 +17,10 @@ from typing import Any
 import kubernetes
 import pytest
 
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.fixtures import running_real_node
-from tests.cluster.procs import wait_until
-from tests.cluster.real_node import KUBELET_SYSCTLS, RealNode, archive_image_tags
+from devcluster.controlplane import ControlPlane
+from devcluster.procs import wait_until
+from devcluster.real_node import KUBELET_SYSCTLS, RealNode, archive_image_tags
+from tests.cluster_fixtures import running_real_node
 
 pytestmark = pytest.mark.integration
 

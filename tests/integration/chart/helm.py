@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.binaries import MissingBinariesError, find_binaries
+from devcluster.binaries import MissingBinariesError, find_binaries
 
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "charts" / "kube-sft"

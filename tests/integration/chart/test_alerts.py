@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.binaries import MissingBinariesError, find_tool
+from devcluster.binaries import MissingBinariesError, find_tool
 from tests.integration.chart.helm import CHART, REPO
 
 pytestmark = pytest.mark.integration

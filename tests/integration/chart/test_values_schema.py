@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from devcluster.controlplane import ControlPlane
 from sft_operator.api import chart_values
-from tests.cluster.controlplane import ControlPlane
 from tests.integration.chart.helm import CHART, helm_template
 
 pytestmark = pytest.mark.integration

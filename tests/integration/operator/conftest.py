@@ -16,8 +16,8 @@ from pathlib import Path
 import kubernetes
 import pytest
 
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.procs import free_port, wait_until
+from devcluster.controlplane import ControlPlane
+from devcluster.procs import free_port, wait_until
 from tests.e2e.harness import wait_sftjobs_served
 
 REPO = Path(__file__).resolve().parents[3]

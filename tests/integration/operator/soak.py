@@ -43,11 +43,11 @@ from typing import Any
 import kubernetes
 from kubernetes.client import ApiException
 
+from devcluster.controlplane import ControlPlane
+from devcluster.node_agent import NodeAgent
+from devcluster.procs import ManagedProcess, wait_until
 from sft_operator.api import GROUP, PLURAL, VERSION
 from sft_operator.render import LABEL_ATTEMPT, LABEL_JOB, LABEL_RANK
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.node_agent import NodeAgent
-from tests.cluster.procs import ManagedProcess, wait_until
 from tests.e2e.harness import gsm8k_data, gsm8k_dir, tiny_training
 from tests.integration.operator.conftest import Operator
 

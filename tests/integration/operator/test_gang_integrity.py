@@ -27,10 +27,10 @@ import pytest
 import yaml
 from kubernetes.client import ApiException
 
+from devcluster.controlplane import ControlPlane
+from devcluster.node_agent import NodeAgent
+from devcluster.procs import wait_until
 from sft_operator.api import GROUP, PLURAL, VERSION
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.node_agent import NodeAgent
-from tests.cluster.procs import wait_until
 from tests.integration.operator.conftest import Operator, operator_service_account, wait_for
 from tests.integration.operator.soak import TABLE_HEADER, Soak, soak_job, summary_json
 from tests.integration.operator.test_operator_reconcile import core, custom, get, phase_is, pods, script, sftjob

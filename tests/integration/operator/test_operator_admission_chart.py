@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+from devcluster.binaries import MissingBinariesError, find_binaries
 from sft_operator.api import admission
-from tests.cluster.binaries import MissingBinariesError, find_binaries
 from tests.integration.operator.conftest import CHART
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.cluster.controlplane import ControlPlane
+from devcluster.controlplane import ControlPlane
 from tests.integration.operator.conftest import CHART
 
 pytestmark = pytest.mark.integration
@@ -54,7 +54,7 @@ def test_helm_install_runs_the_operator_under_the_charts_service_account(
 
     import kubernetes
 
-    from tests.cluster.procs import wait_until
+    from devcluster.procs import wait_until
     from tests.integration.operator.test_operator_reconcile import GROUP, PLURAL, VERSION, script, sftjob
 
     served = f"chart-{uuid.uuid4().hex[:6]}"

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.cluster.controlplane import ControlPlane
+from devcluster.controlplane import ControlPlane
 from tests.integration.operator.conftest import Operator, wait_for
 from tests.integration.operator.test_operator_reconcile import create, events, pods, script, sftjob, status
 

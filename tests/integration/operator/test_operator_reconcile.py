@@ -15,8 +15,9 @@ import pytest
 import yaml
 from kubernetes.client import ApiException
 
+from devcluster.controlplane import ControlPlane
 from sft_operator.api import GROUP, PLURAL, VERSION
-from tests.cluster.controlplane import ControlPlane
+from tests import builders
 from tests.integration.operator.conftest import Operator, settle, wait_for
 
 pytestmark = pytest.mark.integration
@@ -35,17 +36,16 @@ def script(body: str) -> list[str]:
 
 
 def sftjob(name: str, command: list[str], nodes: int = 2, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "SFTJob",
-        "metadata": {"name": name},
-        "spec": {
+    """A job whose pods run `command` on the node agent; `spec` keys merge into (dicts) or replace the defaults."""
+    body = builders.sftjob(
+        name,
+        {
             "resources": {"numNodes": nodes, "gpusPerNode": 1},
             "pod": {"command": command, "terminationGracePeriodSeconds": 1},
             "runPolicy": {"backoffSeconds": 1},
             "training": TRAINING,
         },
-    }
+    )
     for key, value in spec.items():
         body["spec"][key] = {**body["spec"].get(key, {}), **value} if isinstance(value, dict) else value
     return body

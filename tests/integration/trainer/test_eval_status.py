@@ -17,12 +17,12 @@ import kubernetes
 import pytest
 import yaml
 
+from devcluster.controlplane import ControlPlane
+from devcluster.procs import wait_until
 from sft_operator.api import GROUP, PLURAL, VERSION
 from sft_trainer.config import load_config
 from sft_trainer.distributed import DistributedEnv
 from sft_trainer.loop import run_training
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.procs import wait_until
 from tests.unit.data.conftest import require
 
 ROOT = Path(__file__).resolve().parents[3]

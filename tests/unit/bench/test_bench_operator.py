@@ -1,4 +1,4 @@
-"""Pure parts of bench/bench_operator.py: percentiles, parsing, the job tracker, result assembly, goals."""
+"""Pure parts of the operator benchmark (bench/operator_scale/, bench/bench_operator.py): percentiles, parsing, the job tracker, result assembly, goals."""
 
 from __future__ import annotations
 
@@ -11,42 +11,25 @@ from typing import Any
 import pytest
 import yaml
 
-from bench.bench_operator import (
-    FAIL_ANNOTATION,
-    FLOOR,
-    PEER,
-    QUICK,
-    SFT,
-    STAGES_FILE,
-    Scale,
-    Tracker,
+from bench.bench_operator import floor_scale, parse_args, scale_from
+from bench.operator_scale.cluster import STAGES_FILE, audit_policy, fake_node, node_ready, write_stages
+from bench.operator_scale.flavours import FAIL_ANNOTATION, FLOOR, PEER, SFT
+from bench.operator_scale.floor import floor_pod
+from bench.operator_scale.goals import evaluate_goals
+from bench.operator_scale.readings import (
     audit_counts,
-    audit_policy,
-    correctness,
     counter_diff,
     counter_samples,
     cpu_seconds,
-    evaluate_goals,
-    fake_node,
-    floor_pod,
-    floor_scale,
-    injection_times,
-    latencies,
-    load_summary,
     misdirected_writes,
-    node_ready,
-    parse_args,
     parse_labels,
     peak_rss_bytes,
-    percentile,
     pod_writes,
-    ratio,
     request_counts,
-    scale_from,
-    steady_times,
-    summarize,
-    write_stages,
 )
+from bench.operator_scale.run import QUICK, Scale
+from bench.operator_scale.stats import injection_times, load_summary, percentile, ratio, steady_times, summarize
+from bench.operator_scale.tracker import Tracker, correctness, latencies
 
 # ----- statistics --------------------------------------------------------------------------------
 

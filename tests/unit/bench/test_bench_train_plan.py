@@ -1,8 +1,10 @@
-"""The training benchmark's stage plan and goal selection (pure parts of bench/bench_train.py)."""
+"""The training benchmark's stage plan and goal selection (pure parts of bench/train_throughput/)."""
 
 from typing import Any
 
-from bench.bench_train import best_peer_row, evaluate_goals, real_tokens, stage_plan, with_peer_ratio
+from bench.train_throughput.orchestrate import stage_plan
+from bench.train_throughput.results import best_peer_row, evaluate_goals, with_peer_ratio
+from bench.train_throughput.trl_peer import real_tokens
 
 
 def _gpus(plan: dict[str, Any], stage: str) -> list[int]:

@@ -124,7 +124,7 @@ def test_median_rate() -> None:
 
 
 def test_merge_goals_takes_the_last_measured_call_and_the_worst_ceiling() -> None:
-    from bench.bench_train import merge_goals
+    from bench.train_throughput.results import merge_goals
 
     call1 = [tm.goal("a", 0.6, 0.5), tm.goal("wait", 0.5, 2.0, lower_is_better=True), tm.goal("b", None, 1.0)]
     call2 = [tm.goal("a", 0.4, 0.5), tm.goal("wait", 0.2, 2.0, lower_is_better=True), tm.goal("b", None, 1.0)]

@@ -3,7 +3,7 @@
 import pytest
 
 from sft_operator.api import SFTJob
-from tests.unit.operator.builders import manifest
+from tests.builders import manifest
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from sft_operator import access, render
 from sft_operator.api import SFTJob, admission, crd
 from sft_operator.api.kubernetes_types import VOLUME_SOURCES
-from tests.unit.operator.builders import manifest
+from tests.builders import manifest
 
 EVERY_REFERENCE: dict[str, Any] = {
     "storage": {

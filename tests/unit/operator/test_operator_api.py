@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from sft_operator.api import SFTJob, SFTJobStatus
 from sft_operator.api import crd as crd_module
-from tests.unit.operator.builders import manifest
+from tests.builders import API_VERSION, manifest
 
 
 def test_resources_fill_the_trainer_node_and_process_counts(job: SFTJob) -> None:
@@ -89,6 +89,12 @@ def test_crd_names_columns_and_status_subresource() -> None:
     assert columns == ["PHASE", "NODES", "GPUS", "STEP", "PROGRESS", "LOSS", "VAL-LOSS", "RESTARTS", "AGE"]
     wide = [column["name"].upper() for column in version["additionalPrinterColumns"] if column.get("priority") == 1]
     assert wide == ["ETA", "CHECKPOINT", "QUEUE", "MODEL", "RUNTIME"]
+
+
+def test_the_tests_write_the_served_api_version() -> None:
+    # tests/builders.py writes the public API version out; it is the one the CRD serves.
+    spec = crd_module.crd()["spec"]
+    assert f"{spec['group']}/{spec['versions'][0]['name']}" == API_VERSION
 
 
 def test_printer_columns_point_at_real_fields(job: SFTJob) -> None:

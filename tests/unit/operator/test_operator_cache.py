@@ -10,7 +10,7 @@ from sft_operator.controller import creation_waves, missing_ranks
 from sft_operator.policy import PodView
 from sft_operator.render import LABEL_ATTEMPT, LABEL_JOB, LABEL_RANK
 from sft_operator.workqueue import WorkQueue
-from tests.unit.operator.builders import manifest
+from tests.builders import manifest
 
 KEY = ("team", "demo")
 

@@ -14,7 +14,7 @@ from sft_operator.api import Metrics, Progress, SFTJob, SFTJobStatus
 from sft_operator.controller import Controller, Settings, Supporting, is_active, needs_resync, pod_waves, status_patch
 from sft_operator.policy import gang_breach
 from sft_operator.status import Event, pod_view
-from tests.unit.operator.builders import NOW, manifest
+from tests.builders import NOW, manifest
 
 
 def test_first_patch_writes_defaults_and_later_only_changes() -> None:

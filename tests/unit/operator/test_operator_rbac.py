@@ -10,7 +10,7 @@ from sft_operator import handlers, kube, render
 from sft_operator.api import GROUP, PLURAL, SFTJob
 from sft_operator.api.runtime import RUNTIME_PLURAL
 from sft_operator.rbac import FRAMEWORK_RULES, Rule
-from tests.unit.operator.builders import manifest
+from tests.builders import manifest
 
 CHART = Path(__file__).resolve().parents[3] / "charts" / "kube-sft"
 CLIENT_METHOD = re.compile(

@@ -5,7 +5,7 @@ import yaml
 from sft_operator import render
 from sft_operator.api import SFTJob
 from sft_operator.kubectl_plugin import pod_rank
-from tests.unit.operator.builders import manifest
+from tests.builders import manifest
 
 
 def _env(pod: dict, name: str) -> str:

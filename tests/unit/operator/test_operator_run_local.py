@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from sft_operator import run_local
-from tests.unit.operator.builders import manifest
+from tests.builders import manifest
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 

@@ -17,7 +17,7 @@ from sft_operator.status import (
     reconcile,
     trusted_status,
 )
-from tests.unit.operator.builders import NOW, manifest
+from tests.builders import NOW, manifest
 
 
 def make_job(run_policy: dict | None = None, **status: object) -> SFTJob:

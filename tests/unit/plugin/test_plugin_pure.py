@@ -29,6 +29,7 @@ from sft_operator.kubectl_plugin import (
 )
 from sft_operator.render import LABEL_ATTEMPT, LABEL_JOB, LABEL_RANK
 from sft_trainer.exit_codes import ExitCode
+from tests.builders import running_status
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -84,32 +85,7 @@ def test_suspend_and_resume_patch_only_run_policy_suspend() -> None:
 
 # --- status --------------------------------------------------------------------------------------
 
-RUNNING = {
-    "phase": "Running",
-    "restarts": 1,
-    "attempt": 2,
-    "replicas": {"desired": 2, "running": 2},
-    "progress": {"step": 120, "totalSteps": 600, "epoch": 0, "percent": 20.0, "eta": "12m30s", "tokens": 1_234_567},
-    "metrics": {
-        "loss": 1.23456,
-        "valLoss": 1.5,
-        "bestValLoss": 1.4,
-        "lr": 5e-6,
-        "gradNorm": 0.8123,
-        "tokensPerSecond": 12345.6,
-        "mfu": 0.41,
-    },
-    "latestCheckpoint": {"step": 100, "path": "/output/dolly-2b/checkpoints/step-100"},
-    "lastFailure": {
-        "reason": "PodFailed",
-        "rank": 1,
-        "pod": "dolly-2b-2node-node-1",
-        "exitCode": 70,
-        "retryable": True,
-        "message": "NCCL watchdog timeout",
-        "time": "2026-11-28T04:00:00Z",
-    },
-}
+RUNNING = running_status("dolly-2b-2node", nodes=2, failed_rank=1, gradNorm=0.8123, mfu=0.41)
 
 
 def test_status_shows_phase_progress_metrics_and_last_failure() -> None:

@@ -65,12 +65,17 @@ def test_messages_print_verbatim_even_with_markup_like_text(capsys: pytest.Captu
     assert message in err and "/out/[run]/step-3" in err
 
 
-def test_bar_mode_runs() -> None:
+def test_bar_mode_shows_progress_loss_val_loss_and_rate(capsys: pytest.CaptureFixture[str]) -> None:
     console = ConsoleReporter("bar", every_n_steps=1)
     console.step(STEP)
     console.validation(ValidationReport(step=3, val_loss=1.5, best_val_loss=1.5))
     console.step(STEP)
     console.finish(SUMMARY)
+    err = capsys.readouterr().err
+    # Off a terminal rich draws the bar once, when it stops: its last state, with the val loss it learnt.
+    assert "3/10" in err and "loss 1.2500" in err and "val 1.5000" in err and "4000 tok/s" in err
+    assert "validation step 3: val_loss 1.5000" in err and "succeeded: step 10/10" in err
+    assert "step 3/10 epoch" not in err  # the bar replaces the plain step lines
 
 
 class Broken:

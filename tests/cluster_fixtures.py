@@ -13,6 +13,8 @@
     prometheus     session  PrometheusServer: .set_targets(job, ["host:port"]), .query(promql),
                             .wait_for(promql), .set_rule_files([...]), .check_rules(path), .url
     namespace      function a fresh namespace (its `default` ServiceAccount exists), deleted afterwards
+    sftjob_crd     module   the checked-in SFTJob CRD (crds/sftjob.yaml) applied, Established and served;
+                            its name (for tests without the chart: the chart installs its own copy)
 
 Missing binaries FAIL the tests (never skip): run `make cluster-bins` (and `make node-bins images`).
 """
@@ -27,12 +29,12 @@ from pathlib import Path
 import kubernetes
 import pytest
 
-from tests.cluster.binaries import MissingBinariesError, find_binaries, find_tool
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.node_agent import NodeAgent
-from tests.cluster.procs import wait_until
-from tests.cluster.prometheus import PrometheusServer
-from tests.cluster.real_node import MissingNodeBinariesError, RealNode, find_node_binaries, project_image_archives
+from devcluster.binaries import REPO_ROOT, MissingBinariesError, find_binaries, find_tool
+from devcluster.controlplane import ControlPlane
+from devcluster.node_agent import NodeAgent
+from devcluster.procs import wait_until
+from devcluster.prometheus import PrometheusServer
+from devcluster.real_node import MissingNodeBinariesError, RealNode, find_node_binaries, project_image_archives
 
 
 def _say(config: pytest.Config, line: str) -> None:
@@ -135,3 +137,23 @@ def namespace(kube_cluster: ControlPlane) -> Iterator[str]:
         yield name
     finally:
         v1.delete_namespace(name)
+
+
+SFTJOB_CRD = REPO_ROOT / "crds" / "sftjob.yaml"
+SFTJOB_CRD_NAME = "sftjobs.sft.kube-sft.io"
+
+
+@pytest.fixture(scope="module")
+def sftjob_crd(kube_cluster: ControlPlane) -> str:
+    """Install the checked-in SFTJob CRD and wait until the API server serves it."""
+    result = kube_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(SFTJOB_CRD), check=False)
+    assert result.returncode == 0, result.stderr
+
+    def established() -> bool:
+        jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
+        found = kube_cluster.kubectl("get", f"crd/{SFTJOB_CRD_NAME}", "-o", f"jsonpath={jsonpath}", check=False)
+        served = kube_cluster.kubectl("get", "sftjobs", "-A", check=False)
+        return found.stdout.strip() == "True" and served.returncode == 0
+
+    wait_until(established, 60, f"CRD {SFTJOB_CRD_NAME} established and served", interval=0.5)
+    return SFTJOB_CRD_NAME

@@ -1,10 +1,10 @@
 """`make dev-cluster` / `make dev-cluster-down`: a local cluster with a real node, the chart and a demo SFTJob.
 
-    python -m tests.cluster.dev_cluster up     # start (in the background), install, run the demo job
-    python -m tests.cluster.dev_cluster down   # stop everything, check nothing is left, remove the state
+    python -m devcluster.dev_cluster up     # start (in the background), install, run the demo job
+    python -m devcluster.dev_cluster down   # stop everything, check nothing is left, remove the state
 
-`up` starts `serve` as a background process: the test control plane (tests/cluster/controlplane.py),
-a real node (kubelet + containerd + runc, tests/cluster/real_node.py) with the images `make images`
+`up` starts `serve` as a background process: the test control plane (devcluster/controlplane.py),
+a real node (kubelet + containerd + runc, devcluster/real_node.py) with the images `make images`
 built, and a Prometheus scraping every pod's `metrics` port (the operator's and the trainers').
 Then, as a user would: `helm install` of charts/kube-sft (the CPU trainer image), `kubectl apply` of
 examples/sftjob-demo.yaml made small for a laptop, and it waits for the job to finish. Everything
@@ -28,10 +28,10 @@ from typing import Any
 import kubernetes
 import yaml
 
-from tests.cluster.binaries import REPO_ROOT, cache_dir
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.prometheus import PrometheusServer
-from tests.cluster.real_node import RealNode, archive_image_tags, project_image_archives, sweep_stale_cgroups
+from devcluster.binaries import REPO_ROOT, cache_dir
+from devcluster.controlplane import ControlPlane
+from devcluster.prometheus import PrometheusServer
+from devcluster.real_node import RealNode, archive_image_tags, project_image_archives, sweep_stale_cgroups
 
 RELEASE, SYSTEM_NAMESPACE, JOB = "kube-sft", "kube-sft-system", "demo"
 DEMO_MANIFEST = REPO_ROOT / "examples" / "sftjob-demo.yaml"
@@ -161,7 +161,7 @@ def up() -> None:
         (state / "ready.json").unlink(missing_ok=True)
         log = (state / "serve.log").open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.cluster.dev_cluster", "serve"],
+            [sys.executable, "-m", "devcluster.dev_cluster", "serve"],
             cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         (state / "serve.pid").write_text(str(process.pid))
@@ -230,7 +230,7 @@ def down() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.cluster.dev_cluster", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devcluster.dev_cluster", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["up", "down", "serve"])
     args = parser.parse_args()
     if args.command == "serve":

@@ -15,7 +15,7 @@ How it fits on a shared test machine without leaving anything behind (issue 17):
 - stop(): SIGTERM to the node's PID 1 (the kubelet, then containerd stop; the kernel kills every
   other process of the namespace: shims, containers), which takes every mount and network device with
   it; then the cgroups under the kubelet's `cgroupRoot` are removed and the Node object deleted.
-`leftovers()` lists anything of this node's still on the host (tests/cluster test checks it is empty).
+`leftovers()` lists anything of this node's still on the host (tests/integration/test_real_node.py checks it is empty).
 
 Cold set-up (binaries, pause image) is `make node-bins` (hack/node/build.sh); the project images are
 hack/images/build.sh's docker-archives, imported into the node's containerd at start.
@@ -44,13 +44,13 @@ import kubernetes
 import yaml
 from kubernetes.client import ApiException
 
-from tests.cluster.binaries import REPO_ROOT, cache_dir, pinned_versions
-from tests.cluster.certs import sign
-from tests.cluster.cluster_dns import ClusterDNS
-from tests.cluster.controlplane import ControlPlane, kubeconfig_dict
-from tests.cluster.local_volumes import LocalVolumeProvisioner
-from tests.cluster.pod_network import _Forwarder, _wait_for_own_netns
-from tests.cluster.procs import ManagedProcess, log_tail, wait_until
+from devcluster.binaries import REPO_ROOT, cache_dir, pinned_versions
+from devcluster.certs import sign
+from devcluster.cluster_dns import ClusterDNS
+from devcluster.controlplane import ControlPlane, kubeconfig_dict
+from devcluster.local_volumes import LocalVolumeProvisioner
+from devcluster.pod_network import _Forwarder, _wait_for_own_netns
+from devcluster.procs import ManagedProcess, log_tail, wait_until
 
 log = logging.getLogger("kube_sft.real_node")
 NODE_VERSIONS = REPO_ROOT / "hack" / "node" / "versions.env"

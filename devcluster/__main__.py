@@ -1,10 +1,10 @@
-"""Start the test cluster by hand: `.venv/bin/python -m tests.cluster [--nodes N] [--for SECONDS]`.
+"""Start the test cluster by hand: `.venv/bin/python -m devcluster [--nodes N] [--for SECONDS]`.
 
 Starts etcd, the API server, controller manager, scheduler and N node agents, prints the admin
 KUBECONFIG, and runs until Ctrl-C (or --for seconds), then tears everything down. For poking at the
 operator with the real kubectl/helm:
 
-    .venv/bin/python -m tests.cluster &      # prints: export KUBECONFIG=/tmp/kube-sft-cluster-.../admin.kubeconfig
+    .venv/bin/python -m devcluster &      # prints: export KUBECONFIG=/tmp/kube-sft-cluster-.../admin.kubeconfig
     export KUBECONFIG=...; ~/.cache/kube-sft/bin/v1.37.2/helm install kube-sft charts/kube-sft -n kube-sft --create-namespace
 """
 
@@ -14,12 +14,12 @@ import argparse
 import signal
 import threading
 
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.node_agent import NodeAgent
+from devcluster.controlplane import ControlPlane
+from devcluster.node_agent import NodeAgent
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.cluster", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devcluster", description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=1, help="node agents to start (default 1)")
     parser.add_argument("--for", dest="seconds", type=float, default=None, help="stop after this many seconds")
     args = parser.parse_args()

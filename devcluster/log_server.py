@@ -16,7 +16,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from tests.cluster.certs import make_ca, sign
+from devcluster.certs import make_ca, sign
 
 LogLocator = Callable[[str, str], tuple[Path | None, Callable[[], bool]]]
 """(namespace, pod) -> (log file or None, is-the-process-still-running)."""

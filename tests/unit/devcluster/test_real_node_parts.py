@@ -4,8 +4,7 @@ import struct
 from pathlib import Path
 from types import SimpleNamespace
 
-from sft_operator.api.models import SFTJob
-from tests.cluster.cluster_dns import (
+from devcluster.cluster_dns import (
     NXDOMAIN,
     TYPE_A,
     TYPE_AAAA,
@@ -14,8 +13,9 @@ from tests.cluster.cluster_dns import (
     parse_query,
     split_cluster_name,
 )
-from tests.cluster.dev_cluster import demo_job, metrics_targets
-from tests.cluster.real_node import cni_config, parse_cri_log
+from devcluster.dev_cluster import demo_job, metrics_targets
+from devcluster.real_node import cni_config, parse_cri_log
+from sft_operator.api.models import SFTJob
 
 
 def query(name: str, qtype: int = TYPE_A, ident: int = 0x1234) -> bytes:

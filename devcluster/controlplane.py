@@ -4,7 +4,7 @@ Everything listens on 127.0.0.1 on free ports and lives in one temporary directo
 runs with RBAC (Node,RBAC), the service-account token issuer and the TokenRequest API; the
 controller manager runs every default controller (garbage collector, serviceaccount and
 serviceaccount-token included) with the signing key; the scheduler binds pods to the nodes that
-tests/cluster/node_agent.py registers.
+devcluster/node_agent.py registers.
 
     with ControlPlane.start() as cluster:
         v1 = kubernetes.client.CoreV1Api(cluster.api_client())
@@ -29,9 +29,9 @@ import kubernetes
 import urllib3
 import yaml
 
-from tests.cluster.binaries import Binaries, find_binaries
-from tests.cluster.certs import ClusterPKI, make_pki
-from tests.cluster.procs import ManagedProcess, free_port, wait_until
+from devcluster.binaries import Binaries, find_binaries
+from devcluster.certs import ClusterPKI, make_pki
+from devcluster.procs import ManagedProcess, free_port, wait_until
 
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_CIDR = "10.0.0.0/24"

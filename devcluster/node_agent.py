@@ -71,10 +71,10 @@ import kubernetes
 import urllib3
 from kubernetes.client import ApiException
 
-from tests.cluster.local_volumes import LocalVolumeProvisioner
-from tests.cluster.log_server import LogServer
-from tests.cluster.pod_network import PodNetwork, network_namespaces_work, release_shared, shared_network
-from tests.cluster.pod_spec import (
+from devcluster.local_volumes import LocalVolumeProvisioner
+from devcluster.log_server import LogServer
+from devcluster.pod_network import PodNetwork, network_namespaces_work, release_shared, shared_network
+from devcluster.pod_spec import (
     ALLOCATOR,
     PodStartError,
     allocator_for,
@@ -88,7 +88,7 @@ from tests.cluster.pod_spec import (
     rewrite_paths,
     write_items,
 )
-from tests.cluster.procs import die_with_parent, kill_group
+from devcluster.procs import die_with_parent, kill_group
 
 log = logging.getLogger("kube_sft.node_agent")
 T = TypeVar("T")

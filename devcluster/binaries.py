@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 VERSIONS_FILE = REPO_ROOT / "hack" / "controlplane" / "versions.env"
 HINT = "run `make cluster-bins` (hack/controlplane/build.sh) to build and cache them"
 

@@ -17,8 +17,8 @@ from typing import Any
 import urllib3
 import yaml
 
-from tests.cluster.binaries import find_tool
-from tests.cluster.procs import ManagedProcess, free_port, wait_until
+from devcluster.binaries import find_tool
+from devcluster.procs import ManagedProcess, free_port, wait_until
 
 
 def query_range(url: str, expr: str, start: float, end: float, step: float = 1.0) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The real test node's first process (PID 1 of its own PID, mount and network namespaces), started by
-# tests/cluster/real_node.py as `unshare --mount --pid --net --fork --mount-proc --kill-child`.
+# devcluster/real_node.py as `unshare --mount --pid --net --fork --mount-proc --kill-child`.
 # Everything it mounts, every process and network device it makes, dies with these namespaces: one
 # SIGTERM to it stops the node (kubelet first, then containerd; the kernel kills the rest).
 # Arguments come as environment variables (NODE_*), set by real_node.py.
