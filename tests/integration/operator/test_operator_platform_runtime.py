@@ -14,11 +14,11 @@ import kubernetes
 import pytest
 from kubernetes.client import ApiException
 
+from devcluster.controlplane import ControlPlane
+from devcluster.procs import wait_until
 from sft_operator.api import GROUP, PLURAL, VERSION
 from sft_operator.api.runtime import RUNTIME_KIND, RUNTIME_PLURAL
 from sft_operator.runtime import REF_FIELD, RUNTIME_CONDITION, RUNTIME_NOT_FOUND
-from tests.cluster.controlplane import ControlPlane
-from tests.cluster.procs import wait_until
 from tests.e2e.harness import impersonating_client
 from tests.integration.chart.helm import by_kind, helm_template, rendered
 from tests.integration.operator.conftest import Operator, settle, wait_for
