@@ -28,7 +28,7 @@ from sft_operator.runtime import (
     with_runtime,
 )
 from sft_operator.status import Observed, pod_view, reconcile
-from tests.unit.operator.builders import NOW, manifest
+from tests.builders import NOW, manifest
 from tests.unit.operator.test_operator_controller import RecordingKube
 
 NCCL = [{"name": "NCCL_DEBUG", "value": "INFO"}, {"name": "NCCL_IB_HCA", "value": "mlx5"}]
