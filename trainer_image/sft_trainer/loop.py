@@ -484,11 +484,6 @@ def exit_code_for(error: BaseException) -> ExitCode:
     return ExitCode.UNEXPECTED
 
 
-#: NCCL settings read when the process group is created: tear the process down on a failed collective
-#: (`TORCH_NCCL_ASYNC_ERROR_HANDLING=3`), and wait 4 x 1 s, not PyTorch's default 4 x 15 s, for debug
-#: dumps first (measured: a lost rank ended the survivor at timeout + 60 s with the default).
-NCCL_FAIL_FAST_ENV = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "3", "TORCH_NCCL_WAIT_TIMEOUT_DUMP_MILSEC": "1000"}
-
 # What a collective raises when a peer process is gone but PyTorch does not wrap it in a DistError
 # (gloo's TCP pairs: RuntimeError "Connection closed by peer"; NCCL's watchdog and aborted communicators).
 LOST_PEER_MARKERS = (
@@ -605,23 +600,23 @@ def run_training(config: SFTConfig, env: DistributedEnv) -> RunSummary:
     device = pick_device(env)
     reporters = build_reporters(config, env.is_rank_zero)
     total = config.trainer.max_steps
-    for name, value in NCCL_FAIL_FAST_ENV.items():  # before the process group reads them
-        os.environ.setdefault(name, value)
     try:
-        init_process_group(env, device, config.parallelism.distributed_timeout_seconds)
-        summary = _train(config, env, device, reporters)
-    except Exception as error:
-        code = exit_code_for(error)
-        if code == ExitCode.UNEXPECTED:
-            log.exception("training failed")
-        summary = RunSummary(outcome="failed", step=0, total_steps=total, exit_code=int(code), message=str(error))
-        latest = ckpt.list_checkpoints(Path(config.output_dir) / ckpt.CHECKPOINTS_DIR)
-        if latest:
-            summary = replace(summary, step=latest[-1].step, latest_checkpoint=str(latest[-1].path))
-    if config.evaluation is not None and summary.final_model and env.is_rank_zero:
-        summary = evaluate_final(config, Path(summary.final_model), device, summary)  # the trained model is freed
-    reporters.finish(summary)
-    destroy_process_group()
+        try:
+            init_process_group(env, device, config.parallelism.distributed_timeout_seconds)
+            summary = _train(config, env, device, reporters)
+        except Exception as error:
+            code = exit_code_for(error)
+            if code == ExitCode.UNEXPECTED:
+                log.exception("training failed")
+            summary = RunSummary(outcome="failed", step=0, total_steps=total, exit_code=int(code), message=str(error))
+            latest = ckpt.list_checkpoints(Path(config.output_dir) / ckpt.CHECKPOINTS_DIR)
+            if latest:
+                summary = replace(summary, step=latest[-1].step, latest_checkpoint=str(latest[-1].path))
+        if config.evaluation is not None and summary.final_model and env.is_rank_zero:
+            summary = evaluate_final(config, Path(summary.final_model), device, summary)  # the trained model is freed
+        reporters.finish(summary)
+    finally:  # also on KeyboardInterrupt / SystemExit: no communicator outlives the run
+        destroy_process_group()
     return summary
 
 

@@ -18,7 +18,6 @@ import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from sft_trainer.backends.megatron.thd import (
 )
 from sft_trainer.config.schema import SFTConfig
 from sft_trainer.data.types import MicroBatch
+from sft_trainer.distributed import current_env, init_process_group
 
 CHECKPOINT_SUBDIR = "megatron"
 
@@ -96,31 +96,14 @@ def prefer_torch_cudnn() -> None:
         os.environ["CUDNN_HOME"] = next(iter(spec.submodule_search_locations))
 
 
-def init_distributed(timeout_seconds: int) -> None:
-    """Join (or create, for a single process) the NCCL process group with a short collective timeout.
-
-    A lost rank then fails every collective after `timeout_seconds` and PyTorch's NCCL watchdog
-    tears the process down (`TORCH_NCCL_ASYNC_ERROR_HANDLING`), instead of hanging for PyTorch's
-    default 10 minutes.
-    """
-    from sft_trainer.loop import NCCL_FAIL_FAST_ENV  # fail fast when a peer is lost (see there)
-
-    for name, value in NCCL_FAIL_FAST_ENV.items():
-        os.environ.setdefault(name, value)
+def join_process_group(timeout_seconds: int) -> None:
+    """Join (or create, for a single process: megatron's parallel state needs a group) the NCCL
+    process group on `LOCAL_RANK`'s GPU, through `distributed.init_process_group` like every backend."""
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    torch.cuda.set_device(local_rank)
-    if dist.is_initialized():
-        return
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(29500 + (os.getpid() % 1000)))
-    dist.init_process_group(
-        backend="nccl",
-        timeout=timedelta(seconds=timeout_seconds),
-        device_id=torch.device("cuda", local_rank),
-    )
+    env = current_env()
+    device = torch.device("cuda", env.local_rank)
+    torch.cuda.set_device(device)
+    init_process_group(env, device, timeout_seconds, world_of_one=True)
 
 
 def _mask_padded_vocab(vocab_size: int) -> Callable[..., torch.Tensor]:
@@ -171,7 +154,7 @@ class MegatronBackend:
         self.hf_config = hf_config
         self.tuning = tuning or MegatronTuning()
         par = config.parallelism
-        init_distributed(par.distributed_timeout_seconds)
+        join_process_group(par.distributed_timeout_seconds)
         if not ps.model_parallel_is_initialized():
             ps.initialize_model_parallel(
                 tensor_model_parallel_size=par.tensor_model_parallel_size,
