@@ -278,10 +278,10 @@ class Trainer:
     def save(self, state: LoopState) -> Path:
         """Write checkpoint `state.step` atomically, then apply retention (rank 0 touches the files).
 
-        A backend with `supports_async_save` writes in the background: the checkpoint is published
-        (meta.json, rename into place, retention) only once every rank has written it, from
-        `finish_saves`; until then the previous checkpoint is the newest, so a crash mid-save loses
-        nothing that was published. Returns where the checkpoint is (or will be) published.
+        A backend that saves in the background (`Backend.save_checkpoint_async`) publishes the
+        checkpoint (meta.json, rename into place, retention) only once every rank has written it,
+        from `finish_saves`; until then the previous checkpoint is the newest, so a crash mid-save
+        loses nothing that was published. Returns where the checkpoint is (or will be) published.
         """
         self.finish_saves(blocking=True)  # one save in flight: retention must not meet a live staging dir
         started = time.perf_counter()
@@ -291,20 +291,12 @@ class Trainer:
             staging.mkdir(parents=True)
         barrier()
         meta = self._checkpoint_meta(state) if self.env.is_rank_zero else None  # RNG and step as of now
-        publish = partial(self._publish, staging, meta, started)
-        if getattr(self.backend, "supports_async_save", False):
-            self.backend.save_checkpoint_async(staging, publish)  # type: ignore[attr-defined]
-        else:
-            self.backend.save_checkpoint(staging)
-            publish()
-            barrier()
+        self.backend.save_checkpoint_async(staging, partial(self._publish, staging, meta, started))
         return self.checkpoint_root / f"step-{state.step}"
 
     def finish_saves(self, blocking: bool) -> None:
         """Publish the background saves that every rank has finished (all of them when `blocking`); every rank calls it."""
-        finish = getattr(self.backend, "finalize_saves", None)
-        if finish is not None:
-            finish(blocking=blocking)
+        self.backend.finalize_saves(blocking=blocking)
 
     def _checkpoint_meta(self, state: LoopState) -> ckpt.CheckpointMeta:
         return ckpt.CheckpointMeta(

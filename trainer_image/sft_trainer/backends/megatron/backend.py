@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from sft_trainer.backends.base import EvalResult, StepResult
+from sft_trainer.backends.base import Backend, EvalResult, StepResult
 from sft_trainer.backends.loss import chunked_linear_cross_entropy, loss_positions, scatter_token_losses
 from sft_trainer.backends.megatron import conversion
 from sft_trainer.backends.megatron.model import ModelPlan, build_model_chunks, make_plan, transformer_config
@@ -125,7 +125,7 @@ def _mask_padded_vocab(vocab_size: int) -> Callable[..., torch.Tensor]:
     return process
 
 
-class MegatronBackend:
+class MegatronBackend(Backend):
     """A `Backend` (see `backends.base`) over megatron-core's GPTModel with Transformer Engine layers.
 
     Constructor: `MegatronBackend(config, hf_config, hf_state_dict=None)`
@@ -536,11 +536,6 @@ class MegatronBackend:
             target.mkdir(parents=True, exist_ok=True)
         dist.barrier()
         return target
-
-    @property
-    def supports_async_save(self) -> bool:
-        """`save_checkpoint_async` is available (the loop then overlaps checkpoint writes with training)."""
-        return True
 
     def save_checkpoint_async(self, directory: Path, finalize: Callable[[], None]) -> None:
         """Start `save_checkpoint(directory)` in the background; `finalize` runs once every rank has written.
