@@ -20,7 +20,7 @@ import yaml
 from sft_operator.api import GROUP, PLURAL, VERSION
 from sft_trainer.config import load_config
 from sft_trainer.distributed import DistributedEnv
-from sft_trainer.loop import run_training
+from sft_trainer.run import run_training
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.procs import wait_until
 from tests.unit.data.conftest import require

@@ -183,7 +183,7 @@ def test_run_overlaps_saves_and_ends_with_all_published(tmp_path: Path) -> None:
 
 def test_a_vanished_peer_is_a_distributed_failure() -> None:
     from sft_trainer.exit_codes import ExitCode
-    from sft_trainer.loop import exit_code_for
+    from sft_trainer.failures import exit_code_for
 
     gloo = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:547] Connection closed by peer [::1]:1")
     assert exit_code_for(gloo) == ExitCode.DISTRIBUTED_TIMEOUT
@@ -193,7 +193,7 @@ def test_a_vanished_peer_is_a_distributed_failure() -> None:
 
 def test_a_device_oom_from_any_library_is_out_of_memory() -> None:
     from sft_trainer.exit_codes import ExitCode
-    from sft_trainer.loop import exit_code_for
+    from sft_trainer.failures import exit_code_for
 
     assert (
         exit_code_for(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
