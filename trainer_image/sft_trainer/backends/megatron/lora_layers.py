@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sft_trainer.backends.megatron import params
 from sft_trainer.backends.megatron.conversion import ModelShape
 from sft_trainer.backends.megatron.lora_mapping import AdaptedLayer, Which, local_shape, scaling, split_axis
 from sft_trainer.config.schema import LoraConfig
@@ -22,15 +23,16 @@ def combine_outputs(
     `linear_qkv`: per local query group `[q heads; k; v]` (megatron's interleaving); `linear_fc1`:
     `[gate_t; up_t]`, a projection without adapters contributes zeros; row layers: the one output.
     """
-    if layer.module == "self_attention.linear_qkv":
+    layout, projections = params.linear_layout(layer.module)
+    if layout == "qkv":
         groups = shape.num_key_value_heads // tp
-        parts = [outputs[p] for p in ("q_proj", "k_proj", "v_proj")]
+        parts = [outputs[p] for p in projections]
         lead = parts[0].shape[:-1]
         grouped = [part.reshape(*lead, groups, part.shape[-1] // groups) for part in parts]
         return torch.cat(grouped, dim=-1).reshape(*lead, -1)
-    if layer.module == "mlp.linear_fc1":
+    if layout == "gate_up":
         present = next(iter(outputs.values()))
-        halves = [outputs.get(p) for p in ("gate_proj", "up_proj")]
+        halves = [outputs.get(p) for p in projections]
         return torch.cat([h if h is not None else torch.zeros_like(present) for h in halves], dim=-1)
     (only,) = outputs.values()
     return only

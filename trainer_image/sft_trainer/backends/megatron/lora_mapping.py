@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
+from sft_trainer.backends.megatron import params
 from sft_trainer.backends.megatron.conversion import ModelShape, ShardKey, StateDict, layer_ranges
 from sft_trainer.config.schema import LoraConfig, LoraTarget, SFTConfig
 
@@ -34,30 +35,16 @@ class AdaptedLayer:
     projections: tuple[str, ...]  # HF projection names, in the base layer's output order
 
 
-# Our targets -> (megatron layer, HF projections). `gate` and `up` share the fused linear_fc1.
-TARGETS: dict[LoraTarget, tuple[str, tuple[str, ...]]] = {
-    "qkv": ("self_attention.linear_qkv", ("q_proj", "k_proj", "v_proj")),
-    "out": ("self_attention.linear_proj", ("o_proj",)),
-    "gate": ("mlp.linear_fc1", ("gate_proj",)),
-    "up": ("mlp.linear_fc1", ("up_proj",)),
-    "down": ("mlp.linear_fc2", ("down_proj",)),
+# Our targets -> the HF projections they adapt; the megatron layer of each comes from `params.PARAMS`
+# (`gate` and `up` share the fused linear_fc1).
+TARGETS: dict[LoraTarget, tuple[str, ...]] = {
+    "qkv": ("q_proj", "k_proj", "v_proj"),
+    "out": ("o_proj",),
+    "gate": ("gate_proj",),
+    "up": ("up_proj",),
+    "down": ("down_proj",),
 }
-_PARALLEL: dict[str, Parallel] = {
-    "self_attention.linear_qkv": "column",
-    "mlp.linear_fc1": "column",
-    "self_attention.linear_proj": "row",
-    "mlp.linear_fc2": "row",
-}
-_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-HF_MODULE = {
-    "q_proj": "self_attn.q_proj",
-    "k_proj": "self_attn.k_proj",
-    "v_proj": "self_attn.v_proj",
-    "o_proj": "self_attn.o_proj",
-    "gate_proj": "mlp.gate_proj",
-    "up_proj": "mlp.up_proj",
-    "down_proj": "mlp.down_proj",
-}
+_ORDER = params.PROJECTIONS
 
 
 def adapted_layers(targets: Sequence[LoraTarget]) -> list[AdaptedLayer]:
@@ -65,10 +52,12 @@ def adapted_layers(targets: Sequence[LoraTarget]) -> list[AdaptedLayer]:
     wanted = list(TARGETS) if "all" in targets else [t for t in targets if t != "all"]
     projections: dict[str, list[str]] = {}
     for target in wanted:
-        module, projs = TARGETS[target]
-        projections.setdefault(module, []).extend(p for p in projs if p not in projections.get(module, []))
+        for projection in TARGETS[target]:
+            module = params.linear_of(projection)[0]
+            if projection not in projections.setdefault(module, []):
+                projections[module].append(projection)
     layers = [
-        AdaptedLayer(module, _PARALLEL[module], tuple(sorted(projs, key=_ORDER.index)))
+        AdaptedLayer(module, parallel_of(projs[0]), tuple(sorted(projs, key=_ORDER.index)))
         for module, projs in projections.items()
     ]
     return sorted(layers, key=lambda layer: _ORDER.index(layer.projections[0]))
@@ -96,7 +85,7 @@ def projection_features(projection: str, shape: ModelShape) -> tuple[int, int]:
 
 def parallel_of(projection: str) -> Parallel:
     """Column-parallel (output sharded) or row-parallel (input sharded) base layer of a projection."""
-    return "row" if projection in ("o_proj", "down_proj") else "column"
+    return "row" if params.linear_of(projection)[1] == "row" else "column"
 
 
 def split_axis(projection: str, which: Which) -> int | None:
@@ -150,7 +139,7 @@ def megatron_key(local_layer: int, layer: AdaptedLayer, projection: str, which: 
 
 def hf_key(layer: int, projection: str, which: Which) -> str:
     """Tensor name in a PEFT `adapter_model.safetensors` (global layer index)."""
-    return f"base_model.model.model.layers.{layer}.{HF_MODULE[projection]}.lora_{which}.weight"
+    return f"base_model.model.model.layers.{layer}.{params.hf_module_of(projection)}.lora_{which}.weight"
 
 
 def is_adapter_key(name: str) -> bool:
