@@ -16,12 +16,12 @@ import torch
 
 from sft_trainer import checkpoint as ckpt
 from sft_trainer.config.schema import SFTConfig
-from sft_trainer.distributed import DistributedEnv, barrier
+from sft_trainer.distributed import DistributedEnv, barrier, destroy_process_group, init_process_group, pick_device
 from sft_trainer.exit_codes import ExitCode
 from sft_trainer.export import export_final
 from sft_trainer.failures import exit_code_for
 from sft_trainer.loop import Trainer
-from sft_trainer.report import FanOut, RunSummary
+from sft_trainer.report import FanOut, RunSummary, build_reporters
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,6 @@ def run_training(config: SFTConfig, env: DistributedEnv) -> RunSummary:
 
     Every ending becomes a `RunSummary` whose `exit_code` follows `sft_trainer.exit_codes`.
     """
-    from sft_trainer.distributed import destroy_process_group, init_process_group, pick_device
-    from sft_trainer.report import build_reporters
-
     device = pick_device(env)
     reporters = build_reporters(config, env.is_rank_zero)
     total = config.trainer.max_steps

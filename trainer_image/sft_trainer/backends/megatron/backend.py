@@ -31,7 +31,7 @@ from sft_trainer.backends.megatron.step import MegatronStep, mask_padded_vocab
 from sft_trainer.backends.megatron.thd import stream_multiple
 from sft_trainer.config.schema import SFTConfig
 
-__all__ = ["CHECKPOINT_SUBDIR", "MegatronBackend", "MegatronTuning"]
+__all__ = ["CHECKPOINT_SUBDIR", "MegatronBackend", "MegatronTuning", "prefer_torch_cudnn"]
 
 
 class MegatronBackend(MegatronStep, MegatronCheckpointing, Backend):
