@@ -74,7 +74,9 @@ def init_process_group(
         os.environ.setdefault(name, value)
     if dist.is_initialized() or not (env.is_distributed or world_of_one):
         return
-    if not env.is_distributed:
+    if not env.is_distributed:  # torchrun's variables, for code that reads them (megatron's helpers)
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(29500 + (os.getpid() % 1000)))
     backend = "nccl" if device.type == "cuda" else "gloo"

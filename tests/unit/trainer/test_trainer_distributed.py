@@ -19,6 +19,8 @@ def _free_port() -> int:
 def test_a_world_of_one_joins_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in NCCL_FAIL_FAST_ENV:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RANK", "0")  # restored afterwards: joining a world of one sets torchrun's variables
+    monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
     cpu = torch.device("cpu")
