@@ -84,7 +84,7 @@ def train(
             run_config.world_size,
             env.world_size,
         )
-    from sft_trainer.loop import run_training
+    from sft_trainer.run import run_training
 
     summary = run_training(run_config, env)
     if summary.exit_code != ExitCode.OK and env.is_rank_zero:

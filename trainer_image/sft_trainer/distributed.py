@@ -1,7 +1,9 @@
 """Process-group set-up and the few collectives the loop needs.
 
 `torchrun` (or the operator's pod env) sets RANK, WORLD_SIZE and LOCAL_RANK; a plain `sft train`
-is a world of one and never initialises a process group.
+is a world of one and initialises no process group, unless the backend needs one (megatron's
+parallel state does). Every backend joins through `init_process_group`, and `run.run_training`
+leaves through `destroy_process_group` on every exit path.
 """
 
 import datetime
@@ -11,6 +13,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+#: NCCL settings read when the process group is created: tear the process down on a failed collective
+#: (`TORCH_NCCL_ASYNC_ERROR_HANDLING=3`), and wait 4 x 1 s, not PyTorch's default 4 x 15 s, for debug
+#: dumps first (measured: a lost rank ended the survivor at timeout + 60 s with the default).
+NCCL_FAIL_FAST_ENV = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "3", "TORCH_NCCL_WAIT_TIMEOUT_DUMP_MILSEC": "1000"}
 
 
 @dataclass(frozen=True)
@@ -54,10 +61,24 @@ def pick_device(env: DistributedEnv) -> torch.device:
     return torch.device("cpu")
 
 
-def init_process_group(env: DistributedEnv, device: torch.device, timeout_seconds: int) -> None:
-    """Join the process group (nccl on CUDA, gloo on CPU); a no-op for a world of one."""
-    if not env.is_distributed or dist.is_initialized():
+def init_process_group(
+    env: DistributedEnv, device: torch.device, timeout_seconds: int, world_of_one: bool = False
+) -> None:
+    """Join the process group (nccl on CUDA, gloo on CPU) with a short collective timeout.
+
+    A lost rank then fails every collective after `timeout_seconds`, and with `NCCL_FAIL_FAST_ENV`
+    PyTorch's NCCL watchdog tears the process down instead of hanging. A world of one creates no
+    group unless `world_of_one` (on a local address); joining twice is a no-op.
+    """
+    for name, value in NCCL_FAIL_FAST_ENV.items():  # before the process group reads them
+        os.environ.setdefault(name, value)
+    if dist.is_initialized() or not (env.is_distributed or world_of_one):
         return
+    if not env.is_distributed:  # torchrun's variables, for code that reads them (megatron's helpers)
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(29500 + (os.getpid() % 1000)))
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(
         backend=backend,
@@ -69,7 +90,7 @@ def init_process_group(env: DistributedEnv, device: torch.device, timeout_second
 
 
 def destroy_process_group() -> None:
-    """Leave the process group, if any."""
+    """Leave the process group and every subgroup (megatron's too), if any."""
     if dist.is_initialized():
         dist.destroy_process_group()
 

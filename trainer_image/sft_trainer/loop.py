@@ -6,12 +6,9 @@ global batch holds (read from the dataset, no communication), the learning rate,
 checkpoint cadence, resume, non-finite losses, SIGTERM, and reporting. The backend does the math.
 """
 
-import gc
-import json
 import logging
 import math
 import os
-import random
 import shutil
 import signal
 import time
@@ -28,17 +25,29 @@ import torch
 
 from sft_trainer import checkpoint as ckpt
 from sft_trainer.backends.base import Backend
-from sft_trainer.config.schema import SFTConfig, TrainerConfig
+from sft_trainer.config.schema import SFTConfig
 from sft_trainer.data.types import MicroBatch, Sample
 from sft_trainer.distributed import DistributedEnv, all_reduce_sum, any_process, barrier
 from sft_trainer.exit_codes import ExitCode
+from sft_trainer.failures import NonFiniteLossError
 from sft_trainer.flops import effective_sequence_length, flops_per_token, mfu, peak_tflops
+from sft_trainer.plan import (
+    Rows,
+    chunks,
+    epoch_order,
+    fault_signal,
+    is_due,
+    next_batch_position,
+    rank_slice,
+    steps_per_epoch,
+    total_steps,
+    validation_rows,
+)
 from sft_trainer.report import METRICS_FILE, CheckpointReport, FanOut, RunSummary, StepReport, ValidationReport
 from sft_trainer.report.metrics_file import truncate_metrics
 from sft_trainer.schedule import learning_rate
 
 log = logging.getLogger(__name__)
-Rows = npt.NDArray[np.int64]
 
 
 class TrainDataset(Protocol):
@@ -56,75 +65,6 @@ class Collate(Protocol):
     """`sft_trainer.data.collate`."""
 
     def __call__(self, samples: list[Sample], pad_id: int) -> MicroBatch: ...
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss (or gradient) became NaN/inf; a checkpoint of the last good state was saved."""
-
-
-# ---------------------------------------------------------------------------- pure planning
-
-
-def steps_per_epoch(num_rows: int, global_batch_size: int) -> int:
-    """Full global batches in one pass over the data (a partial last batch is dropped)."""
-    return num_rows // global_batch_size
-
-
-def total_steps(trainer: TrainerConfig, per_epoch: int) -> int:
-    """`max_steps` whenever it is set (whatever `max_epochs` says), else `max_epochs` x steps per epoch."""
-    if trainer.max_steps != -1:
-        return trainer.max_steps
-    return trainer.max_epochs * per_epoch
-
-
-def epoch_order(num_rows: int, seed: int, epoch: int, shuffle: bool) -> Rows:
-    """The row order of `epoch`: a permutation seeded by (seed, epoch), or 0..N-1 without shuffling."""
-    if not shuffle:
-        return np.arange(num_rows, dtype=np.int64)
-    return np.random.default_rng([seed, epoch]).permutation(num_rows).astype(np.int64)
-
-
-def next_batch_position(position: ckpt.DataPosition, num_rows: int, global_batch_size: int) -> ckpt.DataPosition:
-    """Where the next global batch starts: here, or at the top of the next epoch if too few rows remain."""
-    if position.offset + global_batch_size > num_rows:
-        return ckpt.DataPosition(epoch=position.epoch + 1, offset=0)
-    return position
-
-
-def rank_slice(rows: Rows, rank: int, size: int) -> Rows:
-    """This data-parallel rank's contiguous share of a global batch."""
-    per_rank = len(rows) // size
-    return rows[rank * per_rank : (rank + 1) * per_rank]
-
-
-def chunks(rows: Rows, size: int) -> list[Rows]:
-    """Consecutive pieces of at most `size` rows (micro-batches)."""
-    return [rows[i : i + size] for i in range(0, len(rows), size)]
-
-
-def validation_rows(num_rows: int, global_batch_size: int, limit: int | float) -> int:
-    """How many validation rows one check reads.
-
-    Validation batches hold `global_batch_size` rows (the last may be partial); `limit_val_batches`
-    is a count of them (int) or a fraction of them (float, at least one batch); 0 disables.
-    """
-    batches = math.ceil(num_rows / global_batch_size)
-    wanted = min(limit, batches) if isinstance(limit, int) else max(1, int(limit * batches))
-    return min(num_rows, wanted * global_batch_size)
-
-
-def fault_signal(step: int, environ: dict[str, str]) -> int | None:
-    """Fault injection for tests: the signal to send ourselves after `step` (SFT_FAULT_AT_STEP=N,
-    SFT_FAULT_SIGNAL=KILL|TERM|INT, default KILL), or None."""
-    at = environ.get("SFT_FAULT_AT_STEP")
-    if at is None or int(at) != step:
-        return None
-    return int(signal.Signals["SIG" + environ.get("SFT_FAULT_SIGNAL", "KILL").upper()])
-
-
-def is_due(step: int, interval: int, last_step: int) -> bool:
-    """Every `interval` steps and at the last step."""
-    return step % interval == 0 or step == last_step
 
 
 def summed_loss(
@@ -149,9 +89,6 @@ def summed_loss(
         tokens += result.loss_tokens
     total_loss, total_tokens = all_reduce_sum([loss_sum, float(tokens)], device)
     return total_loss, int(total_tokens)
-
-
-# ---------------------------------------------------------------------------- state
 
 
 @dataclass(frozen=True)
@@ -278,10 +215,10 @@ class Trainer:
     def save(self, state: LoopState) -> Path:
         """Write checkpoint `state.step` atomically, then apply retention (rank 0 touches the files).
 
-        A backend with `supports_async_save` writes in the background: the checkpoint is published
-        (meta.json, rename into place, retention) only once every rank has written it, from
-        `finish_saves`; until then the previous checkpoint is the newest, so a crash mid-save loses
-        nothing that was published. Returns where the checkpoint is (or will be) published.
+        A backend that saves in the background (`Backend.save_checkpoint_async`) publishes the
+        checkpoint (meta.json, rename into place, retention) only once every rank has written it,
+        from `finish_saves`; until then the previous checkpoint is the newest, so a crash mid-save
+        loses nothing that was published. Returns where the checkpoint is (or will be) published.
         """
         self.finish_saves(blocking=True)  # one save in flight: retention must not meet a live staging dir
         started = time.perf_counter()
@@ -291,20 +228,12 @@ class Trainer:
             staging.mkdir(parents=True)
         barrier()
         meta = self._checkpoint_meta(state) if self.env.is_rank_zero else None  # RNG and step as of now
-        publish = partial(self._publish, staging, meta, started)
-        if getattr(self.backend, "supports_async_save", False):
-            self.backend.save_checkpoint_async(staging, publish)  # type: ignore[attr-defined]
-        else:
-            self.backend.save_checkpoint(staging)
-            publish()
-            barrier()
+        self.backend.save_checkpoint_async(staging, partial(self._publish, staging, meta, started))
         return self.checkpoint_root / f"step-{state.step}"
 
     def finish_saves(self, blocking: bool) -> None:
         """Publish the background saves that every rank has finished (all of them when `blocking`); every rank calls it."""
-        finish = getattr(self.backend, "finalize_saves", None)
-        if finish is not None:
-            finish(blocking=blocking)
+        self.backend.finalize_saves(blocking=blocking)
 
     def _checkpoint_meta(self, state: LoopState) -> ckpt.CheckpointMeta:
         return ckpt.CheckpointMeta(
@@ -448,237 +377,3 @@ class Trainer:
             best_val_loss=state.best_val_loss,
             latest_checkpoint=str(latest[-1].path) if latest else None,
         )
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (identically on every rank: the model starts identical)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-# ---------------------------------------------------------------------------- glue: one whole run
-
-FINAL_DIR = "final"
-
-
-def exit_code_for(error: BaseException) -> ExitCode:
-    """The documented exit code of an exception that ended a run."""
-    from sft_trainer.config import ConfigError
-    from sft_trainer.data.errors import DataError
-    from sft_trainer.models import ModelError
-    from sft_trainer.tokenization import TokenizerError
-
-    if isinstance(error, ConfigError):
-        return ExitCode.CONFIG_ERROR
-    if isinstance(error, DataError):
-        return ExitCode.DATA_ERROR
-    if isinstance(error, ModelError | TokenizerError):
-        return ExitCode.MODEL_ERROR
-    if isinstance(error, NonFiniteLossError):
-        return ExitCode.NON_FINITE_LOSS
-    if is_out_of_memory(error):
-        return ExitCode.OUT_OF_MEMORY
-    if is_lost_peer(error):
-        return ExitCode.DISTRIBUTED_TIMEOUT
-    return ExitCode.UNEXPECTED
-
-
-#: NCCL settings read when the process group is created: tear the process down on a failed collective
-#: (`TORCH_NCCL_ASYNC_ERROR_HANDLING=3`), and wait 4 x 1 s, not PyTorch's default 4 x 15 s, for debug
-#: dumps first (measured: a lost rank ended the survivor at timeout + 60 s with the default).
-NCCL_FAIL_FAST_ENV = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "3", "TORCH_NCCL_WAIT_TIMEOUT_DUMP_MILSEC": "1000"}
-
-# What a collective raises when a peer process is gone but PyTorch does not wrap it in a DistError
-# (gloo's TCP pairs: RuntimeError "Connection closed by peer"; NCCL's watchdog and aborted communicators).
-LOST_PEER_MARKERS = (
-    "Connection closed by peer",
-    "Connection reset by peer",
-    "NCCL communicator was aborted",
-    "Watchdog caught collective operation timeout",
-)
-
-
-# What a device OOM says when it is not raised by PyTorch's caching allocator (cuBLAS / cuDNN
-# workspaces, Transformer Engine kernels, a plain cudaMalloc): a RuntimeError with CUDA's own words.
-OUT_OF_MEMORY_MARKERS = (
-    "CUDA out of memory",
-    "CUDA error: out of memory",
-    "cudaErrorMemoryAllocation",
-    "CUBLAS_STATUS_ALLOC_FAILED",
-    "CUDNN_STATUS_ALLOC_FAILED",
-)
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """A device OOM, raised by PyTorch or by a library beneath it, also when wrapped in another error."""
-    chain: list[BaseException] = []
-    current: BaseException | None = error
-    while current is not None and current not in chain:  # a hand-made cause cycle must not loop forever
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return any(
-        isinstance(link, torch.OutOfMemoryError)
-        or (isinstance(link, RuntimeError) and any(marker in str(link) for marker in OUT_OF_MEMORY_MARKERS))
-        for link in chain
-    )
-
-
-def is_lost_peer(error: BaseException) -> bool:
-    """A failed or timed-out collective: another rank vanished (transient: the whole group restarts)."""
-    if isinstance(error, torch.distributed.DistError):
-        return True
-    return isinstance(error, RuntimeError) and any(marker in str(error) for marker in LOST_PEER_MARKERS)
-
-
-def sft_metadata(config: SFTConfig, summary: RunSummary, data_stats: dict[str, Any]) -> dict[str, Any]:
-    """`final/sft.json`: how to prompt the model (the data block) and what training did."""
-    return {
-        "format": config.data.format,
-        "prompt_template": config.data.prompt_template,
-        "chat_prompt_tokens": config.data.chat_prompt_tokens.model_dump(),
-        "data": config.data.model_dump(mode="json"),
-        "chat": data_stats.get("chat"),  # generation defaults: the system prompt and label training used most
-        "training": {
-            "name": config.name,
-            "steps": summary.step,
-            "total_steps": summary.total_steps,
-            "last_loss": summary.last_loss,
-            "best_val_loss": summary.best_val_loss,
-            "global_batch_size": config.trainer.global_batch_size,
-            "micro_batch_size": config.trainer.micro_batch_size,
-            "lr": config.optim.lr,
-            "precision": config.trainer.precision,
-            "model_source": config.model.source,
-            "model_path": config.model.path,
-            "data_stats": data_stats,
-        },
-    }
-
-
-def chat_template_for_export(config: SFTConfig, stats: dict[str, Any]) -> str | None:
-    """The chat template `final/` carries so it stands alone: hf_chat's (from `data.chat_template` or the
-    tokenizer), or a Jinja rendering of the NeMo chat format with the training defaults; None otherwise."""
-    data = config.data
-    if data.format == "hf_chat" and data.chat_template:
-        return Path(data.chat_template).read_text(encoding="utf-8")
-    if data.format == "nemo_chat":
-        from sft_trainer.data.chat_context import ChatDefaults
-        from sft_trainer.data.nemo_chat import nemo_chat_jinja
-
-        return nemo_chat_jinja(data, ChatDefaults.from_stats(stats.get("chat")))
-    return None
-
-
-def export_final(
-    backend: Backend, tokenizer: Any, config: SFTConfig, summary: RunSummary, env: DistributedEnv, stats: dict[str, Any]
-) -> Path:
-    """Write `final/`: Hugging Face weights + config, tokenizer files and sft.json (atomically)."""
-    final = Path(config.output_dir) / FINAL_DIR
-    staging = Path(config.output_dir) / f".{FINAL_DIR}.tmp"
-    if env.is_rank_zero:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-    barrier()
-    backend.export_hf(staging)
-    if env.is_rank_zero:
-        template = chat_template_for_export(config, stats)
-        if template is not None:
-            tokenizer.chat_template = template
-        tokenizer.save_pretrained(str(staging))
-        metadata = sft_metadata(config, summary, stats)
-        (staging / "sft.json").write_text(json.dumps(metadata, indent=2, default=str), encoding="utf-8")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
-    barrier()
-    return final
-
-
-def run_training(config: SFTConfig, env: DistributedEnv) -> RunSummary:
-    """A whole run in this process: set up, (demo accuracy), train, export, report. Never raises.
-
-    Every ending becomes a `RunSummary` whose `exit_code` follows `sft_trainer.exit_codes`.
-    """
-    from sft_trainer.distributed import destroy_process_group, init_process_group, pick_device
-    from sft_trainer.report import build_reporters
-
-    device = pick_device(env)
-    reporters = build_reporters(config, env.is_rank_zero)
-    total = config.trainer.max_steps
-    for name, value in NCCL_FAIL_FAST_ENV.items():  # before the process group reads them
-        os.environ.setdefault(name, value)
-    try:
-        init_process_group(env, device, config.parallelism.distributed_timeout_seconds)
-        summary = _train(config, env, device, reporters)
-    except Exception as error:
-        code = exit_code_for(error)
-        if code == ExitCode.UNEXPECTED:
-            log.exception("training failed")
-        summary = RunSummary(outcome="failed", step=0, total_steps=total, exit_code=int(code), message=str(error))
-        latest = ckpt.list_checkpoints(Path(config.output_dir) / ckpt.CHECKPOINTS_DIR)
-        if latest:
-            summary = replace(summary, step=latest[-1].step, latest_checkpoint=str(latest[-1].path))
-    if config.evaluation is not None and summary.final_model and env.is_rank_zero:
-        summary = evaluate_final(config, Path(summary.final_model), device, summary)  # the trained model is freed
-    reporters.finish(summary)
-    destroy_process_group()
-    return summary
-
-
-def _train(config: SFTConfig, env: DistributedEnv, device: torch.device, reporters: FanOut) -> RunSummary:
-    from sft_trainer.backends import create_backend
-    from sft_trainer.data import build_datasets, collate
-    from sft_trainer.demo import DemoAccuracy
-    from sft_trainer.tokenization import load_tokenizer
-
-    seed_everything(config.trainer.seed)
-    tokenizer = load_tokenizer(config.model.tokenizer, config.model.path)
-    if env.is_rank_zero:  # rank 0 fills the tokenized cache; the others read it
-        splits = build_datasets(config, tokenizer)
-    barrier()
-    if not env.is_rank_zero:
-        splits = build_datasets(config, tokenizer)
-    if env.is_rank_zero:
-        from sft_trainer.data.inspect import counts_line
-
-        log.info("data: %s", counts_line(splits.stats))
-    backend = create_backend(config, tokenizer, env, device)
-    demo = DemoAccuracy(config, tokenizer) if config.data.synthetic is not None and env.is_rank_zero else None
-    if demo is not None:
-        demo.before()
-    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-    trainer = Trainer(config, env, backend, splits.train, splits.validation, collate, pad_id, reporters, device)
-    summary = trainer.run(trainer.resume())
-    summary = replace(summary, last_loss=trainer.last_loss)
-    if summary.exit_code != ExitCode.OK:
-        return summary
-    final = export_final(backend, tokenizer, config, summary, env, splits.stats)
-    summary = replace(summary, final_model=str(final))
-    if demo is not None:
-        demo.after(final)
-    return summary
-
-
-def evaluate_final(config: SFTConfig, final: Path, device: torch.device, summary: RunSummary) -> RunSummary:
-    """The `evaluation` step: `sft eval` of final/ into `<output_dir>/eval.json` and the summary's
-    `eval_metrics`. A failing evaluation is logged; the trained model stays and the run succeeds."""
-    from sft_trainer.data.build import data_files
-    from sft_trainer.evaluate import EVAL_FILE, evaluate, status_metrics, write_result
-
-    assert config.evaluation is not None
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()  # the training model and optimizer are gone; final/ is loaded afresh
-    file = config.evaluation.file or data_files(config)[1]  # a synthetic task's held-out file too
-    if file is None:
-        log.error("evaluation: no evaluation.file and no validation file; skipped")
-        return summary
-    try:
-        result = evaluate(final, file, config.evaluation, device=device)
-        write_result(Path(config.output_dir) / EVAL_FILE, result)
-    except Exception as error:
-        log.exception("evaluation of %s on %s failed", final, file)
-        return replace(summary, message=f"{summary.message}; evaluation failed: {error}")
-    metrics = status_metrics(result)
-    log.info("evaluation on %s: %s", file, ", ".join(f"{k} {v:.6g}" for k, v in metrics.items()))
-    return replace(summary, eval_metrics=metrics)

@@ -1,16 +1,19 @@
 """LoRA under DDP and FSDP2: two CPU processes (gloo) save, resume and export like one process does."""
 
+import gc
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import cast
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+import tqdm
 
 from sft_trainer import lora
-from sft_trainer.distributed import DistributedEnv, destroy_process_group, init_process_group
+from sft_trainer.distributed import DistributedEnv, barrier, destroy_process_group, init_process_group
 from tests.integration.lora.test_lora_backend import CPU, VOCAB, config, micro_batches
 
 DATA_PARALLEL = ("ddp", "fsdp2")
@@ -31,26 +34,42 @@ def _steps(b, seed: int) -> list[float]:  # type: ignore[no-untyped-def]
     return losses
 
 
+def _save_resume_export(data_parallel: str, root: str, env: DistributedEnv) -> tuple[list[float], list[float]]:
+    """One wrapper's round; its backends (and their DDP / FSDP communicators' users) die on return."""
+    out = Path(root) / data_parallel
+    run = config(out)
+    run.parallelism.data_parallel = data_parallel  # type: ignore[assignment]
+    first = backend_for(run, env)
+    _steps(first, 0)
+    first.save_checkpoint(out / "ckpt")
+    expected = _steps(first, 10)
+    resumed = backend_for(run, env)
+    resumed.load_checkpoint(out / "ckpt")
+    got = _steps(resumed, 10)
+    resumed.export_hf(out / "final")
+    return expected, got
+
+
 def _worker(rank: int, port: int, root: str, queue: "mp.Queue[object]") -> None:
+    """Both wrappers in one pair of processes (start-up is the slow part), then an orderly exit:
+    every result flushed, every rank past the last collective before any leaves the group (rank 0
+    hosts the store), the group destroyed, and no Python thread left beside the main one."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    tqdm.tqdm.monitor_interval = 0  # no monitor thread behind the weight-loading progress bars
     env = DistributedEnv(rank=rank, world_size=2, local_rank=rank)
     init_process_group(env, CPU, timeout_seconds=60)
     try:
-        for data_parallel in DATA_PARALLEL:  # one pair of processes for both: start-up is the slow part
-            out = Path(root) / data_parallel
-            run = config(out)
-            run.parallelism.data_parallel = data_parallel  # type: ignore[assignment]
-            first = backend_for(run, env)
-            _steps(first, 0)
-            first.save_checkpoint(out / "ckpt")
-            expected = _steps(first, 10)
-            resumed = backend_for(run, env)
-            resumed.load_checkpoint(out / "ckpt")
-            got = _steps(resumed, 10)
-            resumed.export_hf(out / "final")
+        for data_parallel in DATA_PARALLEL:
+            expected, got = _save_resume_export(data_parallel, root, env)
             queue.put((data_parallel, rank, expected, got))
+        gc.collect()
+        barrier()
     finally:
         destroy_process_group()
+        queue.close()
+        queue.join_thread()  # the queue's feeder thread, which would otherwise outlive the worker
+    alive = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    assert not alive, f"threads alive at exit: {alive}"
 
 
 def backend_for(run, env):  # type: ignore[no-untyped-def]

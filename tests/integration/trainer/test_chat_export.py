@@ -19,7 +19,7 @@ from sft_trainer.config import load_config
 from sft_trainer.data.converters import convert_oasst
 from sft_trainer.distributed import DistributedEnv
 from sft_trainer.generate import prompt_format, prompt_token_ids
-from sft_trainer.loop import run_training
+from sft_trainer.run import run_training
 from tests.unit.data.conftest import require
 from tests.unit.data.test_chat_generation import answer_prompts_match
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from sft_trainer.cli import app
 from sft_trainer.config import load_config
 from sft_trainer.distributed import DistributedEnv
-from sft_trainer.loop import run_training
+from sft_trainer.run import run_training
 from tests.unit.data.conftest import require
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data"

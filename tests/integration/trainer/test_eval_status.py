@@ -22,7 +22,7 @@ from devcluster.procs import wait_until
 from sft_operator.api import GROUP, PLURAL, VERSION
 from sft_trainer.config import load_config
 from sft_trainer.distributed import DistributedEnv
-from sft_trainer.loop import run_training
+from sft_trainer.run import run_training
 from tests.unit.data.conftest import require
 
 ROOT = Path(__file__).resolve().parents[3]

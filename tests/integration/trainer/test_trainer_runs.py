@@ -22,8 +22,8 @@ from sft_trainer.cli import app
 from sft_trainer.config import load_config
 from sft_trainer.distributed import DistributedEnv
 from sft_trainer.exit_codes import ExitCode
-from sft_trainer.loop import run_training
 from sft_trainer.report import RunSummary
+from sft_trainer.run import run_training
 
 TINY: dict[str, Any] = {
     "name": "tiny",

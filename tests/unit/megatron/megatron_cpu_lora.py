@@ -34,6 +34,8 @@ def main(rank: int, world: int, port: int) -> None:
 
     from sft_trainer.backends.megatron import conversion as cv
     from sft_trainer.backends.megatron import lora as ml
+    from sft_trainer.backends.megatron import lora_mapping as lmap
+    from sft_trainer.backends.megatron import lora_merge as lmrg
     from sft_trainer.backends.megatron.model import hf_inv_freq
     from sft_trainer.config.schema import LoraConfig, SFTConfig
 
@@ -86,7 +88,7 @@ def main(rank: int, world: int, port: int) -> None:
             "training": {"method": "lora", "lora": lora.model_dump()},
         }
     )
-    wrapped = peft.get_peft_model(copy.deepcopy(base), ml.peft_lora_config(lora, ml.adapted_layers(["all"])))
+    wrapped = peft.get_peft_model(copy.deepcopy(base), lmrg.peft_lora_config(lora, lmap.adapted_layers(["all"])))
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for name, param in wrapped.named_parameters():
@@ -113,7 +115,7 @@ def main(rank: int, world: int, port: int) -> None:
     mine = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     every: list = [None] * world
     dist.all_gather_object(every, mine)
-    grads = ml.megatron_adapter_shards_to_hf({(0, 0, t): every[t] for t in range(world)}, shape, adapters.layers)
+    grads = lmap.megatron_adapter_shards_to_hf({(0, 0, t): every[t] for t in range(world)}, shape, adapters.layers)
     peft_grads = {n.replace(".default", ""): p.grad for n, p in wrapped.named_parameters() if p.grad is not None}
     result = {
         "world": world,

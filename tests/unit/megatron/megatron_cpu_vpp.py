@@ -127,6 +127,7 @@ def main(args: argparse.Namespace) -> None:
 
     from sft_trainer.backends.megatron import backend as mb
     from sft_trainer.backends.megatron import conversion as cv
+    from sft_trainer.backends.megatron import step as ms
     from sft_trainer.backends.megatron.model import hf_inv_freq, pipeline_p2p_settings
     from sft_trainer.config.schema import SFTConfig
 
@@ -204,7 +205,7 @@ def main(args: argparse.Namespace) -> None:
         """The backend's step code with the CPU batch / forward stand-ins (module docstring)."""
 
         def _device_batch(self, thd: Any) -> Any:
-            return mb._DeviceBatch(
+            return ms.DeviceBatch(
                 tokens=torch.from_numpy(thd.tokens)[None],
                 position_ids=torch.from_numpy(thd.position_ids)[None],
                 labels=torch.from_numpy(thd.labels)[None],

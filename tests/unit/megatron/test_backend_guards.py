@@ -2,7 +2,7 @@
 
 from sft_trainer.backends.megatron.model import pipeline_p2p_settings
 from sft_trainer.config.schema import ParallelismConfig
-from sft_trainer.loop import NCCL_FAIL_FAST_ENV
+from sft_trainer.distributed import NCCL_FAIL_FAST_ENV
 
 
 def test_nccl_fails_fast() -> None:

@@ -15,6 +15,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from sft_trainer.backends.megatron import conversion as cv
 from sft_trainer.backends.megatron import lora as ml
+from sft_trainer.backends.megatron import lora_layers as llay
+from sft_trainer.backends.megatron import lora_mapping as lmap
+from sft_trainer.backends.megatron import lora_merge as lmrg
 from sft_trainer.config.schema import LoraConfig, SFTConfig
 
 SHAPE = cv.ModelShape(
@@ -31,7 +34,7 @@ LAYOUTS = [(1, 1, None), (2, 1, None), (4, 1, None), (1, 2, None), (2, 2, None),
 
 def _random_adapter(config: LoraConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     """A PEFT-layout adapter with non-zero B (fresh adapters have B = 0, which proves nothing)."""
-    state = ml.init_hf_adapter(SHAPE, config, seed)
+    state = lmap.init_hf_adapter(SHAPE, config, seed)
     generator = torch.Generator().manual_seed(seed + 1)
     return {k: torch.randn(v.shape, generator=generator) if ".lora_B." in k else v for k, v in state.items()}
 
@@ -42,18 +45,20 @@ def _random_adapter(config: LoraConfig, seed: int = 0) -> dict[str, torch.Tensor
 
 
 def test_targets_map_to_megatron_layers() -> None:
-    layers = ml.adapted_layers(["all"])
+    layers = lmap.adapted_layers(["all"])
     assert [(x.module, x.parallel, x.projections) for x in layers] == [
         ("self_attention.linear_qkv", "column", ("q_proj", "k_proj", "v_proj")),
         ("self_attention.linear_proj", "row", ("o_proj",)),
         ("mlp.linear_fc1", "column", ("gate_proj", "up_proj")),
         ("mlp.linear_fc2", "row", ("down_proj",)),
     ]
-    assert ml.adapted_layers(["up", "gate"]) == [ml.AdaptedLayer("mlp.linear_fc1", "column", ("gate_proj", "up_proj"))]
-    assert ml.adapted_layers(["up"]) == [ml.AdaptedLayer("mlp.linear_fc1", "column", ("up_proj",))]
-    assert ml.adapted_layers(["down", "qkv"])[0].module == "self_attention.linear_qkv"
-    assert ml.peft_target_modules(ml.adapted_layers(["out", "up"])) == ["o_proj", "up_proj"]
-    assert ml.peft_target_modules(ml.adapted_layers(["all"])) == [
+    assert lmap.adapted_layers(["up", "gate"]) == [
+        lmap.AdaptedLayer("mlp.linear_fc1", "column", ("gate_proj", "up_proj"))
+    ]
+    assert lmap.adapted_layers(["up"]) == [lmap.AdaptedLayer("mlp.linear_fc1", "column", ("up_proj",))]
+    assert lmap.adapted_layers(["down", "qkv"])[0].module == "self_attention.linear_qkv"
+    assert lmap.peft_target_modules(lmap.adapted_layers(["out", "up"])) == ["o_proj", "up_proj"]
+    assert lmap.peft_target_modules(lmap.adapted_layers(["all"])) == [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
     ]  # fmt: skip
 
@@ -72,29 +77,29 @@ def test_local_shapes_per_tensor_parallel_rank(tp: int) -> None:
         "down_proj": ((r, f // tp), (h, r)),
     }
     for projection, (a, b) in expected.items():
-        assert ml.local_shape(projection, "A", SHAPE, r, tp) == a
-        assert ml.local_shape(projection, "B", SHAPE, r, tp) == b
+        assert lmap.local_shape(projection, "A", SHAPE, r, tp) == a
+        assert lmap.local_shape(projection, "B", SHAPE, r, tp) == b
     with pytest.raises(ValueError, match="not divisible"):
-        ml.local_shape("q_proj", "B", SHAPE, r, 3)
+        lmap.local_shape("q_proj", "B", SHAPE, r, 3)
 
 
 def test_split_and_merge_are_inverse_and_replicas_must_agree() -> None:
     a = torch.randn(8, 64)
     for projection in ("q_proj", "o_proj"):
         for which in ("A", "B"):
-            shards = ml.tp_split_adapter(projection, which, a if which == "A" else a.T, 4)
-            assert torch.equal(ml.tp_merge_adapter(projection, which, shards), a if which == "A" else a.T)
+            shards = lmap.tp_split_adapter(projection, which, a if which == "A" else a.T, 4)
+            assert torch.equal(lmap.tp_merge_adapter(projection, which, shards), a if which == "A" else a.T)
     broken = [a, a + 1]
     with pytest.raises(ValueError, match="differs"):
-        ml.tp_merge_adapter("q_proj", "A", broken)
+        lmap.tp_merge_adapter("q_proj", "A", broken)
 
 
 def test_names() -> None:
-    layer = ml.adapted_layers(["qkv"])[0]
-    key = ml.megatron_key(3, layer, "k_proj", "B")
+    layer = lmap.adapted_layers(["qkv"])[0]
+    key = lmap.megatron_key(3, layer, "k_proj", "B")
     assert key == "decoder.layers.3.self_attention.linear_qkv_lora.lora_B.k_proj"
-    assert ml.is_adapter_key(key) and not ml.is_adapter_key("decoder.layers.3.self_attention.linear_qkv.weight")
-    assert ml.hf_key(5, "gate_proj", "A") == "base_model.model.model.layers.5.mlp.gate_proj.lora_A.weight"
+    assert lmap.is_adapter_key(key) and not lmap.is_adapter_key("decoder.layers.3.self_attention.linear_qkv.weight")
+    assert lmap.hf_key(5, "gate_proj", "A") == "base_model.model.model.layers.5.mlp.gate_proj.lora_A.weight"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,39 +111,39 @@ def test_names() -> None:
 @pytest.mark.parametrize("targets", [["all"], ["qkv", "down"], ["gate"]])
 def test_adapter_round_trip_bit_exact(tp: int, pp: int, vpp: int | None, targets: list) -> None:
     config = LoraConfig(rank=4, target_modules=targets)
-    layers = ml.adapted_layers(config.target_modules)
+    layers = lmap.adapted_layers(config.target_modules)
     hf = _random_adapter(config)
     keys = [(r, c, t) for (r, c) in cv.layer_ranges(SHAPE.num_layers, pp, vpp) for t in range(tp)]
-    shards = {k: ml.hf_adapter_to_megatron_shard(hf, SHAPE, layers, k, tp, pp, vpp) for k in keys}
+    shards = {k: lmap.hf_adapter_to_megatron_shard(hf, SHAPE, layers, k, tp, pp, vpp) for k in keys}
     for local in shards.values():
         for name, tensor in local.items():
             projection = name.rsplit(".", 1)[1]
-            which: ml.Which = "A" if ".lora_A." in name else "B"
-            assert tuple(tensor.shape) == ml.local_shape(projection, which, SHAPE, 4, tp), name
-    back = ml.megatron_adapter_shards_to_hf(shards, SHAPE, layers)
+            which: lmap.Which = "A" if ".lora_A." in name else "B"
+            assert tuple(tensor.shape) == lmap.local_shape(projection, which, SHAPE, 4, tp), name
+    back = lmap.megatron_adapter_shards_to_hf(shards, SHAPE, layers)
     assert back.keys() == hf.keys()
     assert all(torch.equal(back[k], hf[k]) for k in hf)
 
 
 def test_fresh_adapters_are_seeded_peft_style_and_layout_independent() -> None:
     config = LoraConfig(rank=8)
-    one, two = ml.init_hf_adapter(SHAPE, config, 7), ml.init_hf_adapter(SHAPE, config, 7)
+    one, two = lmap.init_hf_adapter(SHAPE, config, 7), lmap.init_hf_adapter(SHAPE, config, 7)
     assert all(torch.equal(one[k], two[k]) for k in one)
     assert not torch.equal(
-        one[ml.hf_key(0, "q_proj", "A")], ml.init_hf_adapter(SHAPE, config, 8)[ml.hf_key(0, "q_proj", "A")]
+        one[lmap.hf_key(0, "q_proj", "A")], lmap.init_hf_adapter(SHAPE, config, 8)[lmap.hf_key(0, "q_proj", "A")]
     )
     for name, tensor in one.items():
         if ".lora_B." in name:
             assert not tensor.any()
         else:  # kaiming-uniform with a = sqrt(5): U(-1/sqrt(fan_in), 1/sqrt(fan_in))
             assert tensor.abs().max() <= 1 / tensor.shape[1] ** 0.5
-    ml.check_hf_adapter(one, SHAPE, config)
+    lmap.check_hf_adapter(one, SHAPE, config)
     with pytest.raises(ValueError, match="missing"):
-        ml.check_hf_adapter({k: v for k, v in one.items() if "layers.0." not in k}, SHAPE, config)
+        lmap.check_hf_adapter({k: v for k, v in one.items() if "layers.0." not in k}, SHAPE, config)
     wrong = dict(one)
-    wrong[ml.hf_key(0, "q_proj", "A")] = torch.zeros(4, 64)
+    wrong[lmap.hf_key(0, "q_proj", "A")] = torch.zeros(4, 64)
     with pytest.raises(ValueError, match="shape"):
-        ml.check_hf_adapter(wrong, SHAPE, config)
+        lmap.check_hf_adapter(wrong, SHAPE, config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,9 +151,9 @@ def test_fresh_adapters_are_seeded_peft_style_and_layout_independent() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _full_delta(layer: ml.AdaptedLayer, hf: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
+def _full_delta(layer: lmap.AdaptedLayer, hf: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
     """The megatron-layout (unsharded) update of one layer of layer 0, built with conversion's own layout code."""
-    delta = {p: scale * hf[ml.hf_key(0, p, "B")] @ hf[ml.hf_key(0, p, "A")] for p in layer.projections}
+    delta = {p: scale * hf[lmap.hf_key(0, p, "B")] @ hf[lmap.hf_key(0, p, "A")] for p in layer.projections}
     if layer.module == "self_attention.linear_qkv":
         return cv.pack_qkv(delta["q_proj"], delta["k_proj"], delta["v_proj"], SHAPE)
     if layer.module == "mlp.linear_fc1":
@@ -162,17 +167,17 @@ def _full_delta(layer: ml.AdaptedLayer, hf: dict[str, torch.Tensor], scale: floa
 def test_each_rank_adds_its_slice_of_the_update(tp: int, targets: list) -> None:
     config = LoraConfig(rank=4, alpha=8.0, target_modules=targets)
     hf = {k: v.double() for k, v in _random_adapter(config).items()}
-    layers = ml.adapted_layers(config.target_modules)
+    layers = lmap.adapted_layers(config.target_modules)
     x = torch.randn(5, 1, SHAPE.hidden_size, dtype=torch.float64)
     x_row = {"self_attention.linear_proj": torch.randn(5, 1, 64, dtype=torch.float64),
              "mlp.linear_fc2": torch.randn(5, 1, 96, dtype=torch.float64)}  # fmt: skip
     for layer in layers:
-        full = _full_delta(layer, hf, ml.scaling(config))
+        full = _full_delta(layer, hf, lmap.scaling(config))
         name = layer.module.rsplit(".", 1)[1] + ".weight"
         adapters = []
         for t in range(tp):
-            adapter = ml.LoraAdapter(layer, SHAPE, config, tp, dtype=torch.float64)
-            local = ml.hf_adapter_to_megatron_shard(hf, SHAPE, layers, (0, 0, t), tp)
+            adapter = llay.LoraAdapter(layer, SHAPE, config, tp, dtype=torch.float64)
+            local = lmap.hf_adapter_to_megatron_shard(hf, SHAPE, layers, (0, 0, t), tp)
             adapter.load_state_dict(
                 {
                     f"lora_{k.split('.lora_')[1]}": v
@@ -195,15 +200,15 @@ def test_each_rank_adds_its_slice_of_the_update(tp: int, targets: list) -> None:
 
 def test_te_outputs_are_unpacked() -> None:
     out, bias, ln = torch.ones(2), torch.zeros(2), torch.full((2,), 3.0)
-    assert ml._split_te_output(((out, ln), None)) == (out, None, ln)  # return_layernorm_output, bias not returned
-    assert ml._split_te_output((out, bias, ln)) == (out, bias, ln)  # TE returned the bias itself
-    assert ml._split_te_output((out, None)) == (out, None, None)  # a plain (row-parallel) layer
+    assert llay.split_te_output(((out, ln), None)) == (out, None, ln)  # return_layernorm_output, bias not returned
+    assert llay.split_te_output((out, bias, ln)) == (out, bias, ln)  # TE returned the bias itself
+    assert llay.split_te_output((out, None)) == (out, None, None)  # a plain (row-parallel) layer
 
 
 def test_single_rank_forward_is_scale_b_a_x() -> None:
     config = LoraConfig(rank=4, alpha=16.0, target_modules=["out"])
-    layer = ml.adapted_layers(config.target_modules)[0]
-    adapter = ml.LoraAdapter(layer, SHAPE, config, dtype=torch.float64)
+    layer = lmap.adapted_layers(config.target_modules)[0]
+    adapter = llay.LoraAdapter(layer, SHAPE, config, dtype=torch.float64)
     with torch.no_grad():
         for param in adapter.parameters():
             param.normal_()
@@ -227,8 +232,8 @@ def _tiny_peft() -> tuple[LlamaForCausalLM, Any, LoraConfig]:
     )  # fmt: skip
     base = LlamaForCausalLM(hf_config).eval()
     config = LoraConfig(rank=4, alpha=8.0, target_modules=["all"])
-    layers = ml.adapted_layers(config.target_modules)
-    wrapped = peft.get_peft_model(copy.deepcopy(base), ml.peft_lora_config(config, layers))
+    layers = lmap.adapted_layers(config.target_modules)
+    wrapped = peft.get_peft_model(copy.deepcopy(base), lmrg.peft_lora_config(config, layers))
     peft.set_peft_model_state_dict(wrapped, _random_adapter(config))
     return base, wrapped, config
 
@@ -238,17 +243,19 @@ def test_peft_names_shapes_merge_and_files(tmp_path: Path) -> None:
 
     base, wrapped, config = _tiny_peft()
     state = peft.get_peft_model_state_dict(wrapped)
-    assert sorted(state) == sorted(ml.expected_hf_keys(SHAPE, ml.adapted_layers(config.target_modules)))
-    ml.check_hf_adapter(state, SHAPE, config)
+    assert sorted(state) == sorted(lmap.expected_hf_keys(SHAPE, lmap.adapted_layers(config.target_modules)))
+    lmap.check_hf_adapter(state, SHAPE, config)
     ids = torch.randint(0, 250, (2, 16))
     with torch.no_grad():
         ref = wrapped(input_ids=ids).logits
-    merged_state = ml.merge_into_hf(base.state_dict(), state, ml.scaling(config))
+    merged_state = lmrg.merge_into_hf(base.state_dict(), state, lmap.scaling(config))
     merged = LlamaForCausalLM(base.config).eval()
     merged.load_state_dict(merged_state)
     with torch.no_grad():
         assert torch.allclose(merged(input_ids=ids).logits, ref, atol=1e-5)
-    ml.write_peft(tmp_path / "adapter", state, ml.peft_lora_config(config, ml.adapted_layers(config.target_modules)))
+    lmrg.write_peft(
+        tmp_path / "adapter", state, lmrg.peft_lora_config(config, lmap.adapted_layers(config.target_modules))
+    )
     loaded = peft.PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=ids).logits, ref)
@@ -266,9 +273,9 @@ def test_sequence_parallel_is_refused_for_lora_only() -> None:
             }
         )
 
-    (problem,) = ml.lora_config_problems(config("lora"))
+    (problem,) = lmap.lora_config_problems(config("lora"))
     assert problem.key == "parallelism.sequence_parallel" and "LoRA" in problem.message
-    assert ml.lora_config_problems(config("full")) == []
+    assert lmap.lora_config_problems(config("full")) == []
 
 
 def test_backend_refuses_sequence_parallel_before_touching_a_gpu() -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from sft_trainer import checkpoint as ckpt
-from sft_trainer.backends.base import EvalResult, StepResult
+from sft_trainer.backends.base import Backend, EvalResult, StepResult
 from sft_trainer.config import SFTConfig
 from sft_trainer.data import collate
 from sft_trainer.data.types import MicroBatch, Sample
@@ -45,10 +45,8 @@ class Rows:
         return self.samples[index]
 
 
-class AsyncFake:
+class AsyncFake(Backend):
     """A backend whose saves finish `lag` `finalize_saves` calls after they start (or when blocking)."""
-
-    supports_async_save = True
 
     def __init__(self, lag: int = 2) -> None:
         self.lag = lag
@@ -87,6 +85,16 @@ class AsyncFake:
 
     def export_hf(self, directory: Path) -> None:
         pass
+
+
+class SyncFake(AsyncFake):
+    """A backend without a background writer: the protocol's default `save_checkpoint_async` saves now."""
+
+    save_checkpoint_async = Backend.save_checkpoint_async
+    finalize_saves = Backend.finalize_saves
+
+    def save_checkpoint(self, directory: Path) -> None:
+        (directory / "weights").write_text(str(self.steps))
 
 
 class Published:
@@ -155,6 +163,14 @@ def test_async_saves_publish_only_when_finalised(tmp_path: Path) -> None:
     assert (tmp_path / ckpt.CHECKPOINTS_DIR / "step-4" / "weights").read_text() == "0"
 
 
+def test_a_backend_without_async_saves_publishes_at_once(tmp_path: Path) -> None:
+    backend, reports = SyncFake(), Published()
+    run = trainer(tmp_path, backend, reports)
+    run.save(LoopState(step=2))
+    assert published(tmp_path) == [2] and reports.steps == [2]
+    assert backend.finalize_saves(blocking=True) == 0
+
+
 def test_run_overlaps_saves_and_ends_with_all_published(tmp_path: Path) -> None:
     backend, reports = AsyncFake(lag=2), Published()  # published one step after it starts
     summary = trainer(tmp_path, backend, reports).run(LoopState())
@@ -167,7 +183,7 @@ def test_run_overlaps_saves_and_ends_with_all_published(tmp_path: Path) -> None:
 
 def test_a_vanished_peer_is_a_distributed_failure() -> None:
     from sft_trainer.exit_codes import ExitCode
-    from sft_trainer.loop import exit_code_for
+    from sft_trainer.failures import exit_code_for
 
     gloo = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:547] Connection closed by peer [::1]:1")
     assert exit_code_for(gloo) == ExitCode.DISTRIBUTED_TIMEOUT
@@ -177,7 +193,7 @@ def test_a_vanished_peer_is_a_distributed_failure() -> None:
 
 def test_a_device_oom_from_any_library_is_out_of_memory() -> None:
     from sft_trainer.exit_codes import ExitCode
-    from sft_trainer.loop import exit_code_for
+    from sft_trainer.failures import exit_code_for
 
     assert (
         exit_code_for(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))

@@ -255,3 +255,13 @@ def test_an_override_of_a_file_key_is_reported_as_the_override(tmp_path: Path) -
     with pytest.raises(ConfigError) as caught:
         load_config(path, ["trainer.sft=1"])
     assert str(caught.value.problems[0]).startswith("command-line override 1: trainer.sft: unknown key")
+
+
+def test_a_megatron_model_source_is_a_config_error_on_its_line(tmp_path: Path) -> None:
+    """`model.source: megatron` was accepted and then raised NotImplementedError (exit UNEXPECTED, retried)."""
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  source: megatron\n  path: /ckpt\ndata:\n  train_file: t.jsonl\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    problem = str(caught.value.problems[0])
+    assert problem.startswith(f"{path}:2: model.source: ") and "'hf', 'llama2c' or 'random'" in problem, problem

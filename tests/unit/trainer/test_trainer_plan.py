@@ -7,7 +7,7 @@ import pytest
 
 from sft_trainer.checkpoint import DataPosition
 from sft_trainer.config import TrainerConfig
-from sft_trainer.loop import (
+from sft_trainer.plan import (
     chunks,
     epoch_order,
     fault_signal,

@@ -8,13 +8,19 @@ Loss normalisation: `train_step` receives the number of loss tokens in the *whol
 (all data-parallel ranks, all micro-batches). Each micro-batch contributes
 `sum(token losses) / global_loss_tokens` to the gradient, so the step's gradient and its reported
 loss do not depend on the micro-batch size or the number of ranks.
+
+Optional abilities are methods of the protocol with a default (TorchTitan's checkpointer hooks):
+a backend subclasses `Backend` and overrides the ones it has (`save_checkpoint_async` and
+`finalize_saves` for background checkpoint writes); the loop calls them unconditionally.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from sft_trainer.data.types import MicroBatch
+from sft_trainer.distributed import barrier
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,10 @@ class EvalResult:
 
 
 class Backend(Protocol):
-    """A model + optimizer that trains on micro-batches. Built by `backends.create_backend`."""
+    """A model + optimizer that trains on micro-batches. Built by `backends.create_backend`.
+
+    Backends subclass it explicitly, so they inherit the defaults of the optional abilities.
+    """
 
     @property
     def model_config(self) -> Any:
@@ -71,3 +80,20 @@ class Backend(Protocol):
     def export_hf(self, directory: Path) -> None:
         """Write the model as a Hugging Face directory (config.json + safetensors); rank 0 writes."""
         ...
+
+    # -- optional abilities (defaults: none) --------------------------------------------------
+
+    def save_checkpoint_async(self, directory: Path, finalize: Callable[[], None]) -> None:
+        """Write a checkpoint under `directory`; `finalize` (the loop's publication) runs on every rank
+        once every rank has written it, from this call or a later `finalize_saves`.
+
+        Default, no background writer: save now, finalize, and wait for every rank.
+        """
+        self.save_checkpoint(directory)
+        finalize()
+        barrier()
+
+    def finalize_saves(self, blocking: bool = False) -> int:
+        """Finalize the background saves every rank has finished (all of them when `blocking`); call on
+        every rank. Returns how many are still in flight. Default: none ever are."""
+        return 0

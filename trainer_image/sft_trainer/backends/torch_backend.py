@@ -32,7 +32,7 @@ from torch.nn import functional
 from transformers import PreTrainedModel
 
 from sft_trainer import lora
-from sft_trainer.backends.base import EvalResult, StepResult
+from sft_trainer.backends.base import Backend, EvalResult, StepResult
 from sft_trainer.backends.loss import chunked_linear_cross_entropy, loss_positions
 from sft_trainer.config.schema import OptimConfig, SFTConfig
 from sft_trainer.data.types import IGNORE_INDEX, MicroBatch
@@ -139,7 +139,7 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return []
 
 
-class TorchBackend:
+class TorchBackend(Backend):
     """A `Backend` (see `backends.base`) over a Hugging Face causal LM."""
 
     def __init__(self, config: SFTConfig, model: PreTrainedModel, env: DistributedEnv, device: torch.device) -> None:

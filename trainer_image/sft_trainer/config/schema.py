@@ -120,10 +120,10 @@ class TokenizerConfig(Strict):
 class ModelConfig(Strict):
     """The model to fine-tune."""
 
-    source: Literal["hf", "llama2c", "random", "megatron"] = Field(
+    source: Literal["hf", "llama2c", "random"] = Field(
         default="hf",
         description="hf: a Hugging Face checkpoint directory; llama2c: a llama2.c .bin file; random: "
-        "initialise `architecture` randomly; megatron: a Megatron distributed checkpoint.",
+        "initialise `architecture` randomly.",
     )
     path: str | None = None
     architecture: ArchitectureConfig | None = None

@@ -1,20 +1,22 @@
 """Where progress leaves the process: one `FanOut` of `Reporter`s built from the config.
 
 Rank 0 reports: console progress, `metrics.jsonl`, and optionally TensorBoard, Weights & Biases,
-Prometheus (`logging.metrics_port`) and, inside an SFTJob pod, the status patch. Those last two
-live in `report/prometheus.py` and `report/kubernetes.py`; each module exposes
-`create_reporter(config) -> Reporter | None` (None when it does not apply here) and is imported
-only if present.
+Prometheus (`logging.metrics_port`) and, inside an SFTJob pod, the status patch. Every sink is
+plugged in one way: a module of `REPORTER_MODULES` whose `create_reporter(config)` returns its
+`Reporter`, or None when it does not apply here. A sink the user asked for that cannot be built
+fails the run; the sinks that switch themselves on from the pod's environment (`SELF_ENABLED`)
+are logged and skipped instead (a missing `prometheus_client`, an unreachable API server).
 """
 
 import importlib
 import logging
-from pathlib import Path
 
 from sft_trainer.config.schema import SFTConfig
 from sft_trainer.report.events import CheckpointReport, Reporter, RunSummary, StepReport, ValidationReport
+from sft_trainer.report.metrics_file import METRICS_FILE
 
 __all__ = [
+    "METRICS_FILE",
     "CheckpointReport",
     "FanOut",
     "Reporter",
@@ -25,8 +27,16 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-METRICS_FILE = "metrics.jsonl"
-OPTIONAL_MODULES = ("sft_trainer.report.prometheus", "sft_trainer.report.kubernetes")
+#: Every sink, in fan-out order.
+REPORTER_MODULES = (
+    "sft_trainer.report.metrics_file",
+    "sft_trainer.report.console",
+    "sft_trainer.report.tensorboard_logger",
+    "sft_trainer.report.wandb_logger",
+    "sft_trainer.report.prometheus",
+    "sft_trainer.report.kubernetes",
+)
+SELF_ENABLED = frozenset({"sft_trainer.report.prometheus", "sft_trainer.report.kubernetes"})
 
 
 class FanOut:
@@ -63,26 +73,18 @@ def build_reporters(config: SFTConfig, is_rank_zero: bool) -> FanOut:
     """The reporters this process feeds (none but rank 0's)."""
     if not is_rank_zero:
         return FanOut([])
-    from sft_trainer.report.console import ConsoleReporter
-    from sft_trainer.report.metrics_file import MetricsFile
-
-    output = Path(config.output_dir)
-    reporters: list[Reporter] = [MetricsFile(output / METRICS_FILE)]
-    if config.logging.progress != "none":
-        reporters.append(ConsoleReporter(config.logging.progress, config.trainer.log_every_n_steps))
-    if config.logging.tensorboard:
-        from sft_trainer.report.tensorboard_logger import TensorBoardReporter
-
-        reporters.append(TensorBoardReporter(output / "tensorboard"))
-    if config.logging.wandb is not None:
-        from sft_trainer.report.wandb_logger import WandbReporter
-
-        reporters.append(WandbReporter(config, output))
-    for name in OPTIONAL_MODULES:
-        reporter = _optional_reporter(name, config)
+    reporters = []
+    for name in REPORTER_MODULES:
+        reporter = _optional_reporter(name, config) if name in SELF_ENABLED else _reporter(name, config)
         if reporter is not None:
             reporters.append(reporter)
     return FanOut(reporters)
+
+
+def _reporter(module_name: str, config: SFTConfig) -> Reporter | None:
+    """`module.create_reporter(config)`; errors propagate."""
+    reporter: Reporter | None = importlib.import_module(module_name).create_reporter(config)
+    return reporter
 
 
 def _optional_reporter(module_name: str, config: SFTConfig) -> Reporter | None:

@@ -6,6 +6,7 @@ from typing import Literal
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
+from sft_trainer.config.schema import SFTConfig
 from sft_trainer.report.events import CheckpointReport, RunSummary, StepReport, ValidationReport
 
 
@@ -95,3 +96,10 @@ class ConsoleReporter:
             highlight=False,
             soft_wrap=True,
         )
+
+
+def create_reporter(config: SFTConfig) -> ConsoleReporter | None:
+    """Progress on stderr unless `logging.progress: none`."""
+    if config.logging.progress == "none":
+        return None
+    return ConsoleReporter(config.logging.progress, config.trainer.log_every_n_steps)

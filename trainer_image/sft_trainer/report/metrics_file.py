@@ -10,7 +10,10 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
+from sft_trainer.config.schema import SFTConfig
 from sft_trainer.report.events import CheckpointReport, RunSummary, StepReport, ValidationReport
+
+METRICS_FILE = "metrics.jsonl"
 
 
 def step_record(report: StepReport) -> dict[str, Any]:
@@ -79,3 +82,8 @@ class MetricsFile:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def create_reporter(config: SFTConfig) -> MetricsFile:
+    """`<output_dir>/metrics.jsonl`: every run writes it."""
+    return MetricsFile(Path(config.output_dir) / METRICS_FILE)

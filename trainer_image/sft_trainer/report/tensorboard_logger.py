@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from sft_trainer.config.schema import SFTConfig
 from sft_trainer.report.events import CheckpointReport, RunSummary, StepReport, ValidationReport
 
 
@@ -33,3 +34,10 @@ class TensorBoardReporter:
     def finish(self, summary: RunSummary) -> None:
         """Flush and close the event file."""
         self.writer.close()
+
+
+def create_reporter(config: SFTConfig) -> TensorBoardReporter | None:
+    """`<output_dir>/tensorboard` when `logging.tensorboard` is on."""
+    if not config.logging.tensorboard:
+        return None
+    return TensorBoardReporter(Path(config.output_dir) / "tensorboard")

@@ -47,3 +47,10 @@ class WandbReporter:
         """Close the run with its outcome."""
         self.run.summary["outcome"] = summary.outcome
         self.run.finish(exit_code=summary.exit_code)
+
+
+def create_reporter(config: SFTConfig) -> WandbReporter | None:
+    """A W&B run when `logging.wandb` is set."""
+    if config.logging.wandb is None:
+        return None
+    return WandbReporter(config, Path(config.output_dir))

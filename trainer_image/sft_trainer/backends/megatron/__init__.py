@@ -28,8 +28,6 @@ def create_backend(
     """
     from sft_trainer.models import load_model
 
-    if config.model.source == "megatron":
-        raise NotImplementedError("model.source=megatron: start from an HF model and resume from the checkpoint")
     model = load_model(config.model, vocab_size=len(tokenizer), seed=config.trainer.seed)
     if config.training.method == "lora":  # frozen base + adapters (backends/megatron/lora.py)
         from sft_trainer.backends.megatron.lora import MegatronLoraBackend

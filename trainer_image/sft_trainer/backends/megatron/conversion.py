@@ -31,6 +31,9 @@ The megatron side (TE spec: the RMSNorms are fused into the following linear lay
     decoder.final_layernorm.weight                            replicated, last stage
     output_layer.weight                                       [Vp, H] vocab-parallel, last stage
 
+Both directions and the TP slicing are derived from one table, `params.PARAMS` (name pattern,
+transform, TP split), which the LoRA mapping reads too.
+
 RoPE needs no weight permutation: both sides use the rotate-half (non-interleaved) convention.
 The vocabulary is zero-padded to `padded_vocab_size` on the way in and cut back on the way out.
 
@@ -41,11 +44,14 @@ pipeline stage, the last stage holds its own copy of the embedding as `output_la
 (megatron keeps the two in sync by all-reducing their gradients).
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from sft_trainer.backends.megatron import params
+from sft_trainer.backends.megatron.params import ParamMapping
 
 StateDict = dict[str, torch.Tensor]
 ShardKey = tuple[int, int, int]  # (pipeline rank, virtual-pipeline chunk, tensor rank)
@@ -153,87 +159,70 @@ def pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([tensor, padding], dim=0)
 
 
-def _hf_layer(i: int) -> str:
-    return f"model.layers.{i}."
+def _to_megatron(mapping: ParamMapping, tensors: list[torch.Tensor], shape: ModelShape) -> torch.Tensor:
+    """The megatron tensor of one table entry from its HF tensors."""
+    if mapping.transform == "pad_vocab":
+        return pad_rows(tensors[0], shape.vocab_rows)
+    if mapping.transform == "qkv":
+        q, k, v = tensors
+        return pack_qkv(q, k, v, shape)
+    if mapping.transform == "gate_up":
+        return torch.cat(tensors, dim=0)
+    return tensors[0].clone()
 
 
-def _mg_layer(i: int) -> str:
-    return f"decoder.layers.{i}."
+def _to_hf(mapping: ParamMapping, tensor: torch.Tensor, shape: ModelShape) -> list[torch.Tensor]:
+    """Inverse of `_to_megatron`: the HF tensors of one table entry."""
+    if mapping.transform == "pad_vocab":
+        return [tensor[: shape.vocab_size].clone()]
+    if mapping.transform == "qkv":
+        return list(unpack_qkv(tensor, shape))
+    if mapping.transform == "gate_up":
+        return [half.clone() for half in torch.chunk(tensor, 2, dim=0)]
+    return [tensor.clone()]
+
+
+def _instances(shape: ModelShape) -> Iterator[tuple[ParamMapping, int | None]]:
+    return params.instances(shape.num_layers, shape.qkv_bias, shape.tie_word_embeddings)
 
 
 # ---------------------------------------------------------------------------------------------
-# Whole (unsharded) state dicts, global layer indices
+# Whole (unsharded) state dicts, global layer indices: both directions from `params.PARAMS`
 # ---------------------------------------------------------------------------------------------
 
 
 def hf_to_megatron(hf: Mapping[str, torch.Tensor], shape: ModelShape) -> StateDict:
     """A Hugging Face state dict -> the full (TP=PP=1) megatron GPTModel state dict."""
-    out: StateDict = {"embedding.word_embeddings.weight": pad_rows(hf["model.embed_tokens.weight"], shape.vocab_rows)}
-    for i in range(shape.num_layers):
-        src, dst = _hf_layer(i), _mg_layer(i)
-        attn = src + "self_attn."
-        out[dst + "self_attention.linear_qkv.layer_norm_weight"] = hf[src + "input_layernorm.weight"].clone()
-        out[dst + "self_attention.linear_qkv.weight"] = pack_qkv(
-            hf[attn + "q_proj.weight"], hf[attn + "k_proj.weight"], hf[attn + "v_proj.weight"], shape
-        )
-        if shape.qkv_bias:
-            out[dst + "self_attention.linear_qkv.bias"] = pack_qkv(
-                hf[attn + "q_proj.bias"], hf[attn + "k_proj.bias"], hf[attn + "v_proj.bias"], shape
-            )
-        out[dst + "self_attention.linear_proj.weight"] = hf[attn + "o_proj.weight"].clone()
-        out[dst + "mlp.linear_fc1.layer_norm_weight"] = hf[src + "post_attention_layernorm.weight"].clone()
-        out[dst + "mlp.linear_fc1.weight"] = torch.cat(
-            [hf[src + "mlp.gate_proj.weight"], hf[src + "mlp.up_proj.weight"]], dim=0
-        )
-        out[dst + "mlp.linear_fc2.weight"] = hf[src + "mlp.down_proj.weight"].clone()
-    out["decoder.final_layernorm.weight"] = hf["model.norm.weight"].clone()
-    if not shape.tie_word_embeddings:
-        out["output_layer.weight"] = pad_rows(hf["lm_head.weight"], shape.vocab_rows)
-    return out
+    return {
+        params.named(m.megatron, i): _to_megatron(m, [hf[params.named(h, i)] for h in m.hf], shape)
+        for m, i in _instances(shape)
+    }
 
 
 def megatron_to_hf(mg: Mapping[str, torch.Tensor], shape: ModelShape) -> StateDict:
     """Inverse of `hf_to_megatron`. A tied model gets no `lm_head.weight` (as `save_pretrained` writes it)."""
-    vocab = shape.vocab_size
-    out: StateDict = {"model.embed_tokens.weight": mg["embedding.word_embeddings.weight"][:vocab].clone()}
-    for i in range(shape.num_layers):
-        src, dst = _mg_layer(i), _hf_layer(i)
-        attn = dst + "self_attn."
-        out[dst + "input_layernorm.weight"] = mg[src + "self_attention.linear_qkv.layer_norm_weight"].clone()
-        q, k, v = unpack_qkv(mg[src + "self_attention.linear_qkv.weight"], shape)
-        out[attn + "q_proj.weight"], out[attn + "k_proj.weight"], out[attn + "v_proj.weight"] = q, k, v
-        if shape.qkv_bias:
-            qb, kb, vb = unpack_qkv(mg[src + "self_attention.linear_qkv.bias"], shape)
-            out[attn + "q_proj.bias"], out[attn + "k_proj.bias"], out[attn + "v_proj.bias"] = qb, kb, vb
-        out[attn + "o_proj.weight"] = mg[src + "self_attention.linear_proj.weight"].clone()
-        out[dst + "post_attention_layernorm.weight"] = mg[src + "mlp.linear_fc1.layer_norm_weight"].clone()
-        gate, up = torch.chunk(mg[src + "mlp.linear_fc1.weight"], 2, dim=0)
-        out[dst + "mlp.gate_proj.weight"], out[dst + "mlp.up_proj.weight"] = gate.clone(), up.clone()
-        out[dst + "mlp.down_proj.weight"] = mg[src + "mlp.linear_fc2.weight"].clone()
-    out["model.norm.weight"] = mg["decoder.final_layernorm.weight"].clone()
-    if not shape.tie_word_embeddings:
-        out["lm_head.weight"] = mg["output_layer.weight"][:vocab].clone()
+    out: StateDict = {}
+    for m, i in _instances(shape):
+        tensors = _to_hf(m, mg[params.named(m.megatron, i)], shape)
+        out.update((params.named(h, i), t) for h, t in zip(m.hf, tensors, strict=True))
     return out
 
 
 # ---------------------------------------------------------------------------------------------
-# Tensor parallelism: how each parameter is split across TP ranks
+# Tensor parallelism: how each parameter is split across TP ranks (`ParamMapping.tp`)
 # ---------------------------------------------------------------------------------------------
-
-_COLUMN_PARALLEL = ("linear_qkv.weight", "linear_qkv.bias", "word_embeddings.weight", "output_layer.weight")
-_ROW_PARALLEL = ("linear_proj.weight", "linear_fc2.weight")
-_GATED = ("linear_fc1.weight",)
 
 
 def tp_split(name: str, tensor: torch.Tensor, tp: int) -> list[torch.Tensor]:
     """Split one full megatron parameter into its `tp` tensor-parallel shards."""
-    if name.endswith(_GATED):
+    split = params.tp_split_of(name)
+    if split == "gated":
         gate, up = torch.chunk(tensor, 2, dim=0)
         return [torch.cat([g, u], dim=0) for g, u in zip(gate.chunk(tp), up.chunk(tp), strict=True)]
-    if name.endswith(_COLUMN_PARALLEL):
+    if split == "column":
         _check_divisible(name, tensor.shape[0], tp)
         return [t.clone() for t in tensor.chunk(tp, dim=0)]
-    if name.endswith(_ROW_PARALLEL):
+    if split == "row":
         _check_divisible(name, tensor.shape[1], tp)
         return [t.clone() for t in tensor.chunk(tp, dim=1)]
     return [tensor.clone() for _ in range(tp)]  # norms: replicated
@@ -241,12 +230,13 @@ def tp_split(name: str, tensor: torch.Tensor, tp: int) -> list[torch.Tensor]:
 
 def tp_merge(name: str, shards: list[torch.Tensor]) -> torch.Tensor:
     """Inverse of `tp_split`. Replicated tensors must agree on every rank."""
-    if name.endswith(_GATED):
+    split = params.tp_split_of(name)
+    if split == "gated":
         halves = [torch.chunk(s, 2, dim=0) for s in shards]
         return torch.cat([h[0] for h in halves] + [h[1] for h in halves], dim=0)
-    if name.endswith(_COLUMN_PARALLEL):
+    if split == "column":
         return torch.cat(shards, dim=0)
-    if name.endswith(_ROW_PARALLEL):
+    if split == "row":
         return torch.cat(shards, dim=1)
     for other in shards[1:]:
         if not torch.equal(other, shards[0]):
@@ -373,17 +363,5 @@ def strip_extra_state(state: Mapping[str, Any]) -> StateDict:
 
 def expected_hf_keys(shape: ModelShape) -> Iterable[str]:
     """The HF parameter names `megatron_to_hf` produces, in order."""
-    yield "model.embed_tokens.weight"
-    for i in range(shape.num_layers):
-        p = _hf_layer(i)
-        yield p + "input_layernorm.weight"
-        for proj in ("q", "k", "v"):
-            yield f"{p}self_attn.{proj}_proj.weight"
-            if shape.qkv_bias:
-                yield f"{p}self_attn.{proj}_proj.bias"
-        yield p + "self_attn.o_proj.weight"
-        yield p + "post_attention_layernorm.weight"
-        yield from (p + f"mlp.{m}_proj.weight" for m in ("gate", "up", "down"))
-    yield "model.norm.weight"
-    if not shape.tie_word_embeddings:
-        yield "lm_head.weight"
+    for m, i in _instances(shape):
+        yield from (params.named(h, i) for h in m.hf)
