@@ -109,28 +109,39 @@ def needs_resync(raw: Object, now: datetime) -> bool:
     return now - datetime.fromisoformat(str(completed).replace("Z", "+00:00")) < FINISHED_RESYNC_WINDOW
 
 
+def live_peer_priorities(peers: Object | None, identity: str, now: datetime) -> list[int]:
+    """The priorities of the other replicas whose peering record is alive (seen within its lifetime)."""
+    priorities = []
+    for peer_id, info in (peers or {}).items():
+        if peer_id == identity or not isinstance(info, dict) or info.get("lastseen") is None:
+            continue
+        seen = datetime.fromisoformat(str(info["lastseen"]).replace("Z", "+00:00"))
+        if seen + timedelta(seconds=int(info.get("lifetime", 60))) > now:
+            priorities.append(int(info.get("priority", 0)))
+    return priorities
+
+
 def is_active(peers: Object | None, identity: str, priority: int, now: datetime) -> bool:
     """kopf's peering rule, for the resync loop: active unless another live peer has >= priority."""
-    for peer_id, info in (peers or {}).items():
-        if peer_id == identity or not isinstance(info, dict):
-            continue
-        lastseen = info.get("lastseen")
-        if lastseen is None:
-            continue
-        seen = datetime.fromisoformat(str(lastseen).replace("Z", "+00:00"))
-        alive = seen + timedelta(seconds=int(info.get("lifetime", 60))) > now
-        if alive and int(info.get("priority", 0)) >= priority:
-            return False
-    return True
+    return all(other < priority for other in live_peer_priorities(peers, identity, now))
+
+
+def may_lead(active_since: float | None, now: float, handover_seconds: float) -> bool:
+    """Whether a replica active by the peering rule since `active_since` (monotonic; -inf when no
+    other replica was alive then) may act at `now`. A replica that takes over from a live one waits
+    `handover_seconds`, longer than the other's resync period: by then it has seen the change and
+    paused, so two replicas never decide at once. One that found no live replica acts at once."""
+    return active_since is not None and now - active_since >= handover_seconds
 
 
 SECOND_WAVE_KINDS = frozenset({"RoleBinding", "Pod"})
 EVENT_THREADS = 4  # Events are recorded off the workers, a few at a time: they never delay a gang
-HELD_RETRY_SECONDS = 1.0
+HELD_RETRY_SECONDS = 1.0  # a child's name held by another owner: look again this soon
+HANDOVER_MARGIN_SECONDS = 1.0  # beyond the resync period: a hand-over waits it out (may_lead)
 STALE_DELETE_SECONDS = 30.0
 """A pod this operator deleted that the store still shows after this long, beyond its grace period,
 makes the resync loop re-list: its DELETED event was missed (a delete made at startup, before kopf's
-watch began, is never reported by it). A gang's next attempt waits for the old pods to be gone."""  # a child's name held by another owner: look again this soon
+watch began, is never reported by it). A gang's next attempt waits for the old pods to be gone."""
 MAX_REPORTED_FOREIGN = 4096
 
 
@@ -236,6 +247,7 @@ class Controller:
         self._access_checkable = True
         self._reported: dict[str, None] = {}  # foreign pod uids already reported in an Event (ordered, bounded)
         self._leading = False
+        self._active_since: float | None = None  # monotonic; see leads()
         self._relisted = float("-inf")
         self.synced = threading.Event()  # the store holds a full list: workers may decide from it
         self.last_resync = time.monotonic()
@@ -661,11 +673,18 @@ class Controller:
 
     # --- the resync loop --------------------------------------------------------------------------
 
-    def active(self) -> bool:
-        """Whether this replica leads (kopf's peering record decides)."""
+    def leads(self) -> bool:
+        """Whether this replica may act now (kopf's peering record decides who is active; a hand-over
+        from a live replica waits out its resync period: `may_lead`)."""
         namespace = None if not self.settings.namespaces else self.settings.namespaces[0]
         peers = self.kube.peering_status(self.settings.peering_name, namespace)
-        return is_active(peers, self.settings.identity, self.settings.priority, datetime.now(UTC))
+        wall, now = datetime.now(UTC), time.monotonic()
+        if not is_active(peers, self.settings.identity, self.settings.priority, wall):
+            self._active_since = None
+        elif self._active_since is None:
+            alone = not live_peer_priorities(peers, self.settings.identity, wall)
+            self._active_since = float("-inf") if alone else now
+        return may_lead(self._active_since, now, self.settings.resync_seconds + HANDOVER_MARGIN_SECONDS)
 
     def relist(self, startup: bool = False) -> None:
         """Re-read every job, then every pod (paginated lists), correct the store, mark what changed dirty.
@@ -674,6 +693,7 @@ class Controller:
         the workers wait, since a job whose pods are not in the store yet would look like a gang
         with missing ranks. After the startup list the first resync lists once more: what the
         workers changed before kopf's watches began (a pod deleted then) no watch ever reports.
+        A replica that does not lead at startup leaves its workers waiting for the resync loop.
         """
         changed = set(self.store.replace_jobs(self.kube.list_jobs(self.settings.namespaces)))
         changed |= self.store.replace_pods(self.kube.list_pods(self.settings.namespaces))
@@ -681,6 +701,9 @@ class Controller:
             self.queue.add(key)
         self._relisted = time.monotonic()
         self._leading = not startup
+        if startup and not self.leads():
+            metrics.IS_LEADER.set(0)
+            return
         self.synced.set()
 
     def resync(self) -> None:
@@ -689,7 +712,7 @@ class Controller:
         On becoming the leader, and every `relist_seconds`, re-list first: a standby's store may be
         stale, and a watch that expired and re-listed sends no DELETED events for what went meanwhile.
         """
-        leading = self.active()
+        leading = self.leads()
         metrics.IS_LEADER.set(1 if leading else 0)
         self.last_resync = time.monotonic()
         if not leading:

@@ -11,7 +11,17 @@ import urllib3
 
 from sft_operator import render
 from sft_operator.api import Metrics, Progress, SFTJob, SFTJobStatus
-from sft_operator.controller import Controller, Settings, Supporting, is_active, needs_resync, pod_waves, status_patch
+from sft_operator.controller import (
+    Controller,
+    Settings,
+    Supporting,
+    is_active,
+    live_peer_priorities,
+    may_lead,
+    needs_resync,
+    pod_waves,
+    status_patch,
+)
 from sft_operator.policy import gang_breach
 from sft_operator.status import Event, pod_view
 from tests.builders import NOW, manifest
@@ -49,6 +59,20 @@ def test_peering_rule() -> None:
     assert not is_active({"me": peer(5, 0), "other": peer(7, 0)}, "me", 5, NOW)
     assert not is_active({"other": peer(5, 0)}, "me", 5, NOW)  # same priority: kopf pauses both
     assert is_active({"other": peer(9, 60)}, "me", 5, NOW)  # a dead peer does not count
+
+
+def test_live_peers_are_the_others_seen_within_their_lifetime() -> None:
+    peers = {"me": peer(5, 0), "old": peer(9, 30), "standby": peer(3, 1), "new": {"priority": 4}}
+    assert live_peer_priorities(peers, "me", NOW) == [3]  # never seen yet: not alive either
+
+
+def test_a_hand_over_from_a_live_replica_waits_out_its_resync_period() -> None:
+    # Taking over from a live replica (it has not paused yet): not before handover_seconds.
+    assert not may_lead(100.0, 105.0, 6.0)
+    assert may_lead(100.0, 106.0, 6.0)
+    # No other replica alive when it became active: at once. Not active: never.
+    assert may_lead(float("-inf"), 0.0, 6.0)
+    assert not may_lead(None, 1e9, 6.0)
 
 
 def test_resync_skips_long_finished_jobs_without_ttl() -> None:
