@@ -42,6 +42,7 @@ class Operator:
     process: subprocess.Popen[bytes] | None = None
     metrics_port: int = 0
     more_namespaces: tuple[str, ...] = ()
+    priority: int | None = None  # peering priority; random (the operator's default) when None
 
     def start(self) -> Operator:
         """Start (or start again) and wait until it answers on its metrics port."""
@@ -51,6 +52,7 @@ class Operator:
         argv += [arg for namespace in self.more_namespaces for arg in ("--namespace", namespace)]
         argv += ["--metrics-port", str(self.metrics_port), "--liveness-port", str(free_port()), "--resync-seconds", "1"]
         argv += ["--peering-lifetime", "8"]
+        argv += ["--priority", str(self.priority)] if self.priority is not None else []
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         wait_until(self._serving, 30, "the operator's metrics endpoint", interval=0.2)

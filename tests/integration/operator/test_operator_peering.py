@@ -18,32 +18,40 @@ def leading(operator: Operator) -> bool:
     return match is not None and float(match.group(1)) == 1.0
 
 
-def test_standby_takes_over_without_duplicates(
+HANDOVER_JOBS = [f"ha-one-{index}" for index in range(8)]
+
+
+def test_a_new_replica_takes_over_and_a_dead_one_hands_over_without_duplicates(
     kube_cluster: ControlPlane, operator: Operator, sft_namespace: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    standby = Operator(
-        operator.namespace, operator.kubeconfig, operator.peering, tmp_path_factory.mktemp("b") / "b.log"
-    )
-    standby.start()
+    """A replica of higher priority joins while a job is being created (the hand-over from a live
+    replica: never both acting), then the new leader is killed (the hand-over from a dead one)."""
+    newcomer = Operator(
+        operator.namespace, operator.kubeconfig, operator.peering, tmp_path_factory.mktemp("b") / "b.log",
+        priority=2**30 + 1,  # above any random priority: the running replica must give way
+    )  # fmt: skip
+    newcomer.start()
     try:
-        replicas = [operator, standby]
-        wait_for(lambda: sum(leading(replica) for replica in replicas) == 1, 40, "exactly one active replica")
-        active = next(replica for replica in replicas if leading(replica))
-        other = standby if active is operator else operator
-        create(kube_cluster, sft_namespace, sftjob("ha-one", script("time.sleep(600)")))
-        wait_for(lambda: len(pods(kube_cluster, sft_namespace, "ha-one")) == 2, 30, "pods of ha-one", active)
-        active.kill()
+        for name in HANDOVER_JOBS:  # created while the replicas hand over: each gang made once, whole
+            create(kube_cluster, sft_namespace, sftjob(name, script("time.sleep(600)")))
+        wait_for(lambda: leading(newcomer) and not leading(operator), 40, "the newcomer to lead alone", newcomer)
+        for name in HANDOVER_JOBS:
+            wait_for(lambda n=name: len(pods(kube_cluster, sft_namespace, n)) == 2, 30, f"pods of {name}", newcomer)
+        newcomer.kill()
         create(kube_cluster, sft_namespace, sftjob("ha-two", script("time.sleep(600)")))
-        wait_for(lambda: len(pods(kube_cluster, sft_namespace, "ha-two")) == 2, 60, "the standby to take over", other)
-        wait_for(lambda: leading(other), 15, "the standby to report itself active", other)
-        survivors = [pod.metadata.name for pod in pods(kube_cluster, sft_namespace, "ha-one")]
-        attempt = status(kube_cluster, sft_namespace, "ha-one")["attempt"]
-        assert (len(survivors), attempt) == (2, 0), (
-            f"ha-one after the fail-over: pods {survivors}, attempt {attempt}\n"
-            f"events: {events(kube_cluster, sft_namespace, 'ha-one')}\n"
-            f"--- standby log ---\n{other.log()}\n--- killed replica log ---\n{active.log()}"
+        wait_for(
+            lambda: len(pods(kube_cluster, sft_namespace, "ha-two")) == 2, 60, "the old replica to take over", operator
         )
+        wait_for(lambda: leading(operator), 15, "the old replica to report itself active", operator)
+        for name in HANDOVER_JOBS:
+            survivors = sorted(pod.metadata.name for pod in pods(kube_cluster, sft_namespace, name))
+            state = status(kube_cluster, sft_namespace, name)
+            assert (survivors, state["attempt"], state["restarts"]) == ([f"{name}-node-0", f"{name}-node-1"], 0, 0), (
+                f"{name} after both hand-overs: pods {survivors}, status {state}\n"
+                f"events: {events(kube_cluster, sft_namespace, name)}\n"
+                f"--- newcomer log ---\n{newcomer.log()}\n--- first replica log ---\n{operator.log()}"
+            )
     finally:
-        for replica in (operator, standby):
-            replica.stop()
-        operator.start()  # leave the module's operator running for the next tests
+        newcomer.stop()
+        if operator.process is None or operator.process.poll() is not None:
+            operator.start()  # leave the module's operator running for the next tests
