@@ -7,8 +7,9 @@ import re
 import pytest
 
 from devcluster.controlplane import ControlPlane
+from sft_operator.api import GROUP, PLURAL, VERSION
 from tests.integration.operator.conftest import Operator, wait_for
-from tests.integration.operator.test_operator_reconcile import create, events, pods, script, sftjob, status
+from tests.integration.operator.test_operator_reconcile import create, custom, events, pods, script, sftjob, status
 
 pytestmark = pytest.mark.integration
 
@@ -18,13 +19,13 @@ def leading(operator: Operator) -> bool:
     return match is not None and float(match.group(1)) == 1.0
 
 
-HANDOVER_JOBS = [f"ha-one-{index}" for index in range(8)]
+HANDOVER_JOBS = [f"ha-one-{index}" for index in range(3)]  # with ha-two: the node agent's 8 GPUs
 
 
 def test_a_new_replica_takes_over_and_a_dead_one_hands_over_without_duplicates(
     kube_cluster: ControlPlane, operator: Operator, sft_namespace: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """A replica of higher priority joins while a job is being created (the hand-over from a live
+    """A replica of higher priority joins while jobs are being created (the hand-over from a live
     replica: never both acting), then the new leader is killed (the hand-over from a dead one)."""
     newcomer = Operator(
         operator.namespace, operator.kubeconfig, operator.peering, tmp_path_factory.mktemp("b") / "b.log",
@@ -55,3 +56,7 @@ def test_a_new_replica_takes_over_and_a_dead_one_hands_over_without_duplicates(
         newcomer.stop()
         if operator.process is None or operator.process.poll() is not None:
             operator.start()  # leave the module's operator running for the next tests
+        for name in [*HANDOVER_JOBS, "ha-two"]:  # free the node's GPUs for the next tests
+            custom(kube_cluster).delete_namespaced_custom_object(GROUP, VERSION, sft_namespace, PLURAL, name)
+        gone = [*HANDOVER_JOBS, "ha-two"]
+        wait_for(lambda: not any(pods(kube_cluster, sft_namespace, name) for name in gone), 60, "the jobs' pods gone")
