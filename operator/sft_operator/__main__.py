@@ -151,7 +151,10 @@ def main(argv: list[str] | None = None) -> None:
     """Configure logging, metrics and peering, then hand over to kopf."""
     limit_malloc_arenas()
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",  # times: to line up replicas' logs
+    )
     if not args.verbose:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per handled event otherwise
     # Distinct priorities: kopf pauses *every* replica when two share one.
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         pod_event_delay=args.pod_event_delay,
         create_parallelism=args.create_parallelism,
         relist_seconds=args.relist_seconds,
-        peering_name=args.peering_name,
+        peering_name=None if args.standalone else args.peering_name,
         peering_lifetime=args.peering_lifetime,
         priority=priority,
         identity=identity,

@@ -429,6 +429,7 @@ class Soak:
         self.real_host: Path | None = None
         self.real_killed_at: int | None = None  # the step its metrics.jsonl had reached when rank 1 was killed
         self.real_killed_attempt = -1
+        self.real_kill_waiting: str | None = None  # why rank 1 was not killed yet, as last seen
 
     # --- jobs -----------------------------------------------------------------------------------------
 
@@ -491,28 +492,61 @@ class Soak:
         assert self.real is not None and self.real_host is not None
         return self.real_host / "output" / self.real.name / "metrics.jsonl"
 
-    def kill_real_after_checkpoint(self) -> None:
-        """Once past its first checkpoint (on disk), SIGKILL the real-trainer job's rank 1 (once)."""
-        if self.real is None or self.real_killed_at is not None or self.real.final is not None:
-            return
+    def real_kill_blocker(self) -> str | None:
+        """Why the real trainer's rank 1 cannot be killed after a checkpoint now (None: it can)."""
+        assert self.real is not None
         checkpoints = self.real_metrics().parent / "checkpoints"
         saved = [int(path.name.removeprefix("step-")) for path in checkpoints.glob("step-*") if path.is_dir()]
         steps = metric_steps(self.real_metrics())
-        if not saved or not steps or max(steps) <= max(saved) or max(steps) >= REAL_STEPS:
-            return
+        if not saved:
+            return f"no checkpoint on disk yet (metrics at step {max(steps, default=None)})"
+        if not steps or max(steps) <= max(saved):
+            return f"training not past the checkpoint at step {max(saved)} yet"
+        if max(steps) >= REAL_STEPS:
+            return "training has reached its last step"
+        phases = sorted(f"{pod.name}={pod.phase}" for pod in self.pods_of(self.real) if pod.rank == 1)
+        if not any(phase.endswith("=Running") for phase in phases):
+            return f"no rank 1 pod Running ({', '.join(phases) or 'none'})"
+        return None
+
+    def kill_real_after_checkpoint(self) -> bool:
+        """SIGKILL the real-trainer job's rank 1 if it is past a checkpoint on disk; True once it is killed."""
+        assert self.real is not None
+        blocker = self.real_kill_blocker()
+        if blocker != self.real_kill_waiting:
+            self.real_kill_waiting = blocker
+            if blocker is not None:
+                self.log(f"[soak {self.seed}] real trainer: waiting to kill rank 1: {blocker}")
+        if blocker is not None:
+            return False
         rank1 = [pod for pod in self.pods_of(self.real) if pod.rank == 1 and pod.phase == "Running"]
-        if not rank1:
-            return
         try:
             self.agent.kill(self.real.namespace, rank1[0].name, signal.SIGKILL)
-        except LookupError:
-            return
+        except (LookupError, IndexError) as error:
+            self.real_kill_waiting = f"the node agent could not kill rank 1: {error}"
+            return False
         time.sleep(1.0)  # what rank 0 wrote by now is the work at risk
         self.real_killed_at = max(metric_steps(self.real_metrics()), default=0)
         self.real_killed_attempt = rank1[0].attempt
         self.real.hit_attempts.add(rank1[0].attempt)
         self.faults["kill_pod"] += 1
         self.log(f"[soak {self.seed}] killed the real trainer's rank 1 at step {self.real_killed_at}")
+        return True
+
+    def kill_real_trainer_loop(self, stopping: threading.Event) -> None:
+        """Poll every 0.2 s until the real trainer's rank 1 is killed once (or the job ends, or the run stops).
+
+        A thread of its own: the fault loop can be busy for seconds (an API server or etcd outage) and
+        a tiny trainer passes a checkpoint interval in about ten.
+        """
+        assert self.real is not None
+        while not stopping.is_set() and self.real.final is None:
+            try:
+                if self.kill_real_after_checkpoint():
+                    return
+            except Exception as error:  # a file mid-write, a ledger change: look again
+                self.real_kill_waiting = f"{type(error).__name__}: {error}"
+            stopping.wait(0.2)
 
     def check_real_trainer(self) -> list[str]:
         """The real-trainer job resumed from its last checkpoint: what is wrong (empty: nothing)."""
@@ -523,7 +557,9 @@ class Soak:
         if final.get("phase") != "Succeeded":
             return [f"the real-trainer job ended {final.get('phase')}: {final.get('message')}"]
         if self.real_killed_at is None:
-            return ["the real-trainer job finished before its rank 1 could be killed after a checkpoint"]
+            return [
+                f"the real-trainer job finished before its rank 1 was killed after a checkpoint: {self.real_kill_waiting}"
+            ]
         after = [pod for pod in self.ledger.pods.values()
                  if pod.job_uid == self.real.uid and pod.rank == 0 and pod.attempt > self.real_killed_attempt]  # fmt: skip
         if not after:
@@ -687,9 +723,12 @@ class Soak:
             raise
 
     def _run(self, watcher: PodWatcher, started: float) -> Summary:
+        if self.real is not None:
+            threading.Thread(
+                target=self.kill_real_trainer_loop, args=(watcher.stopping,), name="soak-real-kill", daemon=True
+            ).start()
         try:
             while time.monotonic() - started < self.seconds:
-                self.kill_real_after_checkpoint()
                 self.restart_operators()
                 self.resume_suspended()
                 self.observe_finished()
@@ -705,7 +744,6 @@ class Soak:
             self.restart_operators(force=True)
             deadline = time.monotonic() + FINAL_TIMEOUT
             while self.live_jobs() and time.monotonic() < deadline:
-                self.kill_real_after_checkpoint()
                 self.resume_suspended(force=True)
                 self.observe_finished()
                 time.sleep(1)
