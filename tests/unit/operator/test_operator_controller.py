@@ -11,19 +11,12 @@ import urllib3
 
 from sft_operator import render
 from sft_operator.api import Metrics, Progress, SFTJob, SFTJobStatus
-from sft_operator.controller import (
-    Controller,
-    Settings,
-    Supporting,
-    is_active,
-    live_peer_priorities,
-    may_lead,
-    needs_resync,
-    pod_waves,
-    status_patch,
-)
+from sft_operator.children import Supporting, pod_waves
+from sft_operator.controller import Controller, Settings, needs_resync, status_patch
+from sft_operator.leadership import is_active, live_peer_priorities, may_lead
+from sft_operator.pods import pod_view
 from sft_operator.policy import gang_breach
-from sft_operator.status import Event, pod_view
+from sft_operator.status import Event
 from tests.builders import NOW, manifest
 
 
@@ -296,12 +289,12 @@ def test_a_pod_name_ever_stored_is_never_created_again() -> None:
     controller.store.put_job(raw)
     key = ("team-a", "demo")
     job = SFTJob.model_validate(raw)
-    controller._supported[key] = "job-uid"
+    controller.gang.supported[key] = "job-uid"
     rank0 = render.pod(job, 0)
     rank0["metadata"].update(uid="p0", resourceVersion="2")
     controller.store.put_pod(rank0)
     controller.store.drop_pod(rank0)
-    controller._create_gang(job, Supporting())
+    controller.gang.create(job, Supporting())
     created = [what for verb, what, _, _ in kube.calls if verb == "create"]
     assert created == ["Pod/demo-node-1"]
     assert controller.queue.get(timeout=3) == key

@@ -7,16 +7,10 @@ import pytest
 
 from sft_operator import policy, render
 from sft_operator.api import Progress, RunPolicy, SFTJob
+from sft_operator.lifecycle import LIFECYCLE_ANNOTATION, lifecycle_record, trusted_status
+from sft_operator.pods import pod_view
 from sft_operator.policy import PodView, classify_refusal
-from sft_operator.status import (
-    LIFECYCLE_ANNOTATION,
-    Observed,
-    Plan,
-    lifecycle_record,
-    pod_view,
-    reconcile,
-    trusted_status,
-)
+from sft_operator.status import Observed, Plan, reconcile
 from tests.builders import NOW, manifest
 
 
