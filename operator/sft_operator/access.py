@@ -4,7 +4,7 @@ a job created before they were installed, nor rights revoked since the job was c
 
 The creator is what the `sftjob-creator` MutatingAdmissionPolicy recorded at creation (username,
 groups, uid annotations; the policies refuse any other value and any change). Every right in
-`admission.required_access(job)` is asked of the API server as a SubjectAccessReview for that user.
+`references.required_access(job)` is asked of the API server as a SubjectAccessReview for that user.
 A job without creator annotations was created without the chart's admission policies: nothing is
 checked (`creator_of` returns None), as the operator did before.
 
@@ -27,9 +27,8 @@ from sft_operator.api.admission import (
     CREATOR_GROUPS_ANNOTATION,
     CREATOR_UID_ANNOTATION,
     GROUP_SEPARATOR,
-    AccessCheck,
-    required_access,
 )
+from sft_operator.api.references import AccessCheck, required_access
 from sft_operator.policy import Refusal
 
 Object = dict[str, Any]

@@ -32,9 +32,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sft_operator.api import API_VERSION, FINISHED_PHASES, KIND, SFTJob
+from sft_operator.pods import pod_view
 from sft_operator.policy import PodView
 from sft_operator.render import LABEL_JOB, Names
-from sft_operator.status import pod_view
 
 Object = dict[str, Any]
 Key = tuple[str, str]  # (namespace, job name)

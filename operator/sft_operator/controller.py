@@ -11,20 +11,19 @@ crash, or on the standby replica after fail-over — sees the written status and
 What a write returns goes into the store at once, so the next reconcile never decides from a state
 older than this operator's own last write.
 
-The lifecycle record (status.LIFECYCLE_ANNOTATION) is written before the status mirror: the trainer
-may patch the status, never the record. Children are the job's only by controller owner-reference uid:
-a create answered "already exists" by another owner's object is never taken as the job's own; the
-gang waits (and retries) until garbage collection removes it. A create the API server refuses (422,
-Pod Security, quota, a missing PriorityClass or ServiceAccount) reaches the decision at once: a
-permanent refusal fails the job, a transient one restarts the gang after a back-off, and both say why
-in a condition and a Warning Event; nothing is retried in a loop.
+The lifecycle record (lifecycle.LIFECYCLE_ANNOTATION) is written before the status mirror: the trainer
+may patch the status, never the record. The gang's children are created by `sft_operator.gang`; a
+create the API server refuses (422, Pod Security, quota, a missing PriorityClass or ServiceAccount)
+reaches the decision at once: a permanent refusal fails the job, a transient one restarts the gang
+after a back-off, and both say why in a condition and a Warning Event; nothing is retried in a loop.
+Which replica may act is `sft_operator.leadership`'s to say.
 """
 
 import json
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,19 +35,13 @@ from sft_operator import access, metrics, render, runtime
 from sft_operator.api import FINISHED_PHASES, SFTJob, SFTJobStatus
 from sft_operator.api.runtime import ClusterSFTRuntimeSpec
 from sft_operator.cache import Key, Store, job_key
+from sft_operator.children import Supporting, refusal_of
+from sft_operator.gang import HELD_RETRY_SECONDS, Gang
 from sft_operator.kube import Kube
-from sft_operator.policy import PodView, Refusal, classify_refusal
-from sft_operator.status import (
-    LIFECYCLE_ANNOTATION,
-    Event,
-    Observed,
-    Plan,
-    lifecycle_record,
-    missing_ranks,
-    reconcile,
-    stored_record,
-    trusted_status,
-)
+from sft_operator.leadership import HANDOVER_MARGIN_SECONDS, Leadership
+from sft_operator.lifecycle import LIFECYCLE_ANNOTATION, lifecycle_record, stored_record, trusted_status
+from sft_operator.policy import PodView, Refusal
+from sft_operator.status import Event, Observed, Plan, reconcile
 from sft_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -109,121 +102,12 @@ def needs_resync(raw: Object, now: datetime) -> bool:
     return now - datetime.fromisoformat(str(completed).replace("Z", "+00:00")) < FINISHED_RESYNC_WINDOW
 
 
-def live_peer_priorities(peers: Object | None, identity: str, now: datetime) -> list[int]:
-    """The priorities of the other replicas whose peering record is alive (seen within its lifetime)."""
-    priorities = []
-    for peer_id, info in (peers or {}).items():
-        if peer_id == identity or not isinstance(info, dict) or info.get("lastseen") is None:
-            continue
-        seen = datetime.fromisoformat(str(info["lastseen"]).replace("Z", "+00:00"))
-        if seen + timedelta(seconds=int(info.get("lifetime", 60))) > now:
-            priorities.append(int(info.get("priority", 0)))
-    return priorities
-
-
-def is_active(peers: Object | None, identity: str, priority: int, now: datetime) -> bool:
-    """kopf's peering rule, for the resync loop: active unless another live peer has >= priority."""
-    return all(other < priority for other in live_peer_priorities(peers, identity, now))
-
-
-def may_lead(active_since: float | None, now: float, handover_seconds: float) -> bool:
-    """Whether a replica active by the peering rule since `active_since` (monotonic; -inf when no
-    other replica was alive then) may act at `now`. A replica that takes over from a live one waits
-    `handover_seconds`, longer than the other's resync period: by then it has seen the change and
-    paused, so two replicas never decide at once. One that found no live replica acts at once."""
-    return active_since is not None and now - active_since >= handover_seconds
-
-
-SECOND_WAVE_KINDS = frozenset({"RoleBinding", "Pod"})
 EVENT_THREADS = 4  # Events are recorded off the workers, a few at a time: they never delay a gang
-HELD_RETRY_SECONDS = 1.0  # a child's name held by another owner: look again this soon
-HANDOVER_MARGIN_SECONDS = 1.0  # beyond the resync period: a hand-over waits it out (may_lead)
 STALE_DELETE_SECONDS = 30.0
 """A pod this operator deleted that the store still shows after this long, beyond its grace period,
 makes the resync loop re-list: its DELETED event was missed (a delete made at startup, before kopf's
 watch began, is never reported by it). A gang's next attempt waits for the old pods to be gone."""
 MAX_REPORTED_FOREIGN = 4096
-
-
-def creation_waves(objects: list[Object]) -> list[list[Object]]:
-    """Objects in two waves of concurrent creates: a RoleBinding needs its Role to exist (the API
-    server checks the binder holds the Role's rights), a Pod its ServiceAccount (admission)."""
-    first = [obj for obj in objects if obj["kind"] not in SECOND_WAVE_KINDS]
-    second = [obj for obj in objects if obj["kind"] in SECOND_WAVE_KINDS]
-    return [wave for wave in (first, second) if wave]
-
-
-def controller_uid(obj: Object | None) -> str | None:
-    """The uid of an object's controller owner reference (None when it has none)."""
-    refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
-    return next((str(ref.get("uid")) for ref in refs if ref.get("controller")), None)
-
-
-def foreign_names(results: list[tuple[Object, Object | None]], uid: str) -> list[str]:
-    """`Kind/name` of each create whose object (as created or found) is not owned by `uid`."""
-    return [f"{obj['kind']}/{obj['metadata']['name']}" for obj, found in results if controller_uid(found) != uid]
-
-
-def held_pod_names(pods: list[Object], foreign: list[PodView]) -> list[str]:
-    """`Pod/name` of each pod to create whose name a pod of another owner holds."""
-    taken = {pod.name for pod in foreign}
-    return [f"Pod/{pod['metadata']['name']}" for pod in pods if pod["metadata"]["name"] in taken]
-
-
-def outcome_unknown(obj: Object, outcome: object) -> bool:
-    """Whether a pod create may have happened although the operator did not learn so: the connection
-    was lost (the API server or etcd restarting), the server failed (5xx: the write may still have
-    been committed), or the name exists already (409: it may be this create's own pod, from a try
-    whose response was lost). Such a pod is read back before the job is decided again: a decision
-    from a store without it would start the next attempt beside it, or re-create its rank."""
-    if obj["kind"] != "Pod" or isinstance(outcome, dict):
-        return False
-    if isinstance(outcome, ApiException):
-        return outcome.status is None or outcome.status >= 500
-    return True  # None (409, a pod's is not read back) or a connection error
-
-
-def unanswered(outcome: object) -> bool:
-    """A create that raised without an answer from the API server (a lost connection, no status)."""
-    return isinstance(outcome, Exception) and not (isinstance(outcome, ApiException) and outcome.status is not None)
-
-
-def refusal_of(obj: Object, error: ApiException, own_service_account: str) -> Refusal:
-    """A refused create as the decision sees it: the API server's own message, classified."""
-    try:
-        message = str(json.loads(error.body or "{}").get("message") or error.reason)
-    except ValueError:
-        message = str(error.body or error.reason)
-    meta = obj["metadata"]
-    return classify_refusal(error.status or 0, message, obj["kind"], meta["name"], own_service_account)
-
-
-def pod_waves(with_pods: list[Object], pods: list[Object], attempt: int) -> list[list[Object]]:
-    """The gang's creates, in waves of concurrent calls: one wave, except in a restarted gang, whose
-    rank 0 goes first: its pod name is no longer its hostname, so a worker must not start before the
-    pod that answers for `<job>-node-0` exists (a resolver that looks the hostname up once, at the
-    worker's start, would find nothing, or the previous attempt's rank 0)."""
-    rank0 = [pod for pod in pods if attempt > 0 and pod["metadata"]["labels"][render.LABEL_RANK] == "0"]
-    rest = [pod for pod in pods if pod not in rank0]
-    return [wave for wave in (with_pods + rank0, rest) if wave]
-
-
-@dataclass
-class Supporting:
-    """A new job's supporting objects on their way: the first wave in flight, then the RoleBinding."""
-
-    started: list[tuple[Object, Future[Object | None]]] = field(default_factory=list)
-    second: list[Object] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Memory:
-    """What one job's last creates taught (per job uid and attempt): names held by others, a refusal."""
-
-    uid: str
-    attempt: int
-    held: tuple[str, ...] = ()
-    refusal: Refusal | None = None
 
 
 class Controller:
@@ -236,18 +120,15 @@ class Controller:
         self.queue: WorkQueue[Key] = WorkQueue()
         metrics.WORK_QUEUE_DEPTH.set_function(lambda: len(self.queue))
         self.phases = metrics.PhaseTracker()
-        self.creator = ThreadPoolExecutor(settings.create_parallelism, thread_name_prefix="create")
+        self.gang = Gang(kube, self.store, self.queue, settings.trainer_image, settings.create_parallelism)
         self.recorder = ThreadPoolExecutor(EVENT_THREADS, thread_name_prefix="event")
-        self._supported: dict[Key, str] = {}  # job -> uid whose Service, ConfigMap, RBAC exist
-        self._memory: dict[Key, Memory] = {}  # what the last creates of a job's gang met
         self._spec_checks: dict[Key, tuple[str, str, Refusal | None]] = {}  # (uid, template hash, refusal)
-        self._unverified: dict[Key, dict[str, tuple[int, int]]] = {}  # pod name -> (attempt, rank): outcome_unknown
-        self._uncreated: dict[Key, tuple[str, int, frozenset[int]]] = {}  # (uid, attempt, ranks) read back absent
         self._record_writable = True
         self._access_checkable = True
         self._reported: dict[str, None] = {}  # foreign pod uids already reported in an Event (ordered, bounded)
         self._leading = False
-        self._active_since: float | None = None  # monotonic; see leads()
+        handover = settings.resync_seconds + HANDOVER_MARGIN_SECONDS
+        self.leadership = Leadership(settings.identity, settings.priority, handover)
         self._relisted = float("-inf")
         self.synced = threading.Event()  # the store holds a full list: workers may decide from it
         self.last_resync = time.monotonic()
@@ -289,7 +170,7 @@ class Controller:
     def stop(self) -> None:
         """Let the workers finish their current job and exit."""
         self.queue.close()
-        self.creator.shutdown(wait=False, cancel_futures=True)
+        self.gang.stop()
         self.recorder.shutdown(wait=False)
 
     def reconcile(self, key: Key) -> None:
@@ -314,7 +195,7 @@ class Controller:
             self._refuse(raw, error)
             return
         job = job.model_copy(update={"status": trusted_status(job)})
-        if not self._verify(key):
+        if not self.gang.verify(key):
             self.queue.add_after(key, HELD_RETRY_SECONDS)
             return
         pods = self.store.pods(key)
@@ -331,40 +212,12 @@ class Controller:
         self.apply(raw, job, plan, resolved.defaults)
         record.release_model()
 
-    def _verify(self, key: Key) -> bool:
-        """Read back the pods whose create had an unknown outcome (stored if they exist); False while
-        that cannot be done (the API server is still away): the job is not decided until it is."""
-        names = self._unverified.get(key, {})
-        record = self.store.job(key)
-        uid = "" if record is None else str(record.raw["metadata"].get("uid"))
-        for name, (attempt, rank) in sorted(names.items()):
-            try:
-                found = self.kube.find_pod(key[0], name)
-            except Exception as error:
-                log.info("%s/%s: pod %s, whose create had no answer, cannot be read yet: %s", *key, name, error)
-                return False
-            if found is not None:
-                self.store.put_pod(found)
-            elif not self.store.had_pods_named(key, name):
-                before = self._uncreated.get(key)
-                ranks = before[2] if before is not None and before[:2] == (uid, attempt) else frozenset()
-                self._uncreated[key] = (uid, attempt, ranks | {rank})
-            del names[name]
-        self._unverified.pop(key, None)
-        return True
-
     def _observed(self, key: Key, job: SFTJob, pods: list[PodView]) -> Observed:
         """What this operator knows about the job beyond its pods (see status.Observed)."""
-        uid, attempt = job.metadata.uid, job.status.attempt
-        memory = self._memory.get(key)
-        if memory is not None and (memory.uid, memory.attempt) != (uid, attempt):
-            memory = None
-        uncreated = self._uncreated.get(key)
-        return Observed(
-            uncreated=uncreated[2] if uncreated is not None and uncreated[:2] == (uid, attempt) else frozenset(),
-            had_pods=self.store.had_pods(key, attempt),
-            held_by_others=memory.held if memory else (),
-            refusal=memory.refusal if memory else None,
+        taught = self.gang.observed(key, job.metadata.uid, job.status.attempt)
+        return replace(
+            taught,
+            had_pods=self.store.had_pods(key, job.status.attempt),
             spec_refusal=self._spec_refusal(job, pods),
         )
 
@@ -449,7 +302,7 @@ class Controller:
         """
         namespace, name = job.metadata.namespace, job.metadata.name
         key = (namespace, name)
-        supporting = self._create_supporting(job) if plan.create_pods else Supporting()
+        supporting = self.gang.start_supporting(job) if plan.create_pods else Supporting()
         if not self._write_record(key, job, plan):
             return
         patch = status_patch(raw.get("status") or {}, job.status, plan.status)
@@ -463,7 +316,7 @@ class Controller:
             self.kube.delete_pod(namespace, pod.name, pod.uid)
             self.store.mark_deleting(key, pod.name, pod.uid, job.spec.pod.termination_grace_period_seconds)
         if plan.create_pods:
-            self._create_gang(job.model_copy(update={"status": plan.status}), supporting, defaults)
+            self.gang.create(job.model_copy(update={"status": plan.status}), supporting, defaults)
         if plan.events:
             self.recorder.submit(self._record, raw, plan.events)
         reason = plan.status.last_failure.reason if plan.status.last_failure else (plan.status.reason or "")
@@ -502,126 +355,6 @@ class Controller:
             return False
         self.store.put_job(written)
         return True
-
-    def _create_supporting(self, job: SFTJob) -> Supporting:
-        """Start creating a new job's supporting objects (once per job): the first wave now, in the
-        background; the RoleBinding goes with the pods."""
-        key = (job.metadata.namespace, job.metadata.name)
-        if self._supported.get(key) == job.metadata.uid:
-            return Supporting()
-        first, second = creation_waves(render.supporting_objects(job))
-        return Supporting([(obj, self.creator.submit(self._try_create, obj)) for obj in first], second)
-
-    def _try_create(self, obj: Object) -> Object | ApiException | None:
-        """kube.create, with an API refusal returned rather than raised (a wave's other creates go on)."""
-        try:
-            return self.kube.create(obj)
-        except ApiException as error:
-            if error.status is None:
-                raise
-            return error
-
-    def _create_gang(self, job: SFTJob, supporting: Supporting, defaults: ClusterSFTRuntimeSpec | None = None) -> None:
-        """Create what the gang lacks: the supporting objects (first wave, then the RoleBinding), then the
-        missing ranks' pods, concurrently. An object of a child's name owned by another uid holds the
-        gang back (never taken as the job's own); a refused create is remembered for the decision."""
-        key = (job.metadata.namespace, job.metadata.name)
-        uid, attempt = job.metadata.uid, job.status.attempt
-        own_account = render.Names(job.metadata.name).service_account
-        results = [(obj, future.result()) for obj, future in supporting.started]
-        if not self._settled(key, job, results, own_account) or not self._created(key, job, supporting.second):
-            return
-        missing = missing_ranks(self.store.pods(key), attempt, job.spec.resources.num_nodes)
-        names = render.Names(job.metadata.name)
-        # Never a name this operator ever stored (a rank is never re-created): the store may have lost the
-        # pod between the decision and now (a DELETED event); the next decision then restarts the gang.
-        ranks = [rank for rank in missing if not self.store.had_pods_named(key, names.pod(rank, attempt))]
-        if len(ranks) < len(missing):
-            log.warning("%s/%s: ranks %s of attempt %d existed already: not re-created", *key,
-                        sorted(set(missing) - set(ranks)), attempt)  # fmt: skip
-            self.queue.add(key)
-        pods = [render.pod(job, rank, self.settings.trainer_image, defaults) for rank in ranks]
-        held = held_pod_names(pods, self.store.foreign(key))
-        if held:
-            self._hold(key, uid, attempt, held)
-            return
-        for wave in pod_waves([], pods, attempt):
-            log.info(
-                "%s/%s: creating %s (attempt %d)", *key, ", ".join(pod["metadata"]["name"] for pod in wave), attempt
-            )
-            outcomes = self._create_wave(key, wave)
-            if any(unanswered(outcome) for _, outcome in outcomes):
-                self.queue.add_after(key, HELD_RETRY_SECONDS)  # a create had no answer: read it back first
-                return
-            if not self._settled(key, job, [item for item in outcomes if not isinstance(item[1], dict)], own_account):
-                return
-        self._memory.pop(key, None)
-        self._uncreated.pop(key, None)
-
-    def _create_wave(self, key: Key, wave: list[Object]) -> list[tuple[Object, Object | Exception | None]]:
-        """Create one wave of pods concurrently; each with what its create returned or raised. Every
-        pod created is stored; a pod whose create had an unknown outcome is to be read back."""
-        futures = [self.creator.submit(self._try_create, obj) for obj in wave]
-        outcomes: list[tuple[Object, Object | Exception | None]] = []
-        for obj, future in zip(wave, futures, strict=True):
-            try:
-                outcomes.append((obj, future.result()))
-            except Exception as error:  # the connection was lost: the pod may exist
-                log.warning("%s/%s: create of pod %s had no answer: %s", *key, obj["metadata"]["name"], error)
-                outcomes.append((obj, error))
-        for obj, outcome in outcomes:
-            labels = obj["metadata"]["labels"]
-            if isinstance(outcome, dict):
-                self.store.put_pod(outcome)
-                metrics.PODS_CREATED.inc()
-            elif outcome_unknown(obj, outcome):
-                where = (int(labels[render.LABEL_ATTEMPT]), int(labels[render.LABEL_RANK]))
-                self._unverified.setdefault(key, {})[obj["metadata"]["name"]] = where
-        return outcomes
-
-    def _created(self, key: Key, job: SFTJob, objects: list[Object]) -> bool:
-        """Create the supporting objects that need the first wave (the RoleBinding); True when all are
-        the job's own. Marks the job supported (no supporting creates for its later attempts)."""
-        if self._supported.get(key) == job.metadata.uid:
-            return True
-        results = [(obj, self._try_create(obj)) for obj in objects]
-        if not self._settled(key, job, results, render.Names(job.metadata.name).service_account):
-            return False
-        self._supported[key] = job.metadata.uid
-        return True
-
-    def _settled(
-        self, key: Key, job: SFTJob, results: list[tuple[Object, Object | ApiException | None]], own_account: str
-    ) -> bool:
-        """Whether every create went through as the job's own. Remembers (and queues the job for) a
-        refusal, or the names another owner holds (a pod answered 409 counts as held until the store
-        shows it as the job's own)."""
-        uid, attempt = job.metadata.uid, job.status.attempt
-        for obj, outcome in results:
-            if isinstance(outcome, ApiException):
-                refusal = refusal_of(obj, outcome, own_account)
-                log.warning("%s/%s: %s %s refused: %s", *key, obj["kind"], obj["metadata"]["name"], refusal.message)
-                metrics.RECONCILE_ERRORS.labels(error=refusal.reason).inc()
-                self._memory[key] = Memory(uid, attempt, refusal=refusal)
-                self.queue.add(key)
-                return False
-        found = [(obj, outcome) for obj, outcome in results if not isinstance(outcome, ApiException)]
-        # A pod answered 409 is not held: it may be this job's own (a create whose response was lost);
-        # the store shows it soon, or the gang is incomplete and restarts whole. Foreign pods holding a
-        # name are caught before any create (held_pod_names).
-        held = [name for name in foreign_names(found, uid) if not name.startswith("Pod/")]
-        if held:
-            self._hold(key, uid, attempt, held)
-            return False
-        return True
-
-    def _hold(self, key: Key, uid: str, attempt: int, held: list[str]) -> None:
-        """Names another owner holds: tell the decision, look again in HELD_RETRY_SECONDS."""
-        memory = self._memory.get(key)
-        if memory is None or memory.held != tuple(held):
-            log.info("%s/%s: waiting for %s (another owner's) to go", *key, ", ".join(held))
-        self._memory[key] = Memory(uid, attempt, held=tuple(held))
-        self.queue.add_after(key, HELD_RETRY_SECONDS)
 
     def _record(self, raw: Object, events: list[Event]) -> None:
         """Record one decision's Events, in order (on the recorder's threads; failures are logged)."""
@@ -665,26 +398,17 @@ class Controller:
         """Drop everything held about a deleted job."""
         self.store.drop_job(key)
         self.phases.set(*key, None)
-        self._supported.pop(key, None)
-        self._memory.pop(key, None)
         self._spec_checks.pop(key, None)
-        self._unverified.pop(key, None)
-        self._uncreated.pop(key, None)
+        self.gang.forget(key)
 
     # --- the resync loop --------------------------------------------------------------------------
 
     def leads(self) -> bool:
         """Whether this replica may act now (kopf's peering record decides who is active; a hand-over
-        from a live replica waits out its resync period: `may_lead`)."""
+        from a live replica waits out its resync period: `leadership.may_lead`)."""
         namespace = None if not self.settings.namespaces else self.settings.namespaces[0]
         peers = self.kube.peering_status(self.settings.peering_name, namespace)
-        wall, now = datetime.now(UTC), time.monotonic()
-        if not is_active(peers, self.settings.identity, self.settings.priority, wall):
-            self._active_since = None
-        elif self._active_since is None:
-            alone = not live_peer_priorities(peers, self.settings.identity, wall)
-            self._active_since = float("-inf") if alone else now
-        return may_lead(self._active_since, now, self.settings.resync_seconds + HANDOVER_MARGIN_SECONDS)
+        return self.leadership.leads(peers, datetime.now(UTC), time.monotonic())
 
     def relist(self, startup: bool = False) -> None:
         """Re-read every job, then every pod (paginated lists), correct the store, mark what changed dirty.

@@ -117,11 +117,18 @@ def gang_failure(pods: list[PodView], policy: RunPolicy, now: datetime) -> Failu
     return failures[0][1]
 
 
+def overdue(since: datetime | None, limit: int | None, now: datetime) -> int | None:
+    """The whole seconds a clock started at `since` has run, once it has run `limit` seconds; None before
+    then, and when there is no clock or no limit. Every timeout of a job is asked this way."""
+    if since is None or limit is None or now - since < timedelta(seconds=limit):
+        return None
+    return int((now - since).total_seconds())
+
+
 def pending_timeout(pods: list[PodView], status: SFTJobStatus, policy: RunPolicy, now: datetime) -> Failure | None:
     """A pod that has waited too long to start (unschedulable, image pull) — Kueue-gated pods excepted."""
     limit = policy.pending_timeout_seconds
-    started = status.attempt_start_time
-    if limit is None or started is None or now - started < timedelta(seconds=limit):
+    if overdue(status.attempt_start_time, limit, now) is None:
         return None
     for pod in pods:
         if pod.phase == "Pending" and not pod.gated and not pod.deleting:
@@ -141,18 +148,14 @@ def stalled(status: SFTJobStatus, policy: RunPolicy, now: datetime) -> Failure |
     """The trainer sent no progress report for stallTimeoutSeconds (a hung collective, a dead rank)."""
     limit = policy.stall_timeout_seconds
     started = status.attempt_start_time
-    if limit is None or started is None:
-        return None
-    last = started
     report = status.progress.last_report_time if status.progress else None
-    if report is not None and report > last:
-        last = report
-    if now - last < timedelta(seconds=limit):
+    last = max(started, report) if started is not None and report is not None else started
+    silent = overdue(last, limit, now)
+    if silent is None:
         return None
     return Failure(
         reason="Stalled",
-        message=f"no progress report from the trainer for {int((now - last).total_seconds())}s "
-        f"(stallTimeoutSeconds={limit})",
+        message=f"no progress report from the trainer for {silent}s (stallTimeoutSeconds={limit})",
         retryable=True,
         time=now,
     )
@@ -161,7 +164,7 @@ def stalled(status: SFTJobStatus, policy: RunPolicy, now: datetime) -> Failure |
 def deadline_exceeded(status: SFTJobStatus, policy: RunPolicy, now: datetime) -> Failure | None:
     """The job has been active longer than activeDeadlineSeconds."""
     limit = policy.active_deadline_seconds
-    if limit is None or status.start_time is None or now - status.start_time < timedelta(seconds=limit):
+    if overdue(status.start_time, limit, now) is None:
         return None
     return Failure(
         reason="DeadlineExceeded",
@@ -245,11 +248,11 @@ def gang_start_timeout(
     """
     limit = policy.gang_start_timeout_seconds
     started = status.attempt_start_time
-    if running or limit is None or started is None or any(pod.gated for pod in pods):
+    if running or started is None or any(pod.gated for pod in pods):
         return None
     if queued:
         started = max([started, *(pod.scheduled for pod in pods if pod.scheduled is not None)])
-    if now - started < timedelta(seconds=limit):
+    if overdue(started, limit, now) is None:
         return None
     return Failure(
         reason="GangStartTimeout",

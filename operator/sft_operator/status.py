@@ -4,9 +4,9 @@ Level-based and pure: the whole state is the job's lifecycle record plus the pod
 operator restarted at any point (or a standby taking over) computes the same decision. The controller
 applies it.
 
-The lifecycle record (phase, attempt, restarts, failure, times) lives in an annotation of the SFTJob
-(LIFECYCLE_ANNOTATION), which only the operator writes: the trainer's token may patch the job's status,
-so the status is a mirror the operator rewrites, never a source of lifecycle facts (`trusted_status`).
+The job's status is trusted only through the operator's own lifecycle record (`sft_operator.lifecycle`);
+pods are read by `sft_operator.pods`, conditions written by `sft_operator.conditions`. This module
+derives the phase and the actions.
 
 The gang rule, in one place (`policy.gang_breach`): a gang's pods all belong to one attempt; a missing,
 deleted, or foreign member of a started attempt restarts the whole gang as the next attempt, whatever
@@ -16,29 +16,18 @@ Phases:  Pending -> Initializing (all pods run, no progress report yet) -> Runni
 Succeeded | Failed; Restarting between gang attempts; Suspended while runPolicy.suspend is true.
 """
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from sft_operator import policy
-from sft_operator.api import (
-    FINISHED_PHASES,
-    GROUP,
-    Condition,
-    Failure,
-    Phase,
-    ReplicaCounts,
-    SFTJob,
-    SFTJobStatus,
-)
+from sft_operator.api import FINISHED_PHASES, Failure, Phase, SFTJob, SFTJobStatus
+from sft_operator.conditions import conditions, runtime_condition
+from sft_operator.pods import missing_ranks, replica_counts
 from sft_operator.policy import PodView, Refusal
-from sft_operator.render import ANNOTATION_TEMPLATE_HASH, LABEL_ATTEMPT, LABEL_RANK, TRAINER_CONTAINER, template_hash
-from sft_operator.runtime import RUNTIME_APPLIED, RUNTIME_CONDITION, RUNTIME_PROBLEMS, Resolution
-from sft_operator.runtime import describe as describe_runtime
+from sft_operator.render import template_hash
+from sft_operator.runtime import Resolution
 
-CONDITION_TYPES: tuple[str, ...] = ("Created", "Suspended", "Running", "Restarting", "Succeeded", "Failed")
-ACTIVE_PHASES: frozenset[str] = frozenset({"Pending", "Initializing", "Running"})
 SUCCESS_GRACE = timedelta(seconds=60)
 """After rank 0 succeeds, other ranks get this long to exit on their own (and keep their logs)."""
 
@@ -84,175 +73,11 @@ class Plan:
     events: list[Event] = field(default_factory=list)
 
 
-# --- reading pods ---------------------------------------------------------------------------------
-
-
-def _time(value: Any) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-
-
-def pod_view(pod: dict[str, Any]) -> PodView:
-    """Summarise a pod as the API returns it (camelCase JSON)."""
-    meta, spec, status = pod.get("metadata", {}), pod.get("spec", {}), pod.get("status", {})
-    labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
-    container: dict[str, Any] = next(
-        (item for item in status.get("containerStatuses") or [] if item.get("name") == TRAINER_CONTAINER), {}
-    )
-    state = container.get("state") or {}
-    terminated, waiting = state.get("terminated") or {}, state.get("waiting") or {}
-    owner = next((ref.get("uid", "") for ref in meta.get("ownerReferences") or [] if ref.get("controller")), "")
-    return PodView(
-        name=meta.get("name", ""),
-        uid=meta.get("uid", ""),
-        rank=int(labels.get(LABEL_RANK, -1)),
-        attempt=int(labels.get(LABEL_ATTEMPT, -1)),
-        phase=status.get("phase") or "Pending",
-        template_hash=annotations.get(ANNOTATION_TEMPLATE_HASH, ""),
-        deleting=meta.get("deletionTimestamp") is not None,
-        created=_time(meta.get("creationTimestamp")),
-        exit_code=terminated.get("exitCode"),
-        finished=_time(terminated.get("finishedAt")),
-        reason=status.get("reason") or terminated.get("reason"),
-        message=terminated.get("message") or status.get("message"),
-        waiting_reason=waiting.get("reason"),
-        gated=bool(spec.get("schedulingGates")),
-        running="running" in state or bool(terminated),
-        disrupted=any(
-            item.get("type") == "DisruptionTarget" and item.get("status") == "True"
-            for item in status.get("conditions") or []
-        ),
-        owner=owner,
-        scheduled=next(
-            (
-                _time(item.get("lastTransitionTime"))
-                for item in status.get("conditions") or []
-                if item.get("type") == "PodScheduled" and item.get("status") == "True"
-            ),
-            None,
-        ),
-    )
-
-
 # --- helpers --------------------------------------------------------------------------------------
 
 
 WAITING_FOR_PODS = "waiting for pods to start"
 WAITING_FOR_OLD_CHILDREN = "WaitingForOldChildren"
-LIFECYCLE_ANNOTATION = f"{GROUP}/lifecycle"
-LIFECYCLE_FIELDS = frozenset(
-    {
-        "phase",
-        "reason",
-        "message",
-        "start_time",
-        "completion_time",
-        "restarts",
-        "attempt",
-        "attempt_start_time",
-        "next_attempt_time",
-        "last_failure",
-        "runtime",
-    }
-)
-"""Status fields that drive the lifecycle: the operator keeps them in LIFECYCLE_ANNOTATION."""
-
-
-def lifecycle_record(status: SFTJobStatus) -> dict[str, Any]:
-    """The operator's lifecycle facts as stored in the annotation. Pending, Initializing and Running are
-    one record ("Active"): they are derived from the pods on every reconcile, so moving between them
-    costs no write."""
-    record: dict[str, Any] = status.model_dump(mode="json", by_alias=True, include=set(LIFECYCLE_FIELDS))
-    record = {key: value for key, value in record.items() if value is not None}
-    if status.phase in ACTIVE_PHASES:
-        record["phase"] = "Active"
-        record.pop("reason", None)
-        record.pop("message", None)
-    return record
-
-
-def stored_record(job: SFTJob) -> dict[str, Any] | None:
-    """The lifecycle record the annotation holds (None: not written yet, or unreadable)."""
-    text = job.metadata.annotations.get(LIFECYCLE_ANNOTATION)
-    if not text:
-        return None
-    try:
-        record = json.loads(text)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def trusted_status(job: SFTJob) -> SFTJobStatus:
-    """The job's status with every lifecycle field taken from the operator's own record.
-
-    What the trainer may have written there (`phase: Succeeded`, `attempt: 5`, `restarts: 0`,
-    `lastFailure: null`) is replaced; its progress, metrics, checkpoint and final model are kept.
-    A job with no record yet (new, or written by an operator before this one) keeps its status.
-    """
-    record = stored_record(job)
-    if record is None:
-        return job.status
-    mirror = job.status
-    data = mirror.model_dump(mode="json", by_alias=True, exclude=set(LIFECYCLE_FIELDS), exclude_none=True)
-    data.update(record)
-    if record.get("phase") == "Active":
-        data["phase"] = mirror.phase if mirror.phase in ACTIVE_PHASES else "Pending"
-        data["reason"], data["message"] = mirror.reason, mirror.message
-    try:
-        return SFTJobStatus.model_validate(data)
-    except ValueError:  # a record edited by hand into nonsense: the status is all there is
-        return job.status
-
-
-def missing_ranks(pods: list[PodView], attempt: int, num_nodes: int) -> list[int]:
-    """Ranks of the attempt with no live pod (a pod being deleted does not count)."""
-    present = {pod.rank for pod in pods if pod.attempt == attempt and not pod.deleting}
-    return [rank for rank in range(num_nodes) if rank not in present]
-
-
-def replica_counts(pods: list[PodView], desired: int) -> ReplicaCounts:
-    """Pods of the current attempt by phase."""
-    counts = ReplicaCounts(desired=desired)
-    for pod in pods:
-        if pod.phase == "Running":
-            counts.running += 1
-        elif pod.phase == "Succeeded":
-            counts.succeeded += 1
-        elif pod.phase == "Failed":
-            counts.failed += 1
-        else:
-            counts.pending += 1
-    return counts
-
-
-def conditions(
-    previous: list[Condition], phase: Phase, reason: str, message: str, generation: int, now: datetime
-) -> list[Condition]:
-    """One condition per type; True for the phase's condition, lastTransitionTime kept unless it flips."""
-    true_types = {"Created", phase} if phase in CONDITION_TYPES else {"Created"}
-    old = {condition.type: condition for condition in previous}
-    result = []
-    for kind in CONDITION_TYPES:
-        value: Literal["True", "False"] = "True" if kind in true_types else "False"
-        before = old.get(kind)
-        if kind == "Created":
-            why, text = "PodsCreated", "the pod gang was created"
-        else:
-            why, text = (reason, message) if value == "True" else (f"Not{kind}", f"the job is {phase}")
-        changed = before is None or before.status != value
-        result.append(
-            Condition(
-                type=kind,
-                status=value,
-                reason=why,
-                message=text,
-                last_transition_time=now if changed or before is None else before.last_transition_time,
-                observed_generation=generation,
-            )
-        )
-    return result
 
 
 def _finish(plan: Plan, pods: list[PodView], job: SFTJob, phase: Phase, failure: Failure | None, now: datetime) -> None:
@@ -384,32 +209,6 @@ def reconcile(job: SFTJob, pods: list[PodView], now: datetime, observed: Observe
     if status.phase != previous_phase and status.phase in ("Initializing", "Running"):
         plan.events.append(Event("Normal", status.phase, status.message or status.phase))
     return plan
-
-
-def runtime_condition(
-    previous: list[Condition], status: SFTJobStatus, generation: int, now: datetime
-) -> list[Condition]:
-    """The RuntimeApplied condition: False while the job's runtime cannot be read (its message names
-    the field), True naming the runtime the current attempt got; none for a job without a runtime."""
-    if status.reason in RUNTIME_PROBLEMS:
-        value: Literal["True", "False"] = "False"
-        reason, message = status.reason, status.message or ""
-    elif status.runtime is not None:
-        value, reason, message = "True", RUNTIME_APPLIED, describe_runtime(status.runtime)
-    else:
-        return []
-    before = next((item for item in previous if item.type == RUNTIME_CONDITION), None)
-    kept = before is not None and before.status == value
-    return [
-        Condition(
-            type=RUNTIME_CONDITION,
-            status=value,
-            reason=reason,
-            message=message,
-            last_transition_time=before.last_transition_time if kept and before is not None else now,
-            observed_generation=generation,
-        )
-    ]
 
 
 def _runtime_missing(plan: Plan, job: SFTJob, resolution: Resolution) -> None:

@@ -219,34 +219,44 @@ def crd() -> dict[str, Any]:
         },
         "x-kubernetes-validations": cel.name_rules(MAX_JOB_NAME),
     }
+    return definition(KIND, PLURAL, SINGULAR, SHORT_NAMES, "Namespaced", PRINTER_COLUMNS, root)
+
+
+def definition(
+    kind: str,
+    plural: str,
+    singular: str,
+    short_names: tuple[str, ...],
+    scope: str,
+    columns: list[dict[str, Any]],
+    root: Schema,
+) -> dict[str, Any]:
+    """A CustomResourceDefinition of the kube-sft group with one served, stored version whose schema is
+    `root`; a `status` property of the root gets the status subresource."""
+    version: dict[str, Any] = {"name": VERSION, "served": True, "storage": True}
+    if "status" in root["properties"]:
+        version["subresources"] = {"status": {}}
+    version["additionalPrinterColumns"] = copy.deepcopy(columns)
+    version["schema"] = {"openAPIV3Schema": root}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{PLURAL}.{GROUP}",
+            "name": f"{plural}.{GROUP}",
             "labels": {"app.kubernetes.io/name": "kube-sft", "app.kubernetes.io/component": "crd"},
         },
         "spec": {
             "group": GROUP,
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": list(SHORT_NAMES),
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": list(short_names),
                 "categories": ["kube-sft"],
             },
-            "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": copy.deepcopy(PRINTER_COLUMNS),
-                    "schema": {"openAPIV3Schema": root},
-                }
-            ],
+            "scope": scope,
+            "versions": [version],
         },
     }
 
@@ -288,35 +298,8 @@ def runtime_crd() -> dict[str, Any]:
             "spec": runtime_spec_schema(),
         },
     }
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{runtime.RUNTIME_PLURAL}.{GROUP}",
-            "labels": {"app.kubernetes.io/name": "kube-sft", "app.kubernetes.io/component": "crd"},
-        },
-        "spec": {
-            "group": GROUP,
-            "names": {
-                "kind": runtime.RUNTIME_KIND,
-                "listKind": f"{runtime.RUNTIME_KIND}List",
-                "plural": runtime.RUNTIME_PLURAL,
-                "singular": runtime.RUNTIME_SINGULAR,
-                "shortNames": list(runtime.RUNTIME_SHORT_NAMES),
-                "categories": ["kube-sft"],
-            },
-            "scope": "Cluster",
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "additionalPrinterColumns": copy.deepcopy(RUNTIME_PRINTER_COLUMNS),
-                    "schema": {"openAPIV3Schema": root},
-                }
-            ],
-        },
-    }
+    names = (runtime.RUNTIME_KIND, runtime.RUNTIME_PLURAL, runtime.RUNTIME_SINGULAR, runtime.RUNTIME_SHORT_NAMES)
+    return definition(*names, "Cluster", RUNTIME_PRINTER_COLUMNS, root)
 
 
 def kopf_peering_crds() -> list[dict[str, Any]]:

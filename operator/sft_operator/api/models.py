@@ -187,8 +187,9 @@ class LocalObjectReference(K8sModel):
     name: DNSSubdomain
 
 
-class PodOverrides(K8sModel):
-    """What the pods get besides the rendered defaults."""
+class PodBase(K8sModel):
+    """The trainer pods' labels, annotations and scheduling: what an SFTJob's `spec.pod` and a
+    ClusterSFTRuntime's pod defaults (`api.runtime.RuntimePodDefaults`) both set."""
 
     labels: dict[ShortString, LabelValue] = Field(default_factory=dict, max_length=64)
     annotations: dict[ShortString, AnnotationValue] = Field(default_factory=dict, max_length=64)
@@ -196,6 +197,11 @@ class PodOverrides(K8sModel):
     tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
     affinity: Affinity | None = None
     priority_class_name: DNSSubdomain | None = None
+
+
+class PodOverrides(PodBase):
+    """What the pods get besides the rendered defaults."""
+
     service_account_name: DNSSubdomain | None = None
     """Run as this ServiceAccount instead of the per-job one (it then needs `patch sftjobs/status`)."""
     env: list[EnvVar] = Field(default_factory=list, max_length=128)

@@ -18,16 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from sft_operator.api.models import (
     Affinity,
-    AnnotationValue,
     DNSSubdomain,
     EnvName,
     ImageRef,
     K8sModel,
-    LabelValue,
     LocalObjectReference,
+    PodBase,
     Quantity,
     ShortString,
-    Toleration,
 )
 
 RUNTIME_KIND = "ClusterSFTRuntime"
@@ -43,16 +41,11 @@ class RuntimeEnvVar(K8sModel):
     value: Annotated[str, StringConstraints(max_length=32768)] = ""
 
 
-class RuntimePodDefaults(K8sModel):
+class RuntimePodDefaults(PodBase):
     """Defaults of every trainer pod; the SFTJob's `spec.pod` wins key by key (see the merge rules)."""
 
-    labels: dict[ShortString, LabelValue] = Field(default_factory=dict, max_length=64)
-    annotations: dict[ShortString, AnnotationValue] = Field(default_factory=dict, max_length=64)
-    node_selector: dict[ShortString, LabelValue] = Field(default_factory=dict, max_length=64)
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
-    affinity: Affinity | None = None
+    affinity: Affinity | None = None  # redeclared for its description only (the field keeps its place)
     """Used whole when the job sets no affinity."""
-    priority_class_name: DNSSubdomain | None = None
     env: list[RuntimeEnvVar] = Field(default_factory=list, max_length=128)
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16)
     """Secrets of the job's own namespace (a platform replicates its registry secret into each)."""

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sft_operator import access, render
-from sft_operator.api import SFTJob, admission, crd
+from sft_operator.api import SFTJob, admission, crd, references
 from sft_operator.api.kubernetes_types import VOLUME_SOURCES
 from tests.builders import manifest
 
@@ -45,7 +45,7 @@ def job_with(spec: dict[str, Any], name: str = "tuned", annotations: dict[str, s
 
 
 def test_every_reference_is_found_with_its_field() -> None:
-    checks = admission.required_access(job_with(EVERY_REFERENCE))
+    checks = references.required_access(job_with(EVERY_REFERENCE))
     found = {(check.field, check.resource, check.name) for check in checks}
     assert found == {
         ("spec.storage.model.credentialsSecretRef.name", "secrets", "hub"),
@@ -68,14 +68,14 @@ def test_every_reference_is_found_with_its_field() -> None:
 )
 def test_another_service_account_needs_the_right_to_create_pods(account: str | None, needs_pods: bool) -> None:
     spec = {"pod": {"serviceAccountName": account}} if account else {}
-    checks = admission.required_access(job_with(spec))
-    assert (admission.AccessCheck("spec.pod.serviceAccountName", "create", "pods") in checks) is needs_pods
+    checks = references.required_access(job_with(spec))
+    assert (references.AccessCheck("spec.pod.serviceAccountName", "create", "pods") in checks) is needs_pods
 
 
 def test_every_reference_path_exists_in_the_crd() -> None:
     """A REFERENCES path the CRD does not have would never match: walk each through the schema."""
     spec = crd.spec_schema()
-    for reference in admission.REFERENCES:
+    for reference in references.REFERENCES:
         node = spec
         for segment in reference.segments:
             node = node["properties"][segment.key]
@@ -96,7 +96,7 @@ def test_creator_is_read_from_the_annotations() -> None:
     creator = access.creator_of(job_with({}, annotations=annotations))
     assert creator == access.Creator("alice", ("team-a", "system:authenticated"), "u-1")
     assert access.creator_of(job_with({})) is None
-    review = access.subject_access_review(creator, "team-a", admission.AccessCheck("f", "get", "secrets", "hub"))
+    review = access.subject_access_review(creator, "team-a", references.AccessCheck("f", "get", "secrets", "hub"))
     assert review["spec"] == {
         "user": "alice",
         "groups": ["team-a", "system:authenticated"],
@@ -112,7 +112,7 @@ def test_access_problems_name_each_denied_field() -> None:
     )
     asked: list[tuple[str, str]] = []
 
-    def allowed(creator: access.Creator, namespace: str, check: admission.AccessCheck) -> bool:
+    def allowed(creator: access.Creator, namespace: str, check: references.AccessCheck) -> bool:
         asked.append((creator.username, namespace))
         return check.name not in ("env-secret", "") and check.resource != "configmaps"
 

@@ -6,7 +6,8 @@ from typing import Any
 from sft_operator import render
 from sft_operator.api import SFTJob
 from sft_operator.cache import Store, is_newer, slim_job
-from sft_operator.controller import creation_waves, missing_ranks
+from sft_operator.children import creation_waves
+from sft_operator.pods import missing_ranks
 from sft_operator.policy import PodView
 from sft_operator.render import LABEL_ATTEMPT, LABEL_JOB, LABEL_RANK
 from sft_operator.workqueue import WorkQueue

@@ -3,7 +3,6 @@
 import copy
 import threading
 import time
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -11,19 +10,11 @@ import urllib3
 
 from sft_operator import render
 from sft_operator.api import Metrics, Progress, SFTJob, SFTJobStatus
-from sft_operator.controller import (
-    Controller,
-    Settings,
-    Supporting,
-    is_active,
-    live_peer_priorities,
-    may_lead,
-    needs_resync,
-    pod_waves,
-    status_patch,
-)
+from sft_operator.children import Supporting, pod_waves
+from sft_operator.controller import Controller, Settings, needs_resync, status_patch
+from sft_operator.pods import pod_view
 from sft_operator.policy import gang_breach
-from sft_operator.status import Event, pod_view
+from sft_operator.status import Event
 from tests.builders import NOW, manifest
 
 
@@ -46,33 +37,6 @@ def test_removed_operator_keys_become_null() -> None:
     stored = {"phase": "Restarting", "nextAttemptTime": "2026-01-01T12:00:00Z"}
     new = SFTJobStatus(phase="Pending")
     assert status_patch(stored, SFTJobStatus(phase="Restarting"), new)["nextAttemptTime"] is None
-
-
-def peer(priority: int, seconds_ago: float, lifetime: int = 20) -> dict:
-    seen = (NOW - timedelta(seconds=seconds_ago)).isoformat()
-    return {"priority": priority, "lifetime": lifetime, "lastseen": seen}
-
-
-def test_peering_rule() -> None:
-    assert is_active(None, "me", 5, NOW)
-    assert is_active({"me": peer(5, 0), "other": peer(3, 0)}, "me", 5, NOW)
-    assert not is_active({"me": peer(5, 0), "other": peer(7, 0)}, "me", 5, NOW)
-    assert not is_active({"other": peer(5, 0)}, "me", 5, NOW)  # same priority: kopf pauses both
-    assert is_active({"other": peer(9, 60)}, "me", 5, NOW)  # a dead peer does not count
-
-
-def test_live_peers_are_the_others_seen_within_their_lifetime() -> None:
-    peers = {"me": peer(5, 0), "old": peer(9, 30), "standby": peer(3, 1), "new": {"priority": 4}}
-    assert live_peer_priorities(peers, "me", NOW) == [3]  # never seen yet: not alive either
-
-
-def test_a_hand_over_from_a_live_replica_waits_out_its_resync_period() -> None:
-    # Taking over from a live replica (it has not paused yet): not before handover_seconds.
-    assert not may_lead(100.0, 105.0, 6.0)
-    assert may_lead(100.0, 106.0, 6.0)
-    # No other replica alive when it became active: at once. Not active: never.
-    assert may_lead(float("-inf"), 0.0, 6.0)
-    assert not may_lead(None, 1e9, 6.0)
 
 
 def test_resync_skips_long_finished_jobs_without_ttl() -> None:
@@ -296,12 +260,12 @@ def test_a_pod_name_ever_stored_is_never_created_again() -> None:
     controller.store.put_job(raw)
     key = ("team-a", "demo")
     job = SFTJob.model_validate(raw)
-    controller._supported[key] = "job-uid"
+    controller.gang.supported[key] = "job-uid"
     rank0 = render.pod(job, 0)
     rank0["metadata"].update(uid="p0", resourceVersion="2")
     controller.store.put_pod(rank0)
     controller.store.drop_pod(rank0)
-    controller._create_gang(job, Supporting())
+    controller.gang.create(job, Supporting())
     created = [what for verb, what, _, _ in kube.calls if verb == "create"]
     assert created == ["Pod/demo-node-1"]
     assert controller.queue.get(timeout=3) == key

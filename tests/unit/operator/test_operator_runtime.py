@@ -12,11 +12,12 @@ from sft_operator import render
 from sft_operator.__main__ import parse_args
 from sft_operator.api import SFTJob
 from sft_operator.api import crd as crd_module
-from sft_operator.api.admission import required_access
 from sft_operator.api.models import AppliedRuntime
+from sft_operator.api.references import required_access
 from sft_operator.api.runtime import ClusterSFTRuntimeSpec
 from sft_operator.controller import Controller, Settings
 from sft_operator.kubectl_plugin import format_status
+from sft_operator.pods import pod_view
 from sft_operator.runtime import (
     NO_RUNTIME,
     REF_FIELD,
@@ -27,7 +28,7 @@ from sft_operator.runtime import (
     resolve,
     with_runtime,
 )
-from sft_operator.status import Observed, pod_view, reconcile
+from sft_operator.status import Observed, reconcile
 from tests.builders import NOW, manifest
 from tests.unit.operator.test_operator_controller import RecordingKube
 

@@ -7,16 +7,10 @@ import pytest
 
 from sft_operator import policy, render
 from sft_operator.api import Progress, RunPolicy, SFTJob
+from sft_operator.lifecycle import LIFECYCLE_ANNOTATION, lifecycle_record, trusted_status
+from sft_operator.pods import pod_view
 from sft_operator.policy import PodView, classify_refusal
-from sft_operator.status import (
-    LIFECYCLE_ANNOTATION,
-    Observed,
-    Plan,
-    lifecycle_record,
-    pod_view,
-    reconcile,
-    trusted_status,
-)
+from sft_operator.status import Observed, Plan, reconcile
 from tests.builders import NOW, manifest
 
 
@@ -553,3 +547,10 @@ def test_a_creator_without_the_jobs_rights_fails_it_before_any_create(restarting
     assert plan.status.reason == "AccessDenied" and "serviceAccountName" in (plan.status.message or "")
     assert plan.status.last_failure is not None and not plan.status.last_failure.retryable
     assert ("Warning", "AccessDenied") in [(event.type, event.reason) for event in plan.events]
+
+
+def test_a_timeout_runs_out_at_its_limit_and_never_without_a_clock_or_a_limit() -> None:
+    started = NOW - timedelta(seconds=90)
+    assert policy.overdue(started, 91, NOW) is None
+    assert policy.overdue(started, 90, NOW) == 90  # reached: out
+    assert policy.overdue(None, 10, NOW) is None and policy.overdue(started, None, NOW) is None
