@@ -38,7 +38,7 @@ from sft_operator.cache import Key, Store, job_key
 from sft_operator.children import Supporting, refusal_of
 from sft_operator.gang import HELD_RETRY_SECONDS, Gang
 from sft_operator.kube import Kube
-from sft_operator.leadership import HANDOVER_MARGIN_SECONDS, Leadership
+from sft_operator.leadership import Leadership, handover_seconds
 from sft_operator.lifecycle import LIFECYCLE_ANNOTATION, lifecycle_record, stored_record, trusted_status
 from sft_operator.policy import PodView, Refusal
 from sft_operator.status import Event, Observed, Plan, reconcile
@@ -56,7 +56,8 @@ class Settings:
     namespaces: list[str] = field(default_factory=list)
     trainer_image: str = render.DEFAULT_IMAGE
     resync_seconds: float = 5.0
-    peering_name: str = "kube-sft"
+    peering_name: str | None = "kube-sft"
+    """kopf's peering record (None: standalone, a single replica that always acts)."""
     peering_lifetime: int = 20
     priority: int = 0
     identity: str = "kube-sft-operator"
@@ -127,7 +128,7 @@ class Controller:
         self._access_checkable = True
         self._reported: dict[str, None] = {}  # foreign pod uids already reported in an Event (ordered, bounded)
         self._leading = False
-        handover = settings.resync_seconds + HANDOVER_MARGIN_SECONDS
+        handover = handover_seconds(settings.resync_seconds, settings.peering_lifetime)
         self.leadership = Leadership(settings.identity, settings.priority, handover)
         self._relisted = float("-inf")
         self.synced = threading.Event()  # the store holds a full list: workers may decide from it
@@ -404,8 +405,10 @@ class Controller:
     # --- the resync loop --------------------------------------------------------------------------
 
     def leads(self) -> bool:
-        """Whether this replica may act now (kopf's peering record decides who is active; a hand-over
-        from a live replica waits out its resync period: `leadership.may_lead`)."""
+        """Whether this replica may act now (kopf's peering record decides who is active, and a replica
+        that became active waits `leadership.handover_seconds`); a standalone replica always may."""
+        if self.settings.peering_name is None:
+            return True
         namespace = None if not self.settings.namespaces else self.settings.namespaces[0]
         peers = self.kube.peering_status(self.settings.peering_name, namespace)
         return self.leadership.leads(peers, datetime.now(UTC), time.monotonic())

@@ -29,25 +29,36 @@ def is_active(peers: Object | None, identity: str, priority: int, now: datetime)
 
 
 def may_lead(active_since: float | None, now: float, handover_seconds: float) -> bool:
-    """Whether a replica active by the peering rule since `active_since` (monotonic; -inf when no
-    other replica was alive then) may act at `now`. A replica that takes over from a live one waits
-    `handover_seconds`, longer than the other's resync period: by then it has seen the change and
-    paused, so two replicas never decide at once. One that found no live replica acts at once."""
+    """Whether a replica active by the peering rule since `active_since` (monotonic) may act at `now`:
+    only once it has stayed active for `handover_seconds`."""
     return active_since is not None and now - active_since >= handover_seconds
 
 
-HANDOVER_MARGIN_SECONDS = 1.0  # beyond the resync period: a hand-over waits it out (may_lead)
+HANDOVER_MARGIN_SECONDS = 1.0  # beyond the resync period and the peering lifetime (handover_seconds)
+
+
+def handover_seconds(resync_seconds: float, peering_lifetime: float) -> float:
+    """How long a replica that became active waits before it acts, whatever it saw of the others.
+
+    Longer than the resync period: a replica it takes over from has seen the newcomer and paused by
+    then. Longer than the peering lifetime: a record that looked expired may belong to a live replica
+    that could not renew it (an API server or etcd outage stops every renewal, so after one each
+    replica sees the others expired); kopf renews a live replica's record within its lifetime, so by
+    then it shows again. Acting at once on "no live replica" let two replicas create the same gangs
+    after every outage longer than the lifetime, and when both started together (the fault soak).
+    """
+    return max(resync_seconds, peering_lifetime) + HANDOVER_MARGIN_SECONDS
 
 
 class Leadership:
-    """One replica's view of who leads, kept between resyncs: when it became active by the peering
-    rule, and whether another replica was alive then (a hand-over waits; see `may_lead`)."""
+    """One replica's view of who leads, kept between resyncs: since when it is active by the peering
+    rule (it acts once that has lasted `handover_seconds`; see `may_lead`)."""
 
     def __init__(self, identity: str, priority: int, handover_seconds: float) -> None:
         self.identity = identity
         self.priority = priority
         self.handover_seconds = handover_seconds
-        self.active_since: float | None = None  # monotonic; -inf: no other replica was alive then
+        self.active_since: float | None = None  # monotonic
 
     def leads(self, peers: Object | None, wall: datetime, now: float) -> bool:
         """Whether this replica may act now, given kopf's peering record (`peers`: identity -> its
@@ -55,6 +66,5 @@ class Leadership:
         if not is_active(peers, self.identity, self.priority, wall):
             self.active_since = None
         elif self.active_since is None:
-            alone = not live_peer_priorities(peers, self.identity, wall)
-            self.active_since = float("-inf") if alone else now
+            self.active_since = now
         return may_lead(self.active_since, now, self.handover_seconds)
