@@ -434,10 +434,11 @@ class Soak:
     # --- jobs -----------------------------------------------------------------------------------------
 
     def submit(
-        self, namespace: str, name: str, nodes: int, node_selector: dict[str, str] | None = None
+        self, namespace: str, name: str, nodes: int, node_selector: dict[str, str] | None = None, steps: int = 0
     ) -> JobSeen | None:
-        """Create a job (retrying while the control plane is down); None when it could not be created."""
-        body = soak_job(name, nodes, self.rng.randint(3, 8))
+        """Create a job of `steps` seconds (0: 3-8, drawn) retrying while the control plane is down;
+        None when it could not be created."""
+        body = soak_job(name, nodes, steps or self.rng.randint(3, 8))
         if node_selector:
             body["spec"]["pod"]["nodeSelector"] = node_selector
         for _ in range(40):

@@ -232,7 +232,9 @@ def test_overlapping_faults_with_operator_fail_over(
     watcher = soak.watch()
     leader = wait_until(lambda: _leader(replicas), 60, "one replica to lead", interval=0.25)
     submitted = time.monotonic()
-    jobs = [soak.submit(gang_namespaces[i % 3], f"over-{i}", 2, node_selector=gate) for i in range(12)]
+    # 40 s: the stand-in's rank 0 needs no peer, so a shorter job could finish before the next replica
+    # leads (lifetime + hand-over, about 20 s after the kill) and its missing rank would go unanswered.
+    jobs = [soak.submit(gang_namespaces[i % 3], f"over-{i}", 2, node_selector=gate, steps=40) for i in range(12)]
     finished = False
     try:
         wait_until(lambda: soak.own_pods() >= 24, 60, "the 12 gangs' pods (Pending)", interval=0.2)
