@@ -107,7 +107,7 @@ def _duration(seconds: float | None) -> str:
 
 
 def exit_code_meaning(code: int | None) -> str:
-    """What a trainer exit code means (see sft_trainer.exit_codes; 128+n is signal n)."""
+    """What a trainer exit code means (see sft_trainer.contract; 128+n is signal n)."""
     meanings = {
         0: "ok",
         1: "unexpected error (retried)",

@@ -28,7 +28,7 @@ from sft_operator.kubectl_plugin import (
     suspend_patch,
 )
 from sft_operator.render import LABEL_ATTEMPT, LABEL_JOB, LABEL_RANK
-from sft_trainer.exit_codes import ExitCode
+from sft_trainer.contract import ExitCode
 from tests.builders import running_status
 
 ROOT = Path(__file__).resolve().parents[3]
