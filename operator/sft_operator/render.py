@@ -237,7 +237,8 @@ def reporter_env(job: SFTJob) -> list[Object]:
     ]
 
 
-def _storage_volume(role_name: str, location: StorageLocation) -> Object | None:
+def storage_volume(role_name: str, location: StorageLocation) -> Object | None:
+    """The pod volume `sft-<role>` of a storage location (None when it names no source); `kubectl sft generate` mounts it too."""
     volume: Object = {"name": f"sft-{role_name}"}
     if location.persistent_volume_claim is not None:
         claim = location.persistent_volume_claim.claim_name
@@ -262,7 +263,7 @@ def volumes_and_mounts(job: SFTJob) -> tuple[list[Object], list[Object]]:
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
     for role_name, location in job.spec.storage.locations().items():
-        volume = _storage_volume(role_name, location)
+        volume = storage_volume(role_name, location)
         if volume is None:
             continue
         volumes.append(volume)

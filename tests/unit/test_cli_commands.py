@@ -36,7 +36,7 @@ def test_sft_report_writes_the_png_and_prints_the_summary(tmp_path: Path) -> Non
 
 
 def test_the_generation_job_passes_the_chat_options_inline(tmp_path: Path) -> None:
-    from sft_operator.kubectl_plugin import chat_options, generation_job
+    from sft_operator.kubectl_plugin.generation import chat_options, generation_job
 
     history = tmp_path / "history.json"
     history.write_text('[{"from": "User", "value": "Hi"}]')

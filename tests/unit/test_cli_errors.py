@@ -15,7 +15,7 @@ import pytest
 
 from sft_operator import policy
 from sft_operator.api import RunPolicy
-from sft_operator.kubectl_plugin import PluginExit
+from sft_operator.kubectl_plugin.cluster import PluginExit
 from sft_trainer.cli_common import EXTRA_MODULES, missing_extra
 from sft_trainer.contract import ExitCode
 
