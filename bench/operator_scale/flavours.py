@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sft_trainer import contract
+
 FAIL_ANNOTATION = "bench.kube-sft.io/fail"
 GPU = "nvidia.com/gpu"
 FINAL_PHASES = frozenset({"Succeeded", "Failed"})
@@ -100,12 +102,12 @@ class Flavour:
 
 SFT = Flavour(
     name="kube-sft",
-    group="sft.kube-sft.io",
-    version="v1alpha1",
-    plural="sftjobs",
-    kind="SFTJob",
-    job_label="sft.kube-sft.io/job-name",
-    slot_labels=("sft.kube-sft.io/node-rank",),
+    group=contract.GROUP,
+    version=contract.VERSION,
+    plural=contract.PLURAL,
+    kind=contract.KIND,
+    job_label=contract.LABEL_JOB,
+    slot_labels=(contract.LABEL_RANK,),
     victim_slot="1",
     running_phases=frozenset({"Initializing", "Running"}),
     whole_gang_restart=True,

@@ -1,6 +1,6 @@
 """Failure policy: exit-code classification, restart backoff, and what counts as a failure.
 
-Pure functions. Defaults follow the trainer's documented exit codes (`sft_trainer.exit_codes`):
+Pure functions. Defaults follow the trainer's documented exit codes (`sft_trainer.contract`):
 codes below 64 are permanent (config, data, model, NaN, OOM) except 1 (an unclassified exception,
 retried), 64-127 are transient, and 128+ are signals (eviction, OOM kill, preemption): retried.
 """
@@ -11,10 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sft_operator.api import Failure, RunPolicy, SFTJobStatus
-from sft_trainer.exit_codes import ExitCode
-
-TRANSIENT_MIN = 64
-SIGNAL_MIN = 128
+from sft_trainer.contract import TRANSIENT_MIN, ExitCode, describe_exit_code
 
 
 @dataclass(frozen=True)
@@ -50,18 +47,6 @@ def is_retryable(exit_code: int | None, policy: RunPolicy) -> bool:
     if exit_code in policy.retryable_exit_codes:
         return True
     return exit_code == ExitCode.UNEXPECTED or exit_code >= TRANSIENT_MIN
-
-
-def describe_exit_code(exit_code: int | None) -> str:
-    """`70 (DISTRIBUTED_TIMEOUT)`, `137 (signal 9)`, or `none`."""
-    if exit_code is None:
-        return "none"
-    if exit_code >= SIGNAL_MIN:
-        return f"{exit_code} (signal {exit_code - SIGNAL_MIN})"
-    try:
-        return f"{exit_code} ({ExitCode(exit_code).name})"
-    except ValueError:
-        return str(exit_code)
 
 
 NOT_COUNTED = frozenset({"Disrupted", "QuotaExceeded", "CreateRetrying", "ServiceAccountNotFound"})

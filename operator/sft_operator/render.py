@@ -21,6 +21,19 @@ from sft_operator.api import API_VERSION, GROUP, KIND, PLURAL, SFTJob, StorageLo
 from sft_operator.api.models import TRAINER_SERVICE_ACCOUNT_SUFFIX
 from sft_operator.api.runtime import ClusterSFTRuntimeSpec
 from sft_operator.runtime import with_runtime
+from sft_trainer.contract import (
+    ENV_JOB_ATTEMPT,
+    ENV_JOB_NAME,
+    ENV_JOB_NAMESPACE,
+    ENV_POD_IP,
+    ENV_POD_NAME,
+    ENV_TERMINATION_MESSAGE_PATH,
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    LABEL_RANK,
+    TERMINATION_MESSAGE_PATH,
+    TRAINER_CONTAINER,
+)
 
 Object = dict[str, Any]
 
@@ -28,19 +41,13 @@ MASTER_PORT = 29500
 CONFIG_DIR = "/etc/kube-sft"
 CONFIG_FILE = "config.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
-TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 # The chart passes its trainerImage to the operator; this default (used outside the chart, e.g. by
 # `kubectl sft generate`) follows the same rule: the repository the chart names, tagged with the
 # package version, which a test keeps equal to the chart's appVersion.
 DEFAULT_IMAGE = f"ghcr.io/kube-sft/trainer:{importlib.metadata.version('kube-sft')}"
-TRAINER_CONTAINER = "trainer"
 RUN_AS_USER = 1000
 
-LABEL_PREFIX = GROUP
-LABEL_JOB = f"{LABEL_PREFIX}/job-name"
-LABEL_RANK = f"{LABEL_PREFIX}/node-rank"
-LABEL_ATTEMPT = f"{LABEL_PREFIX}/attempt"
-ANNOTATION_TEMPLATE_HASH = f"{LABEL_PREFIX}/template-hash"
+ANNOTATION_TEMPLATE_HASH = f"{GROUP}/template-hash"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
 KUEUE_GROUP_COUNT = "kueue.x-k8s.io/pod-group-total-count"
@@ -221,16 +228,17 @@ def distributed_env(job: SFTJob, rank: int) -> list[Object]:
 def reporter_env(job: SFTJob) -> list[Object]:
     """What the trainer's status reporter needs to find its SFTJob."""
     return [
-        {"name": "SFT_JOB_NAME", "value": job.metadata.name},
-        {"name": "SFT_JOB_NAMESPACE", "value": job.metadata.namespace},
-        {"name": "SFT_JOB_ATTEMPT", "value": str(job.status.attempt)},
-        {"name": "SFT_TERMINATION_MESSAGE_PATH", "value": TERMINATION_MESSAGE_PATH},
-        {"name": "SFT_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "SFT_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": ENV_JOB_NAME, "value": job.metadata.name},
+        {"name": ENV_JOB_NAMESPACE, "value": job.metadata.namespace},
+        {"name": ENV_JOB_ATTEMPT, "value": str(job.status.attempt)},
+        {"name": ENV_TERMINATION_MESSAGE_PATH, "value": TERMINATION_MESSAGE_PATH},
+        {"name": ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": ENV_POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     ]
 
 
-def _storage_volume(role_name: str, location: StorageLocation) -> Object | None:
+def storage_volume(role_name: str, location: StorageLocation) -> Object | None:
+    """The pod volume `sft-<role>` of a storage location (None when it names no source); `kubectl sft generate` mounts it too."""
     volume: Object = {"name": f"sft-{role_name}"}
     if location.persistent_volume_claim is not None:
         claim = location.persistent_volume_claim.claim_name
@@ -255,7 +263,7 @@ def volumes_and_mounts(job: SFTJob) -> tuple[list[Object], list[Object]]:
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
     for role_name, location in job.spec.storage.locations().items():
-        volume = _storage_volume(role_name, location)
+        volume = storage_volume(role_name, location)
         if volume is None:
             continue
         volumes.append(volume)

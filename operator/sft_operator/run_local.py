@@ -5,10 +5,12 @@ accepts, `kubectl apply` accepts), then handed to `sft train --config <manifest>
 `spec.training`. The cluster shape (`resources.numNodes` x processes per node) becomes one node
 with `--nproc` processes here; every other knob is the manifest's.
 
-    python -m sft_operator.run_local sftjob.yaml [--nproc N] [--dry-run] [dotted.key=value ...]
+    sft run sftjob.yaml [--nproc N] [--dry-run] [dotted.key=value ...]
+
+The `sft run` command itself is the operator's addition to the trainer's CLI (`sft_commands`,
+through an entry point): the trainer never imports the operator.
 """
 
-import argparse
 import os
 import shlex
 import sys
@@ -21,7 +23,7 @@ from pydantic import ValidationError
 
 from sft_operator.api import KIND, SFTJob
 from sft_trainer.config.loading import yaml_with_lines
-from sft_trainer.exit_codes import ExitCode
+from sft_trainer.contract import ExitCode
 
 
 class ManifestError(ValueError):
@@ -111,17 +113,3 @@ def run_manifest(manifest: Path, overrides: Sequence[str] = (), nproc: int = 1, 
     sys.stderr.flush()
     os.execv(command[0], command)
     return 0  # pragma: no cover  (execv does not return)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry: `python -m sft_operator.run_local sftjob.yaml [options] [overrides]`."""
-    parser = argparse.ArgumentParser(prog="sft run", description="Run an SFTJob manifest on this machine.")
-    parser.add_argument("manifest", type=Path)
-    parser.add_argument("--nproc", type=int, default=1, help="trainer processes on this machine (default 1)")
-    parser.add_argument("--dry-run", action="store_true", help="validate and print the command, do not train")
-    args, overrides = parser.parse_known_args(argv)
-    return run_manifest(args.manifest, overrides, nproc=args.nproc, dry_run=args.dry_run)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import yaml
 from typer.testing import CliRunner
 
 from sft_trainer.cli import app
@@ -35,7 +36,7 @@ def test_sft_report_writes_the_png_and_prints_the_summary(tmp_path: Path) -> Non
 
 
 def test_the_generation_job_passes_the_chat_options_inline(tmp_path: Path) -> None:
-    from sft_operator.kubectl_plugin import chat_options, generation_job
+    from sft_operator.kubectl_plugin.generation import chat_options, generation_job
 
     history = tmp_path / "history.json"
     history.write_text('[{"from": "User", "value": "Hi"}]')
@@ -50,3 +51,22 @@ def test_the_generation_job_passes_the_chat_options_inline(tmp_path: Path) -> No
     assert command[command.index("--label") + 1] == "quality:4"
     assert command[command.index("--history") + 1] == '[{"from": "User", "value": "Hi"}]'
     assert chat_options(None, None, None) == {}
+
+
+def test_the_operator_adds_run_and_the_sftjob_check_through_entry_points() -> None:
+    from sft_trainer.extensions import CLI_GROUP, SFTJOB_CHECK_GROUP, loaded
+
+    assert [name for name, _ in loaded(CLI_GROUP)] == ["run"]
+    ((name, check),) = loaded(SFTJOB_CHECK_GROUP)
+    assert name == "sftjob"
+    job = yaml.safe_load((ROOT / "examples" / "sftjob-demo.yaml").read_text())
+    assert check(job) == []
+    assert [problem.key for problem in check({**job, "spec": {}})] == ["spec.training"]
+
+
+def test_sft_migrate_sftjob_refuses_a_name_the_api_server_would_refuse(tmp_path: Path) -> None:
+    # The check is the operator's SFTJob model, reached through the kube_sft.sftjob_check entry point.
+    overrides = ["model.restore_from_path=/models/hf-llama", "model.data.train_ds.file_path=train.jsonl"]
+    result = CliRunner().invoke(app, ["migrate", *overrides, "--sftjob", "x" * 60])
+    assert result.exit_code == 10, result.output
+    assert "metadata.name: String should have at most 42 characters" in result.output

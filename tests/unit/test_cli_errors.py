@@ -15,9 +15,9 @@ import pytest
 
 from sft_operator import policy
 from sft_operator.api import RunPolicy
-from sft_operator.kubectl_plugin import PluginExit
+from sft_operator.kubectl_plugin.cluster import PluginExit
 from sft_trainer.cli_common import EXTRA_MODULES, missing_extra
-from sft_trainer.exit_codes import ExitCode
+from sft_trainer.contract import ExitCode
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent

@@ -1,20 +1,21 @@
 """Imports point one way (issue 21): read from every source file's `ast`, lazy imports included.
 
-    trainer  <-  operator (the trainer's config, exit codes and shared CLI plumbing only)
+    trainer  <-  operator (the trainer's config, the pod contract and shared CLI plumbing only)
+    sft_trainer.contract is a leaf: it imports the standard library only
     backends  -/->  loop
     product code (sft_trainer, sft_operator)  -/->  tests, bench, devcluster, hack
     devcluster  -/->  tests, bench, hack;   bench, hack  -/->  tests
     no cycle between units: sft_trainer.<module or subpackage>, sft_operator.<...>, devcluster, bench, hack, tests
 
-A violation that exists today is listed in KNOWN_VIOLATIONS with the file that holds it: the rule's
-test ignores exactly that import, and a strict xfail test per entry fails once the import is gone,
-so the entry is removed with it. Any other violation fails at once.
+There is no list of tolerated violations: any violation fails. The rules' own tests run them on a
+few synthetic imports, so a walk that found nothing would not pass for a clean repository.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,10 +49,10 @@ PRODUCT = ("sft_trainer", "sft_operator")
 RULES = (
     Rule("the trainer never imports the operator", ("sft_trainer",), ("sft_operator",)),
     Rule(
-        "the operator imports only the trainer's config, exit codes and shared CLI plumbing",
+        "the operator imports only the trainer's config, the pod contract and shared CLI plumbing",
         ("sft_operator",),
         ("sft_trainer",),
-        allowed=("sft_trainer.config", "sft_trainer.exit_codes", "sft_trainer.cli_common"),
+        allowed=("sft_trainer.config", "sft_trainer.contract", "sft_trainer.cli_common"),
     ),
     Rule("the backends never import the loop", ("sft_trainer.backends",), ("sft_trainer.loop",)),
     Rule(
@@ -70,14 +71,11 @@ class Violation:
     imported: str
 
 
-KNOWN_VIOLATIONS: dict[Violation, str] = {
-    Violation("trainer_image/sft_trainer/cli.py", "sft_operator.run_local.run_manifest"): (
-        "`sft run <manifest>` calls the operator's run_local (issue 21: move it where the rule allows)"
-    ),
-    Violation("trainer_image/sft_trainer/config/migrate.py", "sft_operator.api.SFTJob"): (
-        "`sft migrate --sftjob` validates a manifest with the operator's SFTJob model when it is installed"
-    ),
-}
+Imports = tuple[tuple[str, str, str], ...]
+"""(importing module, its path relative to the repository, imported name) of every import."""
+
+CONTRACT = "sft_trainer.contract"
+"""The pod contract: a leaf both sides import; it imports the standard library only."""
 
 
 def under(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -106,7 +104,7 @@ def imported_names(module: str, is_package: bool, tree: ast.AST) -> Iterator[str
 
 
 @functools.cache
-def all_imports() -> tuple[tuple[str, str, str], ...]:
+def all_imports() -> Imports:
     """(importing module, its path relative to the repository, imported name) for every source file."""
     return tuple(_walk_sources())
 
@@ -122,11 +120,11 @@ def _walk_sources() -> Iterator[tuple[str, str, str]]:
                 yield module, str(path.relative_to(ROOT)), name
 
 
-def violations(rule: Rule) -> set[Violation]:
-    """The imports that break `rule`."""
+def violations(rule: Rule, imports: Imports | None = None) -> set[Violation]:
+    """The imports (default: the repository's) that break `rule`."""
     return {
         Violation(path, name)
-        for module, path, name in all_imports()
+        for module, path, name in (all_imports() if imports is None else imports)
         if under(module, rule.importers) and under(name, rule.forbidden) and not under(name, rule.allowed)
     }
 
@@ -137,13 +135,14 @@ def unit(name: str) -> str:
     return ".".join(parts[:2]) if parts[0] in PRODUCT else parts[0]
 
 
-def cycle_edges(ignored: set[Violation]) -> set[Violation]:
-    """The imports (except `ignored`) that join two units into a cycle: both ends in one strongly connected set."""
-    units = {unit(module) for module, _, _ in all_imports()}
+def cycle_edges(imports: Imports | None = None) -> set[Violation]:
+    """The imports (default: the repository's) that join two units into a cycle: both ends in one strongly connected set."""
+    imports = all_imports() if imports is None else imports
+    units = {unit(module) for module, _, _ in imports}
     edges = {
         (unit(module), unit(name)): Violation(path, name)
-        for module, path, name in all_imports()
-        if unit(name) in units and unit(name) != unit(module) and Violation(path, name) not in ignored
+        for module, path, name in imports
+        if unit(name) in units and unit(name) != unit(module)
     }
     reach = {u: {b for (a, b) in edges if a == u} for u in units}
     changed = True
@@ -157,6 +156,15 @@ def cycle_edges(ignored: set[Violation]) -> set[Violation]:
     return {violation for (a, b), violation in edges.items() if a in reach[b]}
 
 
+def non_stdlib_imports(module: str, imports: Imports | None = None) -> set[Violation]:
+    """The imports of `module` (default: in the repository) of anything but the standard library."""
+    return {
+        Violation(path, name)
+        for importer, path, name in (all_imports() if imports is None else imports)
+        if importer == module and name.split(".")[0] not in sys.stdlib_module_names
+    }
+
+
 def test_relative_imports_resolve_and_the_walk_sees_every_package() -> None:
     seen = {module.split(".")[0] for module, _, _ in all_imports()}
     assert seen == set(SOURCES)
@@ -165,36 +173,48 @@ def test_relative_imports_resolve_and_the_walk_sees_every_package() -> None:
     assert list(imported_names("p.q", True, tree)) == ["p.q.a", "p.b.c", "d.e"]
 
 
+SYNTHETIC: Imports = (
+    ("sft_trainer.cli", "trainer_image/sft_trainer/cli.py", "sft_operator.run_local.run_manifest"),
+    ("sft_operator.run_local", "operator/sft_operator/run_local.py", "sft_trainer.cli.main"),
+    ("sft_trainer.contract", "trainer_image/sft_trainer/contract.py", "enum.IntEnum"),
+    ("sft_trainer.contract", "trainer_image/sft_trainer/contract.py", "yaml.safe_load"),
+)
+"""Imports the rules must catch: an upward import that closes a cycle, and a contract that is no leaf."""
+
+
 def test_a_forbidden_import_is_found() -> None:
-    # The walk really reports what is there: the trainer's known upward import is seen by its rule.
-    assert Violation("trainer_image/sft_trainer/cli.py", "sft_operator.run_local.run_manifest") in violations(RULES[0])
+    assert violations(RULES[0], SYNTHETIC) == {
+        Violation("trainer_image/sft_trainer/cli.py", "sft_operator.run_local.run_manifest")
+    }
+    assert violations(RULES[1], SYNTHETIC) == {Violation("operator/sft_operator/run_local.py", "sft_trainer.cli.main")}
+
+
+def test_a_cycle_is_found() -> None:
+    assert cycle_edges(SYNTHETIC) == {
+        Violation("trainer_image/sft_trainer/cli.py", "sft_operator.run_local.run_manifest"),
+        Violation("operator/sft_operator/run_local.py", "sft_trainer.cli.main"),
+    }
+
+
+def test_a_contract_import_beyond_the_standard_library_is_found() -> None:
+    assert non_stdlib_imports(CONTRACT, SYNTHETIC) == {
+        Violation("trainer_image/sft_trainer/contract.py", "yaml.safe_load")
+    }
 
 
 @pytest.mark.parametrize("rule", RULES, ids=[rule.name for rule in RULES])
 def test_imports_point_one_way(rule: Rule) -> None:
-    found = violations(rule) - set(KNOWN_VIOLATIONS)
+    found = violations(rule)
     assert not found, f"{rule.name}:\n" + "\n".join(f"  {v.path} imports {v.imported}" for v in sorted(found, key=str))
 
 
 def test_no_import_cycle_between_units() -> None:
-    found = cycle_edges(set(KNOWN_VIOLATIONS))
+    found = cycle_edges()
     assert not found, "import cycles:\n" + "\n".join(f"  {v.path} imports {v.imported}" for v in sorted(found, key=str))
 
 
-def test_a_cycle_is_found() -> None:
-    # Without the known list the trainer config <-> operator API cycle is there today; the check sees it.
-    assert Violation("trainer_image/sft_trainer/config/migrate.py", "sft_operator.api.SFTJob") in cycle_edges(set())
-
-
-@pytest.mark.parametrize(
-    "known",
-    [
-        pytest.param(v, marks=pytest.mark.xfail(strict=True, reason=f"{v.path}: {why}"))
-        for v, why in KNOWN_VIOLATIONS.items()
-    ],
-    ids=[v.path for v in KNOWN_VIOLATIONS],
-)
-def test_known_violation_is_gone(known: Violation) -> None:
-    # XPASS (strict: a failure) once the import is removed: then delete its KNOWN_VIOLATIONS entry.
-    assert all(known not in violations(rule) for rule in RULES)
-    assert known not in cycle_edges(set())
+def test_the_contract_is_a_leaf() -> None:
+    # Both sides import it, the trainer image and the plugin included: it may pull nothing else in.
+    assert any(importer == CONTRACT for importer, _, _ in all_imports())
+    found = non_stdlib_imports(CONTRACT)
+    assert not found, "\n".join(f"  {v.path} imports {v.imported}" for v in sorted(found, key=str))

@@ -1,8 +1,8 @@
-"""The `sft` command line: `sft train`, `sft migrate`, `sft run`, `sft generate`, `sft eval`, `sft data ...`, `sft export`, `sft report`.
+"""The `sft` command line: `sft train`, `sft migrate`, `sft run` (from the operator package), `sft generate`, `sft eval`, `sft data ...`, `sft export`, `sft report`.
 
 `sft train` is torchrun-aware: it reads RANK / WORLD_SIZE / LOCAL_RANK and re-checks the
 configuration against the real number of processes. Its exit code follows
-`sft_trainer.exit_codes` so the operator can tell permanent from transient failures; every
+`sft_trainer.contract` so the operator can tell permanent from transient failures; every
 command ends a user error with one line and one of those codes (docs/trainer.md, Exit codes).
 """
 
@@ -15,7 +15,8 @@ import typer
 from sft_trainer.cli_common import VersionOption, examples, run_console_script
 from sft_trainer.cli_data import data_app
 from sft_trainer.cli_export import export
-from sft_trainer.exit_codes import ExitCode
+from sft_trainer.contract import ExitCode
+from sft_trainer.extensions import add_commands
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 app.add_typer(data_app, name="data", help="Prepare, convert and inspect SFT data.")
@@ -123,17 +124,7 @@ def migrate(
     typer.echo(f"wrote {out}", err=True)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def run(
-    ctx: typer.Context,
-    manifest: Annotated[Path, typer.Argument(help="An SFTJob manifest (the file kubectl apply takes).")],
-    nproc: Annotated[int, typer.Option("--nproc", min=1, help="Trainer processes on this machine.")] = 1,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the command only.")] = False,
-) -> None:
-    """Run an SFTJob manifest on this machine, validated like `kubectl apply` (dotted.key=value overrides may follow)."""
-    from sft_operator.run_local import run_manifest
-
-    raise typer.Exit(run_manifest(manifest, list(ctx.args), nproc=nproc, dry_run=dry_run))
+add_commands(app)  # `sft run sftjob.yaml` and any other installed extension (sft_trainer.extensions)
 
 
 @app.command()

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from sft_trainer.exit_codes import ExitCode
+from sft_trainer.contract import ExitCode
 
 # Top-level modules that only an extra of kube-sft installs (pyproject.toml's optional-dependencies).
 EXTRA_MODULES: dict[str, frozenset[str]] = {

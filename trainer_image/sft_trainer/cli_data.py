@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from sft_trainer.exit_codes import ExitCode
+from sft_trainer.contract import ExitCode
 
 data_app = typer.Typer(no_args_is_help=True, help="Convert datasets and prepare the tokenized cache.")
 convert_app = typer.Typer(no_args_is_help=True, help="Convert public datasets to the training formats.")

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from sft_trainer.exit_codes import ExitCode
+from sft_trainer.contract import ExitCode
 
 export_app = typer.Typer(
     add_completion=False, help="Export a LoRA adapter (PEFT format) or merge it into its base model."

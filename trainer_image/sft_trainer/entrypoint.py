@@ -4,7 +4,7 @@ One process per node (world of 1) runs `sft train` directly; otherwise torchrun 
 `NPROC_PER_NODE` ranks with static rendezvous on MASTER_ADDR:MASTER_PORT. The operator restarts
 the whole gang on any failure, so torchrun never restarts ranks itself. torchrun collapses every
 child failure into exit code 1; this entrypoint instead exits with the first failing rank's own
-code (see `sft_trainer.exit_codes`), so the operator can tell permanent from transient failures.
+code (see `sft_trainer.contract`), so the operator can tell permanent from transient failures.
 """
 
 import os

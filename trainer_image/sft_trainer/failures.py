@@ -1,4 +1,4 @@
-"""How a run ended badly: the exception -> documented exit code table (`sft_trainer.exit_codes`).
+"""How a run ended badly: the exception -> documented exit code table (`sft_trainer.contract`).
 
 The operator retries a transient failure (a lost peer) and stops on a permanent one, so the
 classification lives in one place: the loop raises, `run.run_training` classifies.
@@ -6,7 +6,7 @@ classification lives in one place: the loop raises, `run.run_training` classifie
 
 import torch
 
-from sft_trainer.exit_codes import ExitCode
+from sft_trainer.contract import ExitCode
 
 
 class NonFiniteLossError(RuntimeError):

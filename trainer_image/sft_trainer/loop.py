@@ -26,9 +26,9 @@ import torch
 from sft_trainer import checkpoint as ckpt
 from sft_trainer.backends.base import Backend
 from sft_trainer.config.schema import SFTConfig
+from sft_trainer.contract import ExitCode
 from sft_trainer.data.types import MicroBatch, Sample
 from sft_trainer.distributed import DistributedEnv, all_reduce_sum, any_process, barrier
-from sft_trainer.exit_codes import ExitCode
 from sft_trainer.failures import NonFiniteLossError
 from sft_trainer.flops import effective_sequence_length, flops_per_token, mfu, peak_tflops
 from sft_trainer.plan import (

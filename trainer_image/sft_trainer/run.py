@@ -16,8 +16,8 @@ import torch
 
 from sft_trainer import checkpoint as ckpt
 from sft_trainer.config.schema import SFTConfig
+from sft_trainer.contract import ExitCode
 from sft_trainer.distributed import DistributedEnv, barrier, destroy_process_group, init_process_group, pick_device
-from sft_trainer.exit_codes import ExitCode
 from sft_trainer.export import export_final
 from sft_trainer.failures import exit_code_for
 from sft_trainer.loop import Trainer
@@ -36,7 +36,7 @@ def seed_everything(seed: int) -> None:
 def run_training(config: SFTConfig, env: DistributedEnv) -> RunSummary:
     """A whole run in this process: set up, (demo accuracy), train, export, report. Never raises.
 
-    Every ending becomes a `RunSummary` whose `exit_code` follows `sft_trainer.exit_codes`.
+    Every ending becomes a `RunSummary` whose `exit_code` follows `sft_trainer.contract`.
     """
     device = pick_device(env)
     reporters = build_reporters(config, env.is_rank_zero)

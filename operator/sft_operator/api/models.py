@@ -22,12 +22,12 @@ from pydantic.alias_generators import to_camel
 
 from sft_operator.api.kubernetes_types import VOLUME_SOURCES, KubernetesType
 from sft_trainer.config import SFTConfig, consistency_problems
+from sft_trainer.contract import API_VERSION as API_VERSION  # the API's coordinates: the pod contract's
+from sft_trainer.contract import GROUP as GROUP
+from sft_trainer.contract import KIND as KIND
+from sft_trainer.contract import PLURAL as PLURAL
+from sft_trainer.contract import VERSION as VERSION
 
-GROUP = "sft.kube-sft.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "SFTJob"
-PLURAL = "sftjobs"
 SINGULAR = "sftjob"
 SHORT_NAMES = ("sftj",)
 RESERVED_DOMAIN = GROUP.split(".", 1)[1]

@@ -13,7 +13,7 @@ import yaml
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
-from sft_operator.kubectl_plugin import chat_options, generate_args
+from sft_operator.kubectl_plugin.generation import chat_options, generate_args
 from sft_trainer.cli import app
 from sft_trainer.config import load_config
 from sft_trainer.data.converters import convert_oasst

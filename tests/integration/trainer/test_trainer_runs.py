@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from sft_trainer.cli import app
 from sft_trainer.config import load_config
+from sft_trainer.contract import ExitCode
 from sft_trainer.distributed import DistributedEnv
-from sft_trainer.exit_codes import ExitCode
 from sft_trainer.report import RunSummary
 from sft_trainer.run import run_training
 

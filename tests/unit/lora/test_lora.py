@@ -158,7 +158,7 @@ def test_load_adapter_refuses_a_directory_without_one(tmp_path: Path) -> None:
 
 
 def test_lora_errors_are_permanent_model_errors() -> None:
-    from sft_trainer.exit_codes import ExitCode
+    from sft_trainer.contract import ExitCode
     from sft_trainer.failures import exit_code_for
 
     assert exit_code_for(lora.LoraError("x")) == ExitCode.MODEL_ERROR

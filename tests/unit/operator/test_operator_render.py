@@ -4,7 +4,6 @@ import yaml
 
 from sft_operator import render
 from sft_operator.api import SFTJob
-from sft_operator.kubectl_plugin import pod_rank
 from tests.builders import manifest
 
 
@@ -37,8 +36,6 @@ def test_a_restarted_gang_never_reuses_a_pod_name_but_keeps_its_dns_names(job: S
     for gang in attempts:
         assert [pod["spec"]["hostname"] for pod in gang] == ["demo-node-0", "demo-node-1"]
         assert {_env(pod, "MASTER_ADDR") for pod in gang} == {"demo-node-0.demo"}
-    unlabelled = {"metadata": {"name": "demo-node-1-a2", "labels": {}}}
-    assert pod_rank(unlabelled) == 1  # the kubectl plugin reads a rank from a restarted pod's name too
 
 
 def test_torch_distributed_env(job: SFTJob) -> None:

@@ -4,7 +4,6 @@ import json
 import threading
 from pathlib import Path
 
-from sft_operator import api
 from sft_operator.api import SFTJobStatus
 from sft_trainer.report import kubernetes as k8s_report
 from sft_trainer.report.events import CheckpointReport, RunSummary, StepReport, ValidationReport
@@ -40,10 +39,6 @@ SUMMARY = RunSummary(
     final_model="/output/run/final",
     latest_checkpoint="/output/run/checkpoints/step-40",
 )
-
-
-def test_constants_match_the_operator_api() -> None:
-    assert (k8s_report.GROUP, k8s_report.VERSION, k8s_report.PLURAL) == (api.GROUP, api.VERSION, api.PLURAL)
 
 
 def test_status_fragments_fit_the_status_schema() -> None:

@@ -16,7 +16,7 @@ from sft_operator.api.models import AppliedRuntime
 from sft_operator.api.references import required_access
 from sft_operator.api.runtime import ClusterSFTRuntimeSpec
 from sft_operator.controller import Controller, Settings
-from sft_operator.kubectl_plugin import format_status
+from sft_operator.kubectl_plugin.text import format_status
 from sft_operator.pods import pod_view
 from sft_operator.runtime import (
     NO_RUNTIME,

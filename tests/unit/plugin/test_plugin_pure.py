@@ -11,24 +11,17 @@ import pytest
 import typer
 import yaml
 
-from sft_operator.kubectl_plugin import (
-    current_attempt_pods,
-    exit_code_meaning,
-    format_status,
+from sft_operator.kubectl_plugin.cluster import current_attempt_pods, pod_rank, suspend_patch
+from sft_operator.kubectl_plugin.generation import (
     generation_instructions,
     generation_job,
     local_model_path,
-    metrics_text,
     mount_for,
     parse_mounts,
-    pod_rank,
-    prefix_line,
-    prefix_lines,
-    progress_text,
-    suspend_patch,
 )
+from sft_operator.kubectl_plugin.text import format_status, metrics_text, prefix_line, prefix_lines, progress_text
 from sft_operator.render import LABEL_ATTEMPT, LABEL_JOB, LABEL_RANK
-from sft_trainer.exit_codes import ExitCode
+from sft_trainer.contract import ExitCode, exit_code_meaning
 from tests.builders import running_status
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -62,9 +55,10 @@ def test_blank_lines_inside_a_log_are_kept_and_prefixed() -> None:
     assert prefix_lines(3, "x\n\ny") == ["[node-3] x", "[node-3] ", "[node-3] y"]
 
 
-def test_rank_comes_from_the_label_else_the_pod_name() -> None:
+def test_rank_comes_from_the_operators_label() -> None:
+    # As the operator reads it (status.pod_view): the label, never the name; -1 without one.
     assert pod_rank(a_pod("dolly-node-7", 3)) == 3
-    assert pod_rank(a_pod("dolly-node-7", None)) == 7
+    assert pod_rank(a_pod("dolly-node-7", None)) == -1
     assert pod_rank({"metadata": {"name": "stray"}}) == -1
 
 
@@ -195,7 +189,10 @@ def test_generation_job_mounts_the_output_claim_read_only() -> None:
         "0.0",
     ]
     assert container["volumeMounts"] == [{"name": "model", "mountPath": "/output", "readOnly": True}]
-    assert pod["volumes"] == [{"name": "model", "persistentVolumeClaim": {"claimName": "sft-output"}}]
+    # The trainer pods' own volume (render.storage_volume), mounted read-only.
+    assert pod["volumes"] == [
+        {"name": "model", "persistentVolumeClaim": {"claimName": "sft-output", "readOnly": False}}
+    ]
     assert container["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["restartPolicy"] == "Never"
@@ -258,7 +255,7 @@ def test_mount_options_are_parsed_and_checked() -> None:
 
 
 def test_the_plugin_imports_no_torch() -> None:
-    code = "import sys, sft_operator.kubectl_plugin; print('torch' in sys.modules)"
+    code = "import sys, sft_operator.kubectl_plugin.commands; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
@@ -267,7 +264,7 @@ def test_following_interleaves_whole_prefixed_lines_of_every_rank() -> None:
     import functools
     from collections.abc import Callable, Iterator
 
-    from sft_operator.kubectl_plugin import _follow_all
+    from sft_operator.kubectl_plugin.commands import _follow_all
 
     def lines_of(rank: int) -> Iterator[str]:
         return iter([f"line {i} of {rank}" for i in range(50)])
@@ -284,7 +281,7 @@ def test_following_interleaves_whole_prefixed_lines_of_every_rank() -> None:
 def test_api_errors_are_reported_by_the_servers_message() -> None:
     from kubernetes.client.exceptions import ApiException
 
-    from sft_operator.kubectl_plugin import api_error_text
+    from sft_operator.kubectl_plugin.cluster import api_error_text
 
     error = ApiException(status=400, reason="Bad Request")
     error.body = '{"kind":"Status","message":"container \\"trainer\\" in pod \\"j-node-0\\" is waiting to start"}'

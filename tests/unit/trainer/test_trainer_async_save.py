@@ -182,7 +182,7 @@ def test_run_overlaps_saves_and_ends_with_all_published(tmp_path: Path) -> None:
 
 
 def test_a_vanished_peer_is_a_distributed_failure() -> None:
-    from sft_trainer.exit_codes import ExitCode
+    from sft_trainer.contract import ExitCode
     from sft_trainer.failures import exit_code_for
 
     gloo = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:547] Connection closed by peer [::1]:1")
@@ -192,7 +192,7 @@ def test_a_vanished_peer_is_a_distributed_failure() -> None:
 
 
 def test_a_device_oom_from_any_library_is_out_of_memory() -> None:
-    from sft_trainer.exit_codes import ExitCode
+    from sft_trainer.contract import ExitCode
     from sft_trainer.failures import exit_code_for
 
     assert (

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from sft_trainer.config.nemo import MISSING, NEMO_RULES, nemo_rule, resolve_interpolations
 from sft_trainer.config.schema import SFTConfig
+from sft_trainer.contract import KIND
 
 KeyPath = tuple[str, ...]
 
@@ -357,7 +358,7 @@ def read_config_file(path: str | Path) -> tuple[Any, dict[KeyPath, int], KeyPath
         raise ConfigError([ConfigProblem("", f"not valid YAML: {error}", where)]) from None
     if tree is None:
         raise ConfigError([ConfigProblem("", "the file is empty", source)])
-    if isinstance(tree, dict) and tree.get("kind") == "SFTJob":
+    if isinstance(tree, dict) and tree.get("kind") == KIND:
         return tree.get("spec", {}).get("training", {}), lines, ("spec", "training")
     return tree, lines, ()
 

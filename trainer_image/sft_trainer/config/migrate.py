@@ -5,9 +5,9 @@ from typing import Any
 
 import yaml
 
-from sft_trainer.config.loading import ConfigError, ConfigProblem, translate_config
-
-SFTJOB_API_VERSION = "sft.kube-sft.io/v1alpha1"
+from sft_trainer.config.loading import ConfigError, translate_config
+from sft_trainer.contract import API_VERSION, KIND
+from sft_trainer.extensions import sftjob_checks
 
 
 def sftjob_manifest(name: str, training: dict[str, Any]) -> dict[str, Any]:
@@ -19,8 +19,8 @@ def sftjob_manifest(name: str, training: dict[str, Any]) -> dict[str, Any]:
     if not trainer:
         del training["trainer"]
     return {
-        "apiVersion": SFTJOB_API_VERSION,
-        "kind": "SFTJob",
+        "apiVersion": API_VERSION,
+        "kind": KIND,
         "metadata": {"name": name},
         "spec": {"resources": {"numNodes": nodes, "gpusPerNode": devices}, "training": training},
     }
@@ -41,15 +41,7 @@ def migrated_yaml(path: str | Path | None, overrides: list[str], sftjob: str | N
 
 
 def _check_manifest(manifest: dict[str, Any]) -> None:
-    """Validate with the operator's SFTJob model when it is installed (the trainer image has no operator)."""
-    try:
-        from pydantic import ValidationError
-
-        from sft_operator.api import SFTJob
-    except ImportError:
-        return
-    try:
-        SFTJob.model_validate({**manifest, "metadata": {"namespace": "default", **manifest["metadata"]}})
-    except ValidationError as error:
-        problems = [ConfigProblem(".".join(str(p) for p in item["loc"]), item["msg"]) for item in error.errors()]
-        raise ConfigError(problems) from None
+    """Validate with every installed SFTJob check (the operator's model, `sft_trainer.extensions`); none: no check."""
+    problems = [problem for check in sftjob_checks() for problem in check(manifest)]
+    if problems:
+        raise ConfigError(problems)

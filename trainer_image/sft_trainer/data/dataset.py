@@ -9,6 +9,7 @@ packing.py). Both expose `lengths` and `loss_tokens` per row as arrays, so the l
 global batches without building any Sample.
 """
 
+from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -82,7 +83,30 @@ def store_from_examples(examples: Sequence[tuple[IntArray, BoolArray]]) -> Token
     return TokenStore(input_ids=input_ids, labels=shift_targets(input_ids, targets, offsets), offsets=offsets)
 
 
-class ExampleDataset(Sequence[Sample]):
+class SampleSequence(Sequence[Sample]):
+    """A sequence of Samples: indexing (negative indices, slices) and iteration around one `sample(index)`."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def sample(self, index: int) -> Sample:
+        """Sample `index`, already checked to be in range."""
+
+    @overload
+    def __getitem__(self, index: int) -> Sample: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Sample]: ...
+    def __getitem__(self, index: int | slice) -> Sample | list[Sample]:
+        if isinstance(index, slice):
+            return [self.sample(i) for i in range(*index.indices(len(self)))]
+        return self.sample(_check_index(index, len(self)))
+
+    def __iter__(self) -> Iterator[Sample]:
+        return (self.sample(i) for i in range(len(self)))
+
+
+class ExampleDataset(SampleSequence):
     """One example per Sample."""
 
     def __init__(self, store: TokenStore) -> None:
@@ -93,14 +117,8 @@ class ExampleDataset(Sequence[Sample]):
     def __len__(self) -> int:
         return self.store.num_examples
 
-    @overload
-    def __getitem__(self, index: int) -> Sample: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[Sample]: ...
-    def __getitem__(self, index: int | slice) -> Sample | list[Sample]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        index = _check_index(index, len(self))
+    def sample(self, index: int) -> Sample:
+        """Example `index` (0 <= index < len) as a Sample."""
         ids, labels = self.store.example(index)
         length = len(ids)
         return Sample(
@@ -110,11 +128,8 @@ class ExampleDataset(Sequence[Sample]):
             seq_lens=np.array([length], dtype=np.int32),
         )
 
-    def __iter__(self) -> Iterator[Sample]:
-        return (self[i] for i in range(len(self)))
 
-
-class PackedDataset(Sequence[Sample]):
+class PackedDataset(SampleSequence):
     """Bins of examples per Sample: `order[bin_offsets[j]:bin_offsets[j+1]]` are bin j's examples."""
 
     def __init__(self, store: TokenStore, order: Int64Array, bin_offsets: Int64Array) -> None:
@@ -134,14 +149,8 @@ class PackedDataset(Sequence[Sample]):
         """Example indices packed into bin `index`, in row order."""
         return self.order[self.bin_offsets[index] : self.bin_offsets[index + 1]]
 
-    @overload
-    def __getitem__(self, index: int) -> Sample: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[Sample]: ...
-    def __getitem__(self, index: int | slice) -> Sample | list[Sample]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        index = _check_index(index, len(self))
+    def sample(self, index: int) -> Sample:
+        """Bin `index` (0 <= index < len) as one Sample of its examples back to back."""
         parts = [self.store.example(int(i)) for i in self.members(index)]
         seq_lens = np.array([len(ids) for ids, _ in parts], dtype=np.int32)
         return Sample(
@@ -150,9 +159,6 @@ class PackedDataset(Sequence[Sample]):
             position_ids=np.concatenate([np.arange(n, dtype=np.int32) for n in seq_lens]),
             seq_lens=seq_lens,
         )
-
-    def __iter__(self) -> Iterator[Sample]:
-        return (self[i] for i in range(len(self)))
 
 
 def _check_index(index: int, length: int) -> int:

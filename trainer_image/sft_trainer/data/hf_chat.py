@@ -9,7 +9,7 @@ template renders before it, plus the end-of-turn text the template appends to it
 """
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 from sft_trainer.config.data import DataConfig
 from sft_trainer.data.chat_context import ChatTally
 from sft_trainer.data.encoding import encode_with_offsets
-from sft_trainer.data.errors import BadRows, DataError
+from sft_trainer.data.errors import DataError
 from sft_trainer.data.jsonl import Row
-from sft_trainer.data.nemo_chat import Span, encode_rendered
-from sft_trainer.data.prompt_response import EncodeCounts, Example
+from sft_trainer.data.nemo_chat import Span, chat_format
+from sft_trainer.data.prompt_response import Encoder
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -126,17 +126,10 @@ def common_token_prefix(tokenizer: "PreTrainedTokenizerBase", expected: str, act
     return max((start for start in starts if start <= same), default=0)
 
 
-def encode_hf_chat(
-    rows: Iterable[tuple[int, Row]],
-    file: str,
-    config: DataConfig,
-    tokenizer: "PreTrainedTokenizerBase",
-    bad_rows: BadRows | None = None,
-    counts: EncodeCounts | None = None,
-) -> Iterator[Example]:
-    """Encode `messages` rows into `(input_ids, targets)` examples with assistant-only targets."""
+def _hf_chat_rows(
+    file: str, config: DataConfig, tokenizer: "PreTrainedTokenizerBase", chat: ChatTally
+) -> Callable[[Row, int], tuple[str, list[Span]]]:
     template = chat_template(config, tokenizer)
-    chat = counts.chat if counts is not None else ChatTally()
 
     def render_row(row: Row, line: int) -> tuple[str, list[Span]]:
         messages = parse_messages(row, file, line)
@@ -146,7 +139,13 @@ def encode_hf_chat(
         except Exception as error:  # jinja2's raise_exception and template errors
             raise DataError(f"chat template failed: {error}", file=file, line=line, field="messages") from None
 
-    return encode_rendered(rows, render_row, [], config, tokenizer, bad_rows, counts)
+    return render_row
+
+
+encode_hf_chat = Encoder(
+    chat_format(_hf_chat_rows, add_bos=False),
+    "Encode `messages` rows into `(input_ids, targets)` examples with assistant-only targets.",
+)
 
 
 def hf_chat_prompt(config: DataConfig, tokenizer: "PreTrainedTokenizerBase", messages: list[Message]) -> str:

@@ -28,9 +28,8 @@ on with a zero denominator; `add_eos`/`add_sep` do not apply (the format ends tu
 does. Too-long conversations are cut at `max_seq_length` from the end.
 """
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -38,9 +37,9 @@ import numpy as np
 from sft_trainer.config.data import ChatPromptTokens, DataConfig
 from sft_trainer.data.chat_context import ChatDefaults, ChatTally, ChatTurn
 from sft_trainer.data.encoding import encode_with_offsets, special_id, targets_from_spans
-from sft_trainer.data.errors import BadRows, DataError
+from sft_trainer.data.errors import DataError
 from sft_trainer.data.jsonl import Row
-from sft_trainer.data.prompt_response import CHUNK_ROWS, EncodeCounts, Example
+from sft_trainer.data.prompt_response import ChunkEncoder, EncodeCounts, Encoder, Example, FormatSetup, RowRenderer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -149,58 +148,48 @@ def render(conversation: Conversation, tokens: ChatPromptTokens) -> tuple[str, l
     return text, spans
 
 
-def encode_nemo_chat(
-    rows: Iterable[tuple[int, Row]],
-    file: str,
-    config: DataConfig,
-    tokenizer: "PreTrainedTokenizerBase",
-    bad_rows: BadRows | None = None,
-    counts: EncodeCounts | None = None,
-) -> Iterator[Example]:
-    """Encode NeMo chat rows into `(input_ids, targets)` examples."""
-    bos = [special_id(tokenizer, "bos", "data.add_bos")] if config.add_bos else []
+RowsRenderer = Callable[
+    [str, DataConfig, "PreTrainedTokenizerBase", ChatTally], Callable[[Row, int], tuple[str, list[Span]]]
+]
+"""A chat format's per-file setup: (file, config, tokenizer, tally) -> render one `(row, line)` to (text, trained spans)."""
 
-    chat = counts.chat if counts is not None else ChatTally()
+
+def chat_format(rows_renderer: RowsRenderer, add_bos: bool) -> FormatSetup:
+    """The chat formats' shared path: render each row to (text, trained spans), tokenize a chunk of
+    rows at once, and turn spans into targets (BOS first when `add_bos` and `data.add_bos`)."""
+
+    def setup(
+        file: str, config: DataConfig, tokenizer: "PreTrainedTokenizerBase", counts: EncodeCounts
+    ) -> tuple[RowRenderer, ChunkEncoder]:
+        bos = [special_id(tokenizer, "bos", "data.add_bos")] if add_bos and config.add_bos else []
+        render_row = rows_renderer(file, config, tokenizer, counts.chat)
+
+        def encode_chunk(rendered: list[tuple[str, list[Span]]]) -> Iterator[Example | None]:
+            encoded = encode_with_offsets(tokenizer, [text for text, _ in rendered])
+            for (text, spans), (ids, starts) in zip(rendered, encoded, strict=True):
+                yield finish(ids, starts, spans, bos, config, counts, len(text))
+
+        return render_row, encode_chunk
+
+    return setup
+
+
+def _nemo_chat_rows(
+    file: str, config: DataConfig, tokenizer: "PreTrainedTokenizerBase", chat: ChatTally
+) -> Callable[[Row, int], tuple[str, list[Span]]]:
+    del tokenizer  # NeMo's chat tokens are text; the whole conversation is tokenized at once
 
     def render_row(row: Row, line: int) -> tuple[str, list[Span]]:
         conversation = parse_conversation(row, file, line)
         tally(conversation, chat)
         return render(conversation, config.chat_prompt_tokens)
 
-    return encode_rendered(rows, render_row, bos, config, tokenizer, bad_rows, counts)
+    return render_row
 
 
-def encode_rendered(
-    rows: Iterable[tuple[int, Row]],
-    render_row: Callable[[Row, int], tuple[str, list[Span]]],
-    bos: list[int],
-    config: DataConfig,
-    tokenizer: "PreTrainedTokenizerBase",
-    bad_rows: BadRows | None,
-    counts: EncodeCounts | None,
-) -> Iterator[Example]:
-    """The chat formats' shared path: render each row to (text, trained spans), tokenize a chunk
-    of rows at once, and turn spans into targets. `render_row` raises DataError for a bad row,
-    which is counted in `bad_rows` when given, else raised."""
-    counts = counts if counts is not None else EncodeCounts()
-    iterator = iter(rows)
-    while chunk := list(islice(iterator, CHUNK_ROWS)):
-        rendered: list[tuple[str, list[Span]]] = []
-        for line, row in chunk:
-            try:
-                rendered.append(render_row(row, line))
-            except DataError as error:
-                if bad_rows is None:
-                    raise
-                bad_rows.add(error)
-        encoded = encode_with_offsets(tokenizer, [text for text, _ in rendered])
-        for (text, spans), (ids, starts) in zip(rendered, encoded, strict=True):
-            counts.rows += 1
-            example = finish(ids, starts, spans, bos, config, counts, len(text))
-            if example is None:
-                counts.dropped += 1
-            else:
-                yield example
+encode_nemo_chat = Encoder(
+    chat_format(_nemo_chat_rows, add_bos=True), "Encode NeMo chat rows into `(input_ids, targets)` examples."
+)
 
 
 def finish(

@@ -6,10 +6,10 @@ tokens are targets. Too-long examples lose tokens from `truncation_field` first,
 those are used up is the answer cut from its end. An example left with no target is dropped.
 """
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, islice
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -75,42 +75,84 @@ def truncation_fields(config: DataConfig) -> list[str]:
     return [name.strip() for name in config.truncation_field.split(",") if name.strip()]
 
 
-def encode_prompt_response(
-    rows: Iterable[tuple[int, Row]],
-    file: str,
-    config: DataConfig,
-    tokenizer: "PreTrainedTokenizerBase",
-    bad_rows: BadRows | None = None,
-    counts: EncodeCounts | None = None,
-) -> Iterator[Example]:
-    """Encode `(line, row)` pairs into `(input_ids, targets)` examples, in chunks for batched tokenization."""
+RowRenderer = Callable[[Row, int], Any]
+"""A format's rendering of one `(row, line)`; raises DataError for a bad row."""
+ChunkEncoder = Callable[[list[Any]], Iterator["Example | None"]]
+"""A format's tokenization of a chunk of rendered rows: one example per row, None when no target is left."""
+FormatSetup = Callable[[str, DataConfig, "PreTrainedTokenizerBase", EncodeCounts], tuple[RowRenderer, ChunkEncoder]]
+"""A format's per-file setup: (file, config, tokenizer, counts) -> (render a row, encode a chunk of rendered rows)."""
+
+
+class Encoder:
+    """The encode function of a data format: render every row, tokenize a chunk of rows at once, count.
+
+    `encode(rows, file, config, tokenizer, bad_rows, counts)` yields the examples of one file's
+    `(line, row)` pairs. A row whose rendering raises DataError is counted in `bad_rows` when given,
+    else the error is raised; a row left without a target is counted as dropped. Nothing runs before
+    the first example is asked for (the format's setup included).
+    """
+
+    def __init__(self, setup: FormatSetup, doc: str) -> None:
+        self.setup = setup
+        self.__doc__ = doc
+
+    def __call__(
+        self,
+        rows: Iterable[tuple[int, Row]],
+        file: str,
+        config: DataConfig,
+        tokenizer: "PreTrainedTokenizerBase",
+        bad_rows: BadRows | None = None,
+        counts: EncodeCounts | None = None,
+    ) -> Iterator[Example]:
+        """The examples of `rows`, in order."""
+        counts = counts if counts is not None else EncodeCounts()
+        render_row, encode_chunk = self.setup(file, config, tokenizer, counts)
+        iterator = iter(rows)
+        while chunk := list(islice(iterator, CHUNK_ROWS)):
+            rendered = []
+            for line, row in chunk:
+                try:
+                    rendered.append(render_row(row, line))
+                except DataError as error:
+                    if bad_rows is None:
+                        raise
+                    bad_rows.add(error)
+            for example in encode_chunk(rendered):
+                counts.rows += 1
+                if example is None:
+                    counts.dropped += 1
+                else:
+                    yield example
+
+
+def _prompt_response_format(
+    file: str, config: DataConfig, tokenizer: "PreTrainedTokenizerBase", counts: EncodeCounts
+) -> tuple[RowRenderer, ChunkEncoder]:
     template = parse_template(config.prompt_template, config.label_key)
     specials = _specials(config, tokenizer)
     specials.separators = separator_ids(template, tokenizer)
-    counts = counts if counts is not None else EncodeCounts()
     literal_ids: dict[str, list[int]] = {}
-    iterator = iter(rows)
-    while chunk := list(islice(iterator, CHUNK_ROWS)):
-        rendered: list[list[tuple[str, str]]] = []
-        for line, row in chunk:
-            try:
-                rendered.append(template.render_pieces(row, file, line))
-            except DataError as error:
-                if bad_rows is None:
-                    raise
-                bad_rows.add(error)
+
+    def render_row(row: Row, line: int) -> list[tuple[str, str]]:
+        return template.render_pieces(row, file, line)
+
+    def encode_chunk(rendered: list[list[tuple[str, str]]]) -> Iterator[Example | None]:
         texts = [text for pieces in rendered for key, text in pieces if key != TEMPLATE_KEY]
         new_literals = sorted({t for pieces in rendered for k, t in pieces if k == TEMPLATE_KEY} - set(literal_ids))
         literal_ids.update(zip(new_literals, encode_texts(tokenizer, new_literals), strict=True))
         field_ids = iter(encode_texts(tokenizer, texts))
         for pieces in rendered:
-            counts.rows += 1
             ids = [(key, literal_ids[text] if key == TEMPLATE_KEY else next(field_ids)) for key, text in pieces]
-            example = assemble(ids, template, config, specials, counts)
-            if example is None:
-                counts.dropped += 1
-            else:
-                yield example
+            yield assemble(ids, template, config, specials, counts)
+
+    return render_row, encode_chunk
+
+
+encode_prompt_response = Encoder(
+    _prompt_response_format,
+    "Encode `(line, row)` pairs into `(input_ids, targets)` examples, in chunks for batched tokenization.",
+)
 
 
 def assemble(

@@ -47,7 +47,7 @@ class CheckpointReport:
 
 @dataclass(frozen=True)
 class RunSummary:
-    """How the run ended. `exit_code` follows the documented codes in `sft_trainer.exit_codes`."""
+    """How the run ended. `exit_code` follows the documented codes in `sft_trainer.contract`."""
 
     outcome: Literal["succeeded", "failed", "interrupted"]
     step: int

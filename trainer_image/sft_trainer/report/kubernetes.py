@@ -21,14 +21,22 @@ from pathlib import Path
 from typing import Any
 
 from sft_trainer.config import SFTConfig
+from sft_trainer.contract import (
+    ENV_JOB_ATTEMPT,
+    ENV_JOB_NAME,
+    ENV_JOB_NAMESPACE,
+    ENV_TERMINATION_MESSAGE_PATH,
+    GROUP,
+    PLURAL,
+    TERMINATION_MESSAGE_LIMIT,
+    TERMINATION_MESSAGE_PATH,
+    VERSION,
+)
 from sft_trainer.report.events import CheckpointReport, RunSummary, StepReport, ValidationReport
 
 log = logging.getLogger(__name__)
 
-GROUP, VERSION, PLURAL = "sft.kube-sft.io", "v1alpha1", "sftjobs"  # sft_operator.api (checked by a test)
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-TERMINATION_MESSAGE_PATH = "/dev/termination-log"
-TERMINATION_MESSAGE_LIMIT = 4096  # bytes the kubelet keeps per container
 DEFAULT_INTERVAL_S = 5.0
 FINAL_PATCH_TIMEOUT_S = 10.0
 
@@ -290,8 +298,8 @@ def create_reporter(config: SFTConfig) -> KubernetesStatusReporter | None:
     """The reporter when running in an SFTJob pod (SFT_JOB_NAME set and an API server reachable), else None."""
     del config  # the job is named by the pod's environment, not by the training config
     env = os.environ
-    job, namespace = env.get("SFT_JOB_NAME"), env.get("SFT_JOB_NAMESPACE")
-    termination = env.get("SFT_TERMINATION_MESSAGE_PATH") or env.get("KUBE_SFT_TERMINATION_MESSAGE_PATH")
+    job, namespace = env.get(ENV_JOB_NAME), env.get(ENV_JOB_NAMESPACE)
+    termination = env.get(ENV_TERMINATION_MESSAGE_PATH) or env.get("KUBE_SFT_TERMINATION_MESSAGE_PATH")
     if not job or not namespace:
         return None
     termination_path: Path | None = Path(termination or TERMINATION_MESSAGE_PATH)
@@ -302,10 +310,10 @@ def create_reporter(config: SFTConfig) -> KubernetesStatusReporter | None:
     if env.get("KUBERNETES_SERVICE_HOST"):
         service_account_dir = Path(env.get("KUBE_SFT_SERVICEACCOUNT_DIR") or SERVICE_ACCOUNT_DIR)
         send, read = status_client(job, namespace, service_account_dir)
-        if env.get("SFT_JOB_ATTEMPT", "0") != "0":
+        if env.get(ENV_JOB_ATTEMPT, "0") != "0":
             tokens = tokens_so_far(read)
     else:
-        log.warning("SFT_JOB_NAME is set but no API server is reachable: status is not patched")
+        log.warning(f"{ENV_JOB_NAME} is set but no API server is reachable: status is not patched")
 
         def send(patch: Patch) -> None:
             del patch

@@ -21,6 +21,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from sft_trainer.config import SFTConfig
+from sft_trainer.contract import ENV_JOB_NAME, ENV_JOB_NAMESPACE, ENV_POD_IP
 from sft_trainer.report.events import CheckpointReport, RunSummary, StepReport, ValidationReport
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ class PrometheusReporter:
 
 def job_labels(config: SFTConfig) -> tuple[str, str]:
     """The SFTJob's name and namespace in a pod; the run name and `local` elsewhere."""
-    return os.environ.get("SFT_JOB_NAME") or config.name, os.environ.get("SFT_JOB_NAMESPACE") or "local"
+    return os.environ.get(ENV_JOB_NAME) or config.name, os.environ.get(ENV_JOB_NAMESPACE) or "local"
 
 
 def create_reporter(config: SFTConfig) -> PrometheusReporter | None:
@@ -123,7 +124,7 @@ def create_reporter(config: SFTConfig) -> PrometheusReporter | None:
         return None
     job, namespace = job_labels(config)
     reporter = PrometheusReporter(job, namespace)
-    address = os.environ.get("SFT_POD_IP") or "0.0.0.0"
+    address = os.environ.get(ENV_POD_IP) or "0.0.0.0"
     start_http_server(port, addr=address, registry=reporter.metrics.registry)
     log.info("serving trainer metrics on http://%s:%d/metrics", address, port)
     return reporter
