@@ -33,10 +33,12 @@ import yaml
 from kubernetes.client import ApiException
 
 from devcluster.controlplane import ControlPlane
+from devcluster.node_images import archive_image_tags
 from devcluster.procs import wait_until
 from devcluster.prometheus import PrometheusServer
-from devcluster.real_node import RealNode, archive_image_tags
+from devcluster.real_node import RealNode
 from tests import builders
+from tests.builders import random_model
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kube-sft"
@@ -90,18 +92,7 @@ def tiny_training(
     return {
         "name": "e2e",
         "output_dir": output_dir,
-        "model": {
-            "source": "random",
-            "tokenizer": {"type": "byte"},
-            "architecture": {
-                "hidden_size": 32,
-                "num_layers": 1,
-                "num_attention_heads": 2,
-                "num_key_value_heads": 2,
-                "intermediate_size": 64,
-                "max_position_embeddings": 128,
-            },
-        },
+        "model": random_model(max_position_embeddings=128),
         "data": {"max_seq_length": 96, "add_eos": True, **data},
         "trainer": {
             "max_steps": max_steps,

@@ -13,6 +13,7 @@ from sft_trainer.cli import app
 from sft_trainer.config import load_config
 from sft_trainer.distributed import DistributedEnv
 from sft_trainer.run import run_training
+from tests.builders import random_model
 from tests.unit.data.conftest import require
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data"
@@ -93,11 +94,7 @@ def test_sft_eval_reproduces_the_logged_validation_loss_and_scores_gsm8k(tmp_pat
 
 def test_the_evaluation_step_of_a_synthetic_task_uses_its_held_out_file(tmp_path: Path) -> None:
     config = {
-        "model": {
-            "source": "random",
-            "tokenizer": {"type": "byte"},
-            "architecture": {"hidden_size": 32, "num_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2},
-        },
+        "model": random_model(),
         "data": {"synthetic": {"train_examples": 64, "validation_examples": 12}, "prompt_template": "{input}{output}"},
         "trainer": {
             "max_steps": 4,
@@ -122,11 +119,7 @@ def test_the_evaluation_step_of_a_synthetic_task_uses_its_held_out_file(tmp_path
 
 def test_a_failing_evaluation_keeps_the_trained_model_and_the_success(tmp_path: Path) -> None:
     config = {
-        "model": {
-            "source": "random",
-            "tokenizer": {"type": "byte"},
-            "architecture": {"hidden_size": 32, "num_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2},
-        },
+        "model": random_model(),
         "data": {"synthetic": {"train_examples": 32, "validation_examples": 4}, "prompt_template": "{input}{output}"},
         "trainer": {
             "max_steps": 1,
