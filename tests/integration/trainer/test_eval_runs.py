@@ -94,7 +94,7 @@ def test_sft_eval_reproduces_the_logged_validation_loss_and_scores_gsm8k(tmp_pat
 
 def test_the_evaluation_step_of_a_synthetic_task_uses_its_held_out_file(tmp_path: Path) -> None:
     config = {
-        "model": random_model(),
+        "model": random_model(max_position_embeddings=2048),  # data.max_seq_length: the default 2048
         "data": {"synthetic": {"train_examples": 64, "validation_examples": 12}, "prompt_template": "{input}{output}"},
         "trainer": {
             "max_steps": 4,
@@ -119,7 +119,7 @@ def test_the_evaluation_step_of_a_synthetic_task_uses_its_held_out_file(tmp_path
 
 def test_a_failing_evaluation_keeps_the_trained_model_and_the_success(tmp_path: Path) -> None:
     config = {
-        "model": random_model(),
+        "model": random_model(max_position_embeddings=2048),  # data.max_seq_length: the default 2048
         "data": {"synthetic": {"train_examples": 32, "validation_examples": 4}, "prompt_template": "{input}{output}"},
         "trainer": {
             "max_steps": 1,
