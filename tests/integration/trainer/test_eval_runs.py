@@ -14,11 +14,10 @@ from sft_trainer.config import load_config
 from sft_trainer.distributed import DistributedEnv
 from sft_trainer.run import run_training
 from tests.builders import random_model
-from tests.unit.data.conftest import require
+from tests.shared_data import SHARED_DATA, require
 
-SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data"
-MODEL = SHARED / "models" / "stories260K" / "stories260K.bin"
-GSM8K = SHARED / "instruct" / "gsm8k_train.jsonl"
+MODEL = SHARED_DATA / "models" / "stories260K" / "stories260K.bin"
+GSM8K = SHARED_DATA / "instruct" / "gsm8k_train.jsonl"
 FINAL = r"####\s*(.+)"
 
 

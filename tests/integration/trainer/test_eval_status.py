@@ -21,12 +21,11 @@ from sft_operator.api import GROUP, PLURAL, VERSION
 from sft_trainer.config import load_config
 from sft_trainer.distributed import DistributedEnv
 from sft_trainer.run import run_training
-from tests.unit.data.conftest import require
+from tests.shared_data import SHARED_DATA, require
 
 ROOT = Path(__file__).resolve().parents[3]
-SHARED = ROOT.parent / "shared" / "data"
-MODEL = SHARED / "models" / "stories260K" / "stories260K.bin"
-GSM8K = SHARED / "instruct" / "gsm8k_train.jsonl"
+MODEL = SHARED_DATA / "models" / "stories260K" / "stories260K.bin"
+GSM8K = SHARED_DATA / "instruct" / "gsm8k_train.jsonl"
 
 
 def trainer_identity(cluster: ControlPlane, namespace: str, job: str, directory: Path) -> Path:
