@@ -57,8 +57,8 @@ from bench.operator_scale.cluster import (
 from bench.operator_scale.flavours import FLOOR, PEER, SFT, Object
 from bench.operator_scale.floor import serve_floor
 from bench.operator_scale.goals import evaluate_goals
-from bench.operator_scale.readings import read_env_file
 from bench.operator_scale.run import QUICK, Run, Scale, log
+from devcluster.binaries import read_env_file
 
 RESULTS_FILE = REPO / "bench" / "results" / "operator.json"
 

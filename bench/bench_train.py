@@ -113,11 +113,15 @@ def worker_main(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
     run = {"ours": worker_ours, "trl": worker_trl, "lora": worker_lora, "torch": worker_torch}[args.kind]
     started = time.perf_counter()
+    from sft_trainer.distributed import destroy_process_group
+
     try:
         result = run(args)
     except Exception as error:  # the orchestrator reports it; the other workers carry on
         traceback.print_exc()
         result = {"system": args.kind, "model": args.model, "gpus": 0, "error": repr(error)[:500], "runs": []}
+    finally:  # the megatron backends joined a process group: leave it on every path, as run_training does
+        destroy_process_group()
     result["worker_s"] = round(time.perf_counter() - started, 1)
     if int(os.environ.get("RANK", "0")) == 0:
         args.result.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

@@ -16,15 +16,21 @@ class MissingBinariesError(RuntimeError):
     """A control-plane binary is not built or cached yet."""
 
 
-def pinned_versions() -> dict[str, str]:
-    """The KEY=value pins of hack/controlplane/versions.env."""
+def read_env_file(path: Path) -> dict[str, str]:
+    """The KEY=value lines of a versions.env file (comments and blanks skipped; a value's surrounding
+    double quotes dropped, as the shell scripts that source the file see it)."""
     pins: dict[str, str] = {}
-    for line in VERSIONS_FILE.read_text().splitlines():
+    for line in path.read_text().splitlines():
         line = line.strip()
         if line and not line.startswith("#") and "=" in line:
             key, value = line.split("=", 1)
-            pins[key] = value
+            pins[key] = value.strip('"')
     return pins
+
+
+def pinned_versions() -> dict[str, str]:
+    """The KEY=value pins of hack/controlplane/versions.env."""
+    return read_env_file(VERSIONS_FILE)
 
 
 def cache_dir() -> Path:

@@ -30,8 +30,10 @@ import yaml
 
 from devcluster.binaries import REPO_ROOT, cache_dir
 from devcluster.controlplane import ControlPlane
+from devcluster.node_cgroups import sweep_stale_cgroups
+from devcluster.node_images import archive_image_tags, project_image_archives
 from devcluster.prometheus import PrometheusServer
-from devcluster.real_node import RealNode, archive_image_tags, project_image_archives, sweep_stale_cgroups
+from devcluster.real_node import RealNode
 
 RELEASE, SYSTEM_NAMESPACE, JOB = "kube-sft", "kube-sft-system", "demo"
 DEMO_MANIFEST = REPO_ROOT / "examples" / "sftjob-demo.yaml"

@@ -19,45 +19,42 @@ How it fits on a shared test machine without leaving anything behind (issue 17):
 
 Cold set-up (binaries, pause image) is `make node-bins` (hack/node/build.sh); the project images are
 hack/images/build.sh's docker-archives, imported into the node's containerd at start.
+
+This module is the node's lifecycle (start, stop, leftovers) and what tests read from it (logs,
+kill). Its parts: node_images.py (binaries and images, the golden containerd root), node_config.py
+(the daemons' config files), node_cgroups.py (the kubelet's cgroupRoot).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import logging
 import os
 import shutil
 import signal
 import subprocess
-import tarfile
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import kubernetes
 import yaml
 from kubernetes.client import ApiException
 
-from devcluster.binaries import REPO_ROOT, cache_dir, pinned_versions
 from devcluster.certs import sign
 from devcluster.cluster_dns import ClusterDNS
 from devcluster.controlplane import ControlPlane, kubeconfig_dict
 from devcluster.local_volumes import LocalVolumeProvisioner
+from devcluster.node_cgroups import cgroup_dirs, make_cgroups, remove_cgroups, sweep_stale_cgroups
+from devcluster.node_config import cni_config, containerd_config, kubelet_config
+from devcluster.node_images import NodeBinaries, find_node_binaries, golden_root
 from devcluster.pod_network import _Forwarder, _wait_for_own_netns
 from devcluster.procs import ManagedProcess, log_tail, wait_until
 
-log = logging.getLogger("kube_sft.real_node")
-NODE_VERSIONS = REPO_ROOT / "hack" / "node" / "versions.env"
 NODE_SCRIPT = Path(__file__).with_name("node_script.sh")
 API_SERVICE_IP = "10.0.0.1"
 K8S_NAMESPACE = "k8s.io"  # containerd's namespace of the CRI
-HINT = "run `make node-bins` (hack/node/build.sh) to build and cache them"
 # Host-wide sysctls the kubelet writes at start; node_script.sh bind-mounts files over them.
 KUBELET_SYSCTLS = (
     "vm/overcommit_memory",
@@ -67,82 +64,6 @@ KUBELET_SYSCTLS = (
     "kernel/keys/root_maxkeys",
     "kernel/keys/root_maxbytes",
 )
-
-
-class MissingNodeBinariesError(RuntimeError):
-    """kubelet, containerd, ctr, runc, the CNI plugins or the pause image are not there yet."""
-
-
-@dataclass(frozen=True)
-class NodeBinaries:
-    """Everything a real node runs, from the cache and Debian's packages."""
-
-    kubelet: Path
-    containerd: Path
-    ctr: Path
-    cni_dir: Path
-    pause_archive: Path
-    pause_image: str
-
-
-def _env_file(path: Path) -> dict[str, str]:
-    pins: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            pins[key] = value.strip('"')
-    return pins
-
-
-def find_node_binaries() -> NodeBinaries:
-    """The node's binaries; raises MissingNodeBinariesError (run `make node-bins`) when one is missing."""
-    pins = _env_file(NODE_VERSIONS)
-    k8s = pinned_versions()["K8S_VERSION"]
-    binaries = NodeBinaries(
-        kubelet=cache_dir() / "bin" / k8s / "kubelet",
-        containerd=cache_dir() / "bin" / f"containerd-{pins['CONTAINERD_VERSION']}" / "containerd",
-        ctr=cache_dir() / "bin" / f"containerd-{pins['CONTAINERD_VERSION']}" / "ctr",
-        cni_dir=Path("/usr/lib/cni"),
-        pause_archive=cache_dir() / "images" / f"pause-{k8s}.tar",
-        pause_image=pins["PAUSE_IMAGE"],
-    )
-    for path in (
-        binaries.kubelet,
-        binaries.containerd,
-        binaries.ctr,
-        binaries.cni_dir / "bridge",
-        binaries.pause_archive,
-    ):
-        if not path.exists():
-            raise MissingNodeBinariesError(f"{path} not found: {HINT}")
-    for tool in ("runc", "unshare", "ip", "iptables"):
-        if shutil.which(tool) is None:
-            raise MissingNodeBinariesError(f"{tool} not on PATH: {HINT}")
-    return binaries
-
-
-IMAGES_SCRIPT = REPO_ROOT / "hack" / "images" / "build.sh"
-
-
-def project_image_archives() -> dict[str, Path]:
-    """The project's images as docker-archives, {"operator": ..., "trainer-cpu": ...}: hack/images/build.sh
-    (a quick cache check when they are built; `make images` builds them)."""
-    result = subprocess.run([str(IMAGES_SCRIPT)], capture_output=True, text=True, check=False, cwd=REPO_ROOT)
-    if result.returncode != 0:
-        raise MissingNodeBinariesError(f"hack/images/build.sh failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    archives = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-    return {name: Path(path) for name, path in archives.items()}
-
-
-def archive_image_tags(archive: Path) -> list[str]:
-    """The `repository:tag` names a docker-archive holds (its manifest.json's RepoTags)."""
-    with tarfile.open(archive) as tar:
-        member = tar.extractfile("manifest.json")
-        if member is None:
-            raise ValueError(f"{archive} has no manifest.json: not a docker-archive")
-        manifest = json.load(member)
-    return [tag for entry in manifest for tag in entry.get("RepoTags") or []]
 
 
 def free_node_index() -> int:
@@ -167,94 +88,6 @@ def parse_cri_log(text: str) -> str:
         content = parts[3] if len(parts) == 4 else ""
         out.append(content if parts[2] == "P" else content + "\n")
     return "".join(out)
-
-
-def containerd_config(workdir: Path, cni_dir: Path, pause_image: str) -> str:
-    """containerd's config (version 3): state in the node's /run, data in workdir, runc, the CNI bridge."""
-    return f"""version = 3
-root = "{workdir / "containerd"}"
-state = "/run/containerd"
-[grpc]
-  address = "{workdir / "containerd.sock"}"
-[plugins."io.containerd.cri.v1.images"]
-  snapshotter = "overlayfs"
-  [plugins."io.containerd.cri.v1.images".pinned_images]
-    sandbox = "{pause_image}"
-[plugins."io.containerd.cri.v1.runtime"]
-  # No CAP_SYS_RESOURCE on these machines: lowering oom_score_adj below the parent's fails.
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
-      SystemdCgroup = false
-  [plugins."io.containerd.cri.v1.runtime".cni]
-    bin_dirs = ["{cni_dir}"]
-    conf_dir = "{workdir / "cni"}"
-"""
-
-
-def cni_config(bridge: str, pod_cidr: str, ipam_dir: Path) -> dict[str, Any]:
-    """A bridge + host-local IPAM network (masquerading what leaves the pod subnet)."""
-    return {
-        "cniVersion": "1.0.0",
-        "name": "kube-sft",
-        "plugins": [
-            {
-                "type": "bridge",
-                "bridge": bridge,
-                "isGateway": True,
-                "ipMasq": True,
-                "hairpinMode": True,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": pod_cidr}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": str(ipam_dir),
-                },
-            },
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-        ],
-    }
-
-
-def kubelet_config(node: RealNode) -> dict[str, Any]:
-    """The KubeletConfiguration of a node on a shared cgroup-v1 test machine."""
-    return {
-        "apiVersion": "kubelet.config.k8s.io/v1beta1",
-        "kind": "KubeletConfiguration",
-        "address": node.node_ip,
-        "readOnlyPort": 0,
-        "healthzPort": 0,
-        "authentication": {
-            "anonymous": {"enabled": False},
-            "webhook": {"enabled": False},
-            "x509": {"clientCAFile": str(node.cluster.pki.ca.cert)},
-        },
-        # Only holders of a certificate of the cluster CA get past authentication (the API server).
-        "authorization": {"mode": "AlwaysAllow"},
-        "containerRuntimeEndpoint": f"unix://{node.workdir / 'containerd.sock'}",
-        "cgroupDriver": "cgroupfs",
-        "cgroupRoot": f"/{node.cgroup_name}",
-        "failCgroupV1": False,
-        "failSwapOn": False,
-        "protectKernelDefaults": False,
-        "clusterDNS": [node.host_ip],
-        "clusterDomain": "cluster.local",
-        "resolvConf": str(node.workdir / "resolv.conf"),
-        "podLogsDir": str(node.workdir / "pod-logs"),
-        "volumePluginDir": str(node.workdir / "volume-plugins"),
-        "rotateCertificates": False,
-        "serializeImagePulls": False,
-        "maxPods": 110,
-        # Imported images cannot be pulled again: never garbage-collect them, never evict for disk.
-        "imageGCHighThresholdPercent": 100,
-        "imageGCLowThresholdPercent": 99,
-        "evictionHard": {"memory.available": "50Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
-        "nodeStatusReportFrequency": "10s",
-        "syncFrequency": "5s",
-        "fileCheckFrequency": "20s",
-        "shutdownGracePeriod": "0s",
-    }
 
 
 class RealNode:
@@ -509,98 +342,6 @@ class RealNode:
                     shutil.copyfile(path, target)
 
 
-IMPORT_SCRIPT = Path(__file__).with_name("import_images.sh")
-
-
-def golden_root(binaries: NodeBinaries, archives: Sequence[Path]) -> Path:
-    """A containerd root holding `archives` imported (built once per set of archives, in the cache).
-
-    The archives' names carry their content hash (hack/images/build.sh), so the names are the key.
-    """
-    key = hashlib.sha256("\n".join(sorted(a.name for a in archives)).encode()).hexdigest()[:16]
-    golden = cache_dir() / "node" / f"containerd-root-{key}"
-    if golden.exists():
-        return golden
-    # ~11 GB each (blobs + unpacked snapshots): only the newest image set keeps one.
-    prune_oldest([p for p in golden.parent.glob("containerd-root-*") if p.is_dir()], keep=0)
-    building = Path(tempfile.mkdtemp(prefix=f"{golden.name}.", dir=golden.parent if golden.parent.exists() else None))
-    golden.parent.mkdir(parents=True, exist_ok=True)
-    config = building / "config.toml"
-    socket = building / "c.sock"
-    config.write_text(
-        f'version = 3\nroot = "{building / "root"}"\nstate = "/run/containerd"\n[grpc]\n  address = "{socket}"\n'
-    )
-    argv = ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child", "bash", str(IMPORT_SCRIPT),
-            str(binaries.containerd), str(binaries.ctr), str(config), str(socket), *map(str, archives)]  # fmt: skip
-    t0 = time.monotonic()
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        shutil.rmtree(building, ignore_errors=True)
-        raise RuntimeError(f"importing {[a.name for a in archives]} failed:\n{result.stdout}{result.stderr}")
-    log.info("golden containerd root %s built in %.0fs", golden.name, time.monotonic() - t0)
-    with contextlib.suppress(OSError):  # another session made the same one meanwhile: keep theirs
-        (building / "root").rename(golden)
-    shutil.rmtree(building, ignore_errors=True)
-    return golden
-
-
-def prune_oldest(paths: list[Path], keep: int) -> None:
-    """Delete all but the `keep` newest of `paths` (old image sets: gigabytes each)."""
-    for path in sorted(paths, key=lambda p: p.stat().st_mtime, reverse=True)[keep:]:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def _log_order(path: Path) -> tuple[str, int]:
     stem = path.name.split(".", 1)[0]
     return path.parent.name, int(stem) if stem.isdigit() else 0
-
-
-def cgroup_dirs(name: str) -> list[Path]:
-    """The cgroup v1/v2 directories named `name` at the top of each mounted hierarchy."""
-    root = Path("/sys/fs/cgroup")
-    candidates = [root / name, *(p / name for p in root.iterdir() if p.is_dir())] if root.exists() else []
-    return [p for p in candidates if p.is_dir()]
-
-
-def make_cgroups(name: str) -> None:
-    """The kubelet's `cgroupRoot` in every v1 hierarchy (it must exist; cpuset needs its cpus and mems)."""
-    root = Path("/sys/fs/cgroup")
-    for hierarchy in root.iterdir():
-        if hierarchy.is_symlink() or not hierarchy.is_dir() or hierarchy.name == "unified":
-            continue
-        directory = hierarchy / name
-        directory.mkdir(exist_ok=True)
-        if hierarchy.name == "cpuset":
-            for knob in ("cpuset.cpus", "cpuset.mems"):
-                (directory / knob).write_text((hierarchy / knob).read_text())
-
-
-def sweep_stale_cgroups() -> list[str]:
-    """Remove the cgroup roots of nodes whose test process is gone (a session killed before its
-    clean-up); returns their names. Names are `kube-sft-node-<pid>-<k>`."""
-    root = Path("/sys/fs/cgroup")
-    names = (
-        {p.name for h in root.iterdir() if h.is_dir() for p in h.glob("kube-sft-node-*-*")} if root.exists() else set()
-    )
-    stale = []
-    for name in sorted(names):
-        pid = name.removeprefix("kube-sft-node-").split("-")[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            remove_cgroups(name, timeout=5)
-            stale.append(name)
-    return stale
-
-
-def remove_cgroups(name: str, timeout: float = 30) -> None:
-    """rmdir every cgroup under `name` in every hierarchy, deepest first (retrying while tasks exit)."""
-    deadline = time.monotonic() + timeout
-    for top in cgroup_dirs(name):
-        while top.exists():
-            for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                with contextlib.suppress(OSError):
-                    directory.rmdir()
-            with contextlib.suppress(OSError):
-                top.rmdir()
-            if not top.exists() or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)

@@ -1,14 +1,24 @@
-"""Shared test builders: SFTJob manifests and a running job's status (one shape for every test layer).
+"""Shared test builders: SFTJob manifests, a running job's status and tiny Llama models (one shape for
+every test layer).
 
 `sftjob(name, spec)` is the one place an SFTJob manifest is assembled; each layer keeps its own spec
 (the operator's unit tests: GPU pods on PVCs, `MANIFEST`; the integration tests: Python-script pods on
 the node agent; e2e: CPU pods running the real trainer) and builds it through here. The API version
 is written out, not imported: the tests state the public API rather than echo the code's constant.
+
+The tiny Llama: `tiny_architecture()` is the trainer config's `model.architecture` (one layer, hidden
+32), `random_model()` the whole `model:` section around it, and `tiny_llama()` a Hugging Face model of
+the same family built in the test (two layers, grouped-query attention). Each takes changes as
+keyword arguments. The megatron tests keep their own shapes (heads and groups divisible by their
+tensor-parallel sizes, matched field by field by a megatron TransformerConfig).
 """
 
 import copy
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
 
 API_VERSION = "sft.kube-sft.io/v1alpha1"
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -80,3 +90,42 @@ def running_status(job: str, nodes: int, failed_rank: int = 0, **metrics: float)
             "time": "2026-11-28T04:00:00Z",
         },
     }
+
+
+def tiny_architecture(**changes: Any) -> dict[str, Any]:
+    """The trainer config's `model.architecture` of a tiny random Llama: 1 layer, hidden 32, 2 heads
+    (2 KV heads), MLP 64, 64 positions. `changes` replace or add fields (`num_layers=2`, `vocab_size=...`)."""
+    return {
+        "hidden_size": 32,
+        "num_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+    } | changes
+
+
+def random_model(**architecture: Any) -> dict[str, Any]:
+    """The trainer config's `model:` for a randomly initialised tiny Llama with the byte tokenizer."""
+    return {"source": "random", "tokenizer": {"type": "byte"}, "architecture": tiny_architecture(**architecture)}
+
+
+def tiny_llama(seed: int = 0, **changes: Any) -> "LlamaForCausalLM":
+    """A Hugging Face Llama, randomly initialised from `seed`, in eval mode: 2 layers, hidden 32,
+    grouped-query attention (4 heads, 2 KV heads), MLP 64, vocabulary 64, 64 positions, untied head.
+    `changes` replace or add LlamaConfig fields."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    shape: dict[str, Any] = {
+        "vocab_size": 64,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+        "tie_word_embeddings": False,
+    }
+    return LlamaForCausalLM(LlamaConfig(**(shape | changes))).eval()

@@ -32,9 +32,10 @@ import pytest
 from devcluster.binaries import REPO_ROOT, MissingBinariesError, find_binaries, find_tool
 from devcluster.controlplane import ControlPlane
 from devcluster.node_agent import NodeAgent
+from devcluster.node_images import MissingNodeBinariesError, find_node_binaries, project_image_archives
 from devcluster.procs import wait_until
 from devcluster.prometheus import PrometheusServer
-from devcluster.real_node import MissingNodeBinariesError, RealNode, find_node_binaries, project_image_archives
+from devcluster.real_node import RealNode
 
 
 def _say(config: pytest.Config, line: str) -> None:

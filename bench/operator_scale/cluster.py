@@ -20,8 +20,8 @@ import yaml
 
 from bench.operator_scale.flavours import GPU, PEER, SFT, Flavour, Object
 from bench.operator_scale.floor import FLOOR_READY
-from bench.operator_scale.readings import POD_WRITES, read_env_file
-from devcluster.binaries import cache_dir
+from bench.operator_scale.readings import POD_WRITES
+from devcluster.binaries import cache_dir, read_env_file
 from devcluster.controlplane import ControlPlane
 from devcluster.procs import ManagedProcess, free_port, wait_until
 

@@ -1,4 +1,4 @@
-"""What the operator benchmark reads, parsed: versions.env pins, the API server's Prometheus text
+"""What the operator benchmark reads, parsed: the API server's Prometheus text
 (apiserver_request_total), its audit log (requests per user, pod writes with bodies), /proc stat/status. Pure."""
 
 from __future__ import annotations
@@ -7,22 +7,10 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
-from pathlib import Path
 
 from bench.operator_scale.flavours import FAIL_ANNOTATION, Object
 
 POD_WRITES = ["create", "delete", "patch", "update"]  # audited with bodies under --trace-pods
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=value lines of a versions.env file (comments and blanks skipped)."""
-    pins: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            pins[key] = value
-    return pins
 
 
 def parse_labels(text: str) -> dict[str, str]:

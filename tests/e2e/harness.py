@@ -33,14 +33,16 @@ import yaml
 from kubernetes.client import ApiException
 
 from devcluster.controlplane import ControlPlane
+from devcluster.node_images import archive_image_tags
 from devcluster.procs import wait_until
 from devcluster.prometheus import PrometheusServer
-from devcluster.real_node import RealNode, archive_image_tags
+from devcluster.real_node import RealNode
 from tests import builders
+from tests.builders import random_model
+from tests.shared_data import shared
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kube-sft"
-SHARED_DATA = REPO / ".." / "shared" / "data"
 GROUP, VERSION, PLURAL = "sft.kube-sft.io", "v1alpha1", "sftjobs"
 LABEL_JOB = f"{GROUP}/job-name"
 LABEL_RANK = f"{GROUP}/node-rank"
@@ -54,14 +56,6 @@ TRAINER_METRICS_PORT = 9400
 OPERATOR_METRICS_PORT = 8080
 
 T = TypeVar("T")
-
-
-def shared_data(relative: str) -> Path:
-    """A file of ../shared/data (relative to the repository root); fails loudly when missing."""
-    path = (SHARED_DATA / relative).resolve()
-    if not path.exists():
-        pytest.fail(f"missing shared data file {path}: the e2e scenarios need ../shared/data", pytrace=False)
-    return path
 
 
 def write_jsonl_slice(source: Path, target: Path, start: int, count: int) -> Path:
@@ -90,18 +84,7 @@ def tiny_training(
     return {
         "name": "e2e",
         "output_dir": output_dir,
-        "model": {
-            "source": "random",
-            "tokenizer": {"type": "byte"},
-            "architecture": {
-                "hidden_size": 32,
-                "num_layers": 1,
-                "num_attention_heads": 2,
-                "num_key_value_heads": 2,
-                "intermediate_size": 64,
-                "max_position_embeddings": 128,
-            },
-        },
+        "model": random_model(max_position_embeddings=128),
         "data": {"max_seq_length": 96, "add_eos": True, **data},
         "trainer": {
             "max_steps": max_steps,
@@ -133,7 +116,7 @@ def gsm8k_data() -> dict[str, Any]:
 
 def gsm8k_dir(directory: Path) -> Path:
     """Real GSM8K rows from ../shared/data: 256 for training, 16 (later rows) for validation."""
-    source = shared_data("instruct/gsm8k_train.jsonl")
+    source = shared("instruct/gsm8k_train.jsonl")
     directory.mkdir(parents=True, exist_ok=True)
     write_jsonl_slice(source, directory / "train.jsonl", 0, 256)
     write_jsonl_slice(source, directory / "val.jsonl", 7000, 16)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import System, sft_system, sftjob, shared_data, tiny_training
+from tests.e2e.harness import System, sft_system, sftjob, tiny_training
+from tests.shared_data import shared
 
 __all__ = ["sft_system"]
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.e2e
 
 def test_oasst_conversion_trains_to_succeeded(sft_system: System, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Convert the OASST trees with the CLI, mount the result, train a tiny chat model to Succeeded."""
-    trees = shared_data("chat/oasst_en_100_trees.jsonl")
+    trees = shared("chat/oasst_en_100_trees.jsonl")
     data_dir = tmp_path_factory.mktemp("chat")
     data_dir.chmod(0o755)
     sft = Path(sys.executable).parent / "sft"

@@ -391,6 +391,66 @@ def test_config_map_secret_and_volume_paths_reach_the_process(
     assert bound.status.phase == "Bound" and bound.spec.storage_class_name == "kube-sft-local"
 
 
+def test_secret_projected_and_downward_volumes_hold_their_files(
+    kube_cluster: ControlPlane, node_agent: NodeAgent, namespace: str
+) -> None:
+    """A secret volume (its Secret named by `secretName`, items renamed), a projected volume (a Secret
+    named by `name`, a ConfigMap, the downward API and a bound service-account token) and a downwardAPI
+    volume: each file where the kubelet would put it."""
+    v1 = core(kube_cluster)
+    v1.create_namespaced_config_map(namespace, {"metadata": {"name": "settings"}, "data": {"mode": "fast"}})
+    v1.create_namespaced_secret(namespace, {"metadata": {"name": "keys"}, "stringData": {"a": "alpha", "b": "beta"}})
+    script = """
+        import json, os, sys
+        def tree(root):
+            return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f)).read()
+                    for d, _, files in os.walk(root) for f in files if not f.startswith("..")}
+        out = {root: tree(root) for root in sys.argv[1:]}
+        token = out[sys.argv[2]].pop("sa/token")
+        out["token_parts"] = len(token.split("."))
+        open("/dev/termination-log", "w").write(json.dumps(out))
+    """
+    pod = make_pod(
+        "volumes",
+        script,
+        args=["/etc/secret", "/etc/projected", "/etc/podinfo"],
+        volumeMounts=[
+            {"name": "secret", "mountPath": "/etc/secret"},
+            {"name": "projected", "mountPath": "/etc/projected"},
+            {"name": "podinfo", "mountPath": "/etc/podinfo"},
+        ],
+    )
+    pod["metadata"]["labels"] = {"team": "a"}
+    pod["spec"]["volumes"] = [
+        {"name": "secret", "secret": {"secretName": "keys", "items": [{"key": "a", "path": "renamed/a.txt"}]}},
+        {
+            "name": "projected",
+            "projected": {
+                "sources": [
+                    {"secret": {"name": "keys", "items": [{"key": "b", "path": "b"}]}},
+                    {"configMap": {"name": "settings"}},
+                    {"downwardAPI": {"items": [{"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}},
+                    {"serviceAccountToken": {"path": "sa/token", "audience": "kube-sft-test"}},
+                ]
+            },
+        },
+        {
+            "name": "podinfo",
+            "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]},
+        },
+    ]
+    v1.create_namespaced_pod(namespace, pod)
+    done = wait_phase(kube_cluster, namespace, "volumes", {"Succeeded", "Failed"})
+    assert done.status.phase == "Succeeded", node_agent.logs(namespace, "volumes")
+    out = json.loads(terminated(done).message)
+    assert out == {
+        "/etc/secret": {"renamed/a.txt": "alpha"},
+        "/etc/projected": {"b": "beta", "mode": "fast", "name": "volumes"},
+        "/etc/podinfo": {"labels": 'team="a"'},
+        "token_parts": 3,
+    }
+
+
 def test_second_node_without_mount_namespaces_rewrites_paths(kube_cluster: ControlPlane, namespace: str) -> None:
     """A second node, in the fallback mode for non-root developers: mount paths are rewritten instead."""
     agent = NodeAgent(

@@ -18,8 +18,9 @@ import kubernetes
 import pytest
 
 from devcluster.controlplane import ControlPlane
+from devcluster.node_images import archive_image_tags
 from devcluster.procs import wait_until
-from devcluster.real_node import KUBELET_SYSCTLS, RealNode, archive_image_tags
+from devcluster.real_node import KUBELET_SYSCTLS, RealNode
 from tests.cluster_fixtures import running_real_node
 
 pytestmark = pytest.mark.integration

@@ -11,15 +11,7 @@ from transformers import AutoTokenizer
 
 from sft_trainer.config import TokenizerConfig
 from sft_trainer.tokenization import TokenizerError, load_tokenizer
-
-SHARED_DATA = Path(__file__).parents[2] / ".." / "shared" / "data"
-
-
-def shared(relative: str) -> str:
-    path = SHARED_DATA / relative
-    if not path.exists():
-        pytest.fail(f"required shared data file is missing: {path}")
-    return str(path)
+from tests.shared_data import shared
 
 
 def test_byte_tokenizer_round_trips_any_text(tmp_path: Path) -> None:
@@ -36,14 +28,16 @@ def test_byte_tokenizer_round_trips_any_text(tmp_path: Path) -> None:
 
 
 def test_gpt2_bpe_reuses_eos_as_pad() -> None:
-    tokenizer = load_tokenizer(TokenizerConfig(type="gpt2_bpe", path=shared("tokenizers/gpt2")))
+    tokenizer = load_tokenizer(TokenizerConfig(type="gpt2_bpe", path=str(shared("tokenizers/gpt2"))))
     assert len(tokenizer) == 50257
     assert tokenizer("Hello world", add_special_tokens=False)["input_ids"] == [15496, 995]
     assert tokenizer.pad_token_id == tokenizer.eos_token_id == 50256
 
 
 def test_sentencepiece_model_file(tmp_path: Path) -> None:
-    tokenizer = load_tokenizer(TokenizerConfig(type="sentencepiece", path=shared("models/stories260K/tok512.model")))
+    tokenizer = load_tokenizer(
+        TokenizerConfig(type="sentencepiece", path=str(shared("models/stories260K/tok512.model")))
+    )
     assert len(tokenizer) == 512 and tokenizer.pad_token_id is not None
     ids = tokenizer("Once upon a time", add_special_tokens=False)["input_ids"]
     assert tokenizer.decode(ids) == "Once upon a time"
@@ -53,7 +47,7 @@ def test_sentencepiece_model_file(tmp_path: Path) -> None:
 
 
 def test_auto_finds_the_tokenizer_beside_a_llama2c_model() -> None:
-    tokenizer = load_tokenizer(TokenizerConfig(type="auto"), shared("models/stories260K/stories260K.bin"))
+    tokenizer = load_tokenizer(TokenizerConfig(type="auto"), str(shared("models/stories260K/stories260K.bin")))
     assert len(tokenizer) == 512
 
 

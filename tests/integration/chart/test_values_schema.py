@@ -43,12 +43,16 @@ def test_helm_refuses_wrong_types_and_unknown_keys(setting: str, path: str, word
 
 
 def test_helm_accepts_the_documented_settings() -> None:
-    """What the user guide and the e2e harness set passes the schema."""
-    helm_template(
+    """What the user guide and the e2e harness set passes the schema, and reaches the rendered objects."""
+    rendered = helm_template(
         "--set", "replicaCount=3", "--set", "watchNamespaces={a,b}", "--set", "resyncSeconds=1",
         "--set", "resources.requests.cpu=10m", "--set", "metrics.serviceMonitor.enabled=true",
         "--set", "admission.hostAccessNamespaces={a}", "--set", "crds.install=false",
-    )  # fmt: skip
+    ).stdout  # fmt: skip
+    for line in ("replicas: 3", "- --namespace=a", "- --namespace=b", "- --resync-seconds=1", "cpu: 10m"):
+        assert line in rendered, line
+    assert "kind: ServiceMonitor" in rendered
+    assert "kind: CustomResourceDefinition" not in rendered
 
 
 @pytest.mark.parametrize("command", ["install", "upgrade --install"])

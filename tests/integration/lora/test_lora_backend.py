@@ -15,6 +15,7 @@ from sft_trainer.data.collate import collate
 from sft_trainer.data.types import IGNORE_INDEX, MicroBatch, Sample
 from sft_trainer.distributed import DistributedEnv
 from sft_trainer.models import load_hf, load_model
+from tests.builders import random_model
 
 VOCAB = 64
 CPU = torch.device("cpu")
@@ -25,19 +26,7 @@ def config(tmp_path: Path, targets: list[str] | None = None) -> SFTConfig:
     return SFTConfig.model_validate(
         {
             "output_dir": str(tmp_path / "run"),
-            "model": {
-                "source": "random",
-                "tokenizer": {"type": "byte"},
-                "architecture": {
-                    "hidden_size": 32,
-                    "num_layers": 2,
-                    "num_attention_heads": 4,
-                    "num_key_value_heads": 2,
-                    "intermediate_size": 64,
-                    "vocab_size": VOCAB,
-                    "max_position_embeddings": 64,
-                },
-            },
+            "model": random_model(num_layers=2, num_attention_heads=4, vocab_size=VOCAB),
             "data": {"synthetic": {"task": "arithmetic"}, "max_seq_length": 32},
             "trainer": {"precision": "fp32", "global_batch_size": 4, "micro_batch_size": 2},
             "optim": {"lr": 1e-2},

@@ -15,6 +15,7 @@ from sft_trainer.cli import app as sft_app
 from sft_trainer.cli_export import export_app
 from sft_trainer.models import load_hf
 from sft_trainer.tokenization import byte_tokenizer
+from tests.builders import tiny_llama
 from tests.unit.lora.tiny_models import logits
 
 MERGE_ATOL = 1e-5  # fp32 merged vs unmerged logits (measured: ~1e-6)
@@ -28,22 +29,8 @@ def cli() -> typer.Typer:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Hugging Face Llama base, fine-tuned with LoRA for 40 steps by the real `sft train`."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     root = tmp_path_factory.mktemp("lora-run")
-    torch.manual_seed(0)
-    vocab = len(byte_tokenizer())
-    base = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-        )
-    )
+    base = tiny_llama(vocab_size=len(byte_tokenizer()), hidden_size=64, intermediate_size=128)
     base.save_pretrained(root / "base")
     config = {
         "name": "lora-test",

@@ -20,12 +20,11 @@ from sft_trainer.data.converters import convert_oasst
 from sft_trainer.distributed import DistributedEnv
 from sft_trainer.generate import prompt_format, prompt_token_ids
 from sft_trainer.run import run_training
-from tests.unit.data.conftest import require
+from tests.shared_data import SHARED_DATA, require
 from tests.unit.data.test_chat_generation import answer_prompts_match
 
-SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data"
-MODEL = SHARED / "models" / "stories260K" / "stories260K.bin"
-TEMPLATE = SHARED / "chat_templates" / "Qwen-Qwen2.5-7B-Instruct.jinja"
+MODEL = SHARED_DATA / "models" / "stories260K" / "stories260K.bin"
+TEMPLATE = SHARED_DATA / "chat_templates" / "Qwen-Qwen2.5-7B-Instruct.jinja"
 
 
 def train(tmp_path: Path, data: dict[str, Any]) -> tuple[Path, float | None]:
@@ -65,7 +64,7 @@ def generate(final: Path, *extra: str) -> str:
 
 def test_nemo_chat_final_carries_its_template_and_defaults(tmp_path: Path) -> None:
     require(MODEL)
-    groups, _ = convert_oasst(str(SHARED / "chat" / "oasst_en_100_trees.jsonl"), split=0.9, seed=10)
+    groups, _ = convert_oasst(str(SHARED_DATA / "chat" / "oasst_en_100_trees.jsonl"), split=0.9, seed=10)
     rows = groups["train"][:8]
     train_file = tmp_path / "oasst.jsonl"
     train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -5,6 +5,7 @@ exact match on the GSM8K answers; as the run's `evaluation` step its result land
 import json
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import yaml
 from typer.testing import CliRunner
@@ -13,11 +14,11 @@ from sft_trainer.cli import app
 from sft_trainer.config import load_config
 from sft_trainer.distributed import DistributedEnv
 from sft_trainer.run import run_training
-from tests.unit.data.conftest import require
+from tests.builders import random_model
+from tests.shared_data import SHARED_DATA, require
 
-SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data"
-MODEL = SHARED / "models" / "stories260K" / "stories260K.bin"
-GSM8K = SHARED / "instruct" / "gsm8k_train.jsonl"
+MODEL = SHARED_DATA / "models" / "stories260K" / "stories260K.bin"
+GSM8K = SHARED_DATA / "instruct" / "gsm8k_train.jsonl"
 FINAL = r"####\s*(.+)"
 
 
@@ -91,27 +92,35 @@ def test_sft_eval_reproduces_the_logged_validation_loss_and_scores_gsm8k(tmp_pat
     assert result.exit_code == 11 and f"{bad}:1" in result.output
 
 
-def test_the_evaluation_step_of_a_synthetic_task_uses_its_held_out_file(tmp_path: Path) -> None:
+def synthetic_run(tmp_path: Path, train: int, validation: int, steps: int, evaluation: dict[str, Any]) -> Path:
+    """The config file of a tiny fp32 run on the synthetic task, validated and saved at its last step,
+    with `evaluation`; its output in tmp_path/run."""
     config = {
-        "model": {
-            "source": "random",
-            "tokenizer": {"type": "byte"},
-            "architecture": {"hidden_size": 32, "num_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2},
+        "model": random_model(max_position_embeddings=2048),  # data.max_seq_length: the default 2048
+        "data": {
+            "synthetic": {"train_examples": train, "validation_examples": validation},
+            "prompt_template": "{input}{output}",
         },
-        "data": {"synthetic": {"train_examples": 64, "validation_examples": 12}, "prompt_template": "{input}{output}"},
         "trainer": {
-            "max_steps": 4,
+            "max_steps": steps,
             "global_batch_size": 8,
-            "val_check_interval": 4,
-            "save_interval": 4,
+            "val_check_interval": steps,
+            "save_interval": steps,
             "precision": "fp32",
         },
         "logging": {"progress": "none"},
-        "evaluation": {"max_examples": 12, "max_new_tokens": 4},
+        "evaluation": evaluation,
         "output_dir": str(tmp_path / "run"),
     }
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_the_evaluation_step_of_a_synthetic_task_uses_its_held_out_file(tmp_path: Path) -> None:
+    path = synthetic_run(
+        tmp_path, train=64, validation=12, steps=4, evaluation={"max_examples": 12, "max_new_tokens": 4}
+    )
     summary = run_training(load_config(path), DistributedEnv())
     assert summary.exit_code == 0 and summary.eval_metrics is not None, summary.message
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
@@ -121,26 +130,9 @@ def test_the_evaluation_step_of_a_synthetic_task_uses_its_held_out_file(tmp_path
 
 
 def test_a_failing_evaluation_keeps_the_trained_model_and_the_success(tmp_path: Path) -> None:
-    config = {
-        "model": {
-            "source": "random",
-            "tokenizer": {"type": "byte"},
-            "architecture": {"hidden_size": 32, "num_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2},
-        },
-        "data": {"synthetic": {"train_examples": 32, "validation_examples": 4}, "prompt_template": "{input}{output}"},
-        "trainer": {
-            "max_steps": 1,
-            "global_batch_size": 8,
-            "val_check_interval": 1,
-            "save_interval": 1,
-            "precision": "fp32",
-        },
-        "logging": {"progress": "none"},
-        "evaluation": {"file": str(tmp_path / "missing.jsonl")},
-        "output_dir": str(tmp_path / "run"),
-    }
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = synthetic_run(
+        tmp_path, train=32, validation=4, steps=1, evaluation={"file": str(tmp_path / "missing.jsonl")}
+    )
     summary = run_training(load_config(path), DistributedEnv())
     assert summary.exit_code == 0 and summary.eval_metrics is None
     assert "evaluation failed" in summary.message and "missing.jsonl" in summary.message

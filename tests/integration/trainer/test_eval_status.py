@@ -8,7 +8,6 @@ evaluates `final/` on the held-out rows and reports; the status then holds `eval
 """
 
 import json
-from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 from urllib.parse import urlparse
@@ -18,30 +17,15 @@ import pytest
 import yaml
 
 from devcluster.controlplane import ControlPlane
-from devcluster.procs import wait_until
 from sft_operator.api import GROUP, PLURAL, VERSION
 from sft_trainer.config import load_config
 from sft_trainer.distributed import DistributedEnv
 from sft_trainer.run import run_training
-from tests.unit.data.conftest import require
+from tests.shared_data import SHARED_DATA, require
 
 ROOT = Path(__file__).resolve().parents[3]
-SHARED = ROOT.parent / "shared" / "data"
-MODEL = SHARED / "models" / "stories260K" / "stories260K.bin"
-GSM8K = SHARED / "instruct" / "gsm8k_train.jsonl"
-
-
-@pytest.fixture
-def crd_installed(kube_cluster: ControlPlane) -> Iterator[None]:
-    kube_cluster.kubectl("apply", "-f", str(ROOT / "crds" / "sftjob.yaml"))
-    ext = kubernetes.client.ApiextensionsV1Api(kube_cluster.client)
-
-    def established() -> bool:
-        crd = ext.read_custom_resource_definition(f"{PLURAL}.{GROUP}")
-        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
-
-    wait_until(established, 30, "the SFTJob CRD to be Established")
-    yield
+MODEL = SHARED_DATA / "models" / "stories260K" / "stories260K.bin"
+GSM8K = SHARED_DATA / "instruct" / "gsm8k_train.jsonl"
 
 
 def trainer_identity(cluster: ControlPlane, namespace: str, job: str, directory: Path) -> Path:
@@ -64,7 +48,7 @@ def trainer_identity(cluster: ControlPlane, namespace: str, job: str, directory:
 
 
 def test_the_evaluation_step_reaches_the_sftjob_status(
-    kube_cluster: ControlPlane, namespace: str, crd_installed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kube_cluster: ControlPlane, namespace: str, sftjob_crd: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     require(MODEL, GSM8K)
     with GSM8K.open() as handle:

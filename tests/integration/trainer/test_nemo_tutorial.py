@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.data.conftest import require
+from tests.shared_data import require
 
 ROOT = Path(__file__).resolve().parents[3]
 SHARED = ROOT.parent / "shared"

@@ -24,21 +24,11 @@ from sft_trainer.contract import ExitCode
 from sft_trainer.distributed import DistributedEnv
 from sft_trainer.report import RunSummary
 from sft_trainer.run import run_training
+from tests.builders import random_model
 
 TINY: dict[str, Any] = {
     "name": "tiny",
-    "model": {
-        "source": "random",
-        "tokenizer": {"type": "byte"},
-        "architecture": {
-            "hidden_size": 32,
-            "num_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "intermediate_size": 64,
-            "max_position_embeddings": 64,
-        },
-    },
+    "model": random_model(),
     "data": {
         "synthetic": {"train_examples": 120, "validation_examples": 8},
         "prompt_template": "{input}{output}",

@@ -13,9 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from sft_trainer.config import DataConfig, TokenizerConfig
 from sft_trainer.data.types import IGNORE_INDEX, Sample
 from sft_trainer.tokenization import load_tokenizer
-
-REPO = Path(__file__).parents[3]
-SHARED_DATA = REPO / ".." / "shared" / "data"
+from tests.shared_data import shared
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -32,14 +30,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         uses_fixture = {"gpt2_tok", "template_toks"} & set(getattr(item, "fixturenames", ()))
         if function is not None and (uses_fixture or "shared(" in inspect.getsource(function)):
             item.add_marker(pytest.mark.shared_data)
-
-
-def shared(relative: str) -> Path:
-    """A file of ../shared/data; fails (never skips) when it is missing."""
-    path = SHARED_DATA / relative
-    if not path.exists():
-        pytest.fail(f"required shared data file is missing: {path} (CI must check out ../shared beside the repo)")
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -78,10 +68,3 @@ def sample_segments(tokenizer: Any, sample: Sample) -> list[str]:
     targets = np.zeros(len(sample.input_ids), dtype=bool)
     targets[1:] = sample.labels[:-1] != IGNORE_INDEX
     return trained_segments(tokenizer, sample.input_ids, targets)
-
-
-def require(*paths: Path) -> None:
-    """Fail (never skip) when a file of ../shared/data a test reads is missing."""
-    for path in paths:
-        if not path.exists():
-            pytest.fail(f"required shared data file is missing: {path} (CI must check out ../shared beside the repo)")

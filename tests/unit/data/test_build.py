@@ -14,7 +14,7 @@ from sft_trainer.config import SFTConfig, SyntheticTaskConfig
 from sft_trainer.data import build_datasets, collate, prompt_for_generation, synthetic_rows
 from sft_trainer.data.jsonl import write_jsonl
 from sft_trainer.data.types import IGNORE_INDEX
-from tests.unit.data.conftest import shared
+from tests.shared_data import shared
 
 
 def run_config(tmp_path: Path, **data: Any) -> SFTConfig:

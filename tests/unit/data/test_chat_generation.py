@@ -21,7 +21,8 @@ from sft_trainer.data.nemo_chat import encode_nemo_chat, nemo_chat_jinja, parse_
 from sft_trainer.data.prompt_response import EncodeCounts
 from sft_trainer.generate import prompt_token_ids, read_history
 from sft_trainer.tokenization import load_tokenizer
-from tests.unit.data.conftest import data_config, shared
+from tests.shared_data import shared
+from tests.unit.data.conftest import data_config
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 
 from sft_trainer.data.converters import SYSTEM_PROMPT, convert_dolly, convert_dolly_row, convert_oasst, encode_labels
 from sft_trainer.data.errors import BadRows, DataError
-from tests.unit.data.conftest import shared
+from tests.shared_data import shared
 
 DOLLY = [
     {

@@ -8,7 +8,8 @@ import pytest
 from sft_trainer.data.errors import DataError
 from sft_trainer.data.hf_chat import encode_hf_chat, hf_chat_prompt
 from sft_trainer.data.prompt_response import EncodeCounts
-from tests.unit.data.conftest import data_config, shared, trained_segments
+from tests.shared_data import shared
+from tests.unit.data.conftest import data_config, trained_segments
 
 MESSAGES = [
     {"role": "user", "content": "Hi there"},

@@ -14,7 +14,8 @@ from sft_trainer.data.converters import convert_oasst
 from sft_trainer.data.errors import DataError
 from sft_trainer.data.nemo_chat import encode_nemo_chat, nemo_chat_prompt, parse_conversation, render
 from sft_trainer.data.prompt_response import EncodeCounts
-from tests.unit.data.conftest import data_config, shared, trained_segments
+from tests.shared_data import shared
+from tests.unit.data.conftest import data_config, trained_segments
 
 TURNS = [
     {"from": "User", "value": "hi", "label": None},

@@ -10,6 +10,7 @@ from sft_trainer.data.collate import collate
 from sft_trainer.data.dataset import ExampleDataset, PackedDataset, store_from_examples
 from sft_trainer.data.packing import bins_to_arrays, pack
 from sft_trainer.data.types import IGNORE_INDEX
+from tests.builders import tiny_llama
 
 
 @pytest.mark.parametrize("algorithm", ["first_fit_decreasing", "first_fit_shuffle"])
@@ -95,21 +96,9 @@ def test_block_causal_mask() -> None:
 
 def test_packed_batch_gives_the_same_loss_as_unpacked() -> None:
     torch = pytest.importorskip("torch")
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from sft_trainer.data.attention import block_causal_mask
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = tiny_llama()
     model.config._attn_implementation = "eager"
     store = store_from_examples(_examples())
     order, offsets = bins_to_arrays(pack(store.lengths, 16, "first_fit_shuffle", seed=0))

@@ -14,7 +14,8 @@ from devcluster.cluster_dns import (
     split_cluster_name,
 )
 from devcluster.dev_cluster import demo_job, metrics_targets
-from devcluster.real_node import cni_config, parse_cri_log
+from devcluster.node_config import cni_config
+from devcluster.real_node import parse_cri_log
 from sft_operator.api.models import SFTJob
 
 

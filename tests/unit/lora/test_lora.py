@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from sft_trainer import lora
 from sft_trainer.config.schema import LoraConfig
-from tests.unit.lora.tiny_models import logits, randomise_adapters, tiny_gpt2, tiny_llama, token_batch
+from tests.builders import tiny_llama
+from tests.unit.lora.tiny_models import logits, randomise_adapters, tiny_gpt2, token_batch
 
 # Merging adds B @ A * alpha / r into W: the same math in another order, so fp32 logits move by
 # rounding only. Measured max |diff| on these models: about 5e-7 (Llama) and 1e-6 (GPT-2).

@@ -1,25 +1,11 @@
-"""Tiny randomly initialised Hugging Face models for the LoRA tests (no downloads, CPU, float32)."""
+"""Tiny randomly initialised Hugging Face models for the LoRA tests (no downloads, CPU, float32).
+
+The tiny Llama is tests/builders.py's `tiny_llama`; GPT-2 (a second family for the LoRA targets) is here."""
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
-VOCAB = 64
-
-
-def tiny_llama(seed: int = 0, tie_word_embeddings: bool = False) -> LlamaForCausalLM:
-    """Two layers, hidden 32, grouped-query attention (4 heads, 2 KV heads)."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=tie_word_embeddings,
-    )
-    return LlamaForCausalLM(config).eval()
+VOCAB = 64  # tests/builders.tiny_llama's vocabulary too
 
 
 def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:

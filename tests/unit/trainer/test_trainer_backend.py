@@ -13,6 +13,7 @@ from sft_trainer.data import collate
 from sft_trainer.data.types import IGNORE_INDEX, Sample
 from sft_trainer.distributed import DistributedEnv
 from sft_trainer.models import random_llama
+from tests.builders import random_model
 
 VOCAB = 64
 
@@ -20,18 +21,7 @@ VOCAB = 64
 def config(**trainer: object) -> SFTConfig:
     return SFTConfig.model_validate(
         {
-            "model": {
-                "source": "random",
-                "tokenizer": {"type": "byte"},
-                "architecture": {
-                    "hidden_size": 32,
-                    "num_layers": 2,
-                    "num_attention_heads": 4,
-                    "num_key_value_heads": 2,
-                    "intermediate_size": 64,
-                    "max_position_embeddings": 64,
-                },
-            },
+            "model": random_model(num_layers=2, num_attention_heads=4),
             "data": {"synthetic": {}, "max_seq_length": 32},
             "trainer": {"precision": "fp32", "global_batch_size": 8, "micro_batch_size": 1, **trainer},
             "optim": {"lr": 1e-2},

@@ -6,6 +6,7 @@ from sft_trainer.config import ArchitectureConfig, DataConfig
 from sft_trainer.generate import GenerationSettings, cut_at_stop, generate, left_pad, prompt_token_ids
 from sft_trainer.models import random_llama
 from sft_trainer.tokenization import byte_tokenizer
+from tests.builders import tiny_architecture
 
 
 def test_cut_at_stop_takes_the_earliest() -> None:
@@ -30,7 +31,7 @@ def test_prompt_ids_follow_the_training_template() -> None:
 def test_batched_greedy_equals_one_at_a_time() -> None:
     tokenizer = byte_tokenizer()
     model = random_llama(
-        ArchitectureConfig(hidden_size=32, num_layers=1, num_attention_heads=2, num_key_value_heads=2),
+        ArchitectureConfig(**tiny_architecture()),
         len(tokenizer),
         0,
     )

@@ -13,13 +13,12 @@ from sft_trainer.config import ArchitectureConfig, ModelConfig, TokenizerConfig
 from sft_trainer.generate import GenerationSettings, generate
 from sft_trainer.models import load_hf, load_llama2c, load_model, random_llama
 from sft_trainer.tokenization import byte_tokenizer, load_tokenizer
+from tests.builders import tiny_architecture
+from tests.shared_data import SHARED_DATA
 
-SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data"
-STORIES = SHARED / "models" / "stories260K"
-GPT2_TOKENIZER = SHARED / "tokenizers" / "gpt2"
-TINY = ArchitectureConfig(
-    hidden_size=32, num_layers=1, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64
-)
+STORIES = SHARED_DATA / "models" / "stories260K"
+GPT2_TOKENIZER = SHARED_DATA / "tokenizers" / "gpt2"
+TINY = ArchitectureConfig(**tiny_architecture(num_key_value_heads=1))
 
 
 def test_llama2c_import_reproduces_the_documented_story() -> None:
