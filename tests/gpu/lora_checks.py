@@ -248,18 +248,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in result.items() if k != "losses"}, default=str)[:4000])
         return 0 if result["ok"] else 1
     try:
-        result = run_lora_layout(args.tp, args.pp, args.steps, args.save_at, args.load, args.save)
-    except Exception:
-        import traceback
+        try:
+            result = run_lora_layout(args.tp, args.pp, args.steps, args.save_at, args.load, args.save)
+        except Exception:
+            import traceback
 
-        Path(f"{args.out}.rank{os.environ.get('RANK', '0')}.err").write_text(traceback.format_exc())
-        raise
-    if torch.distributed.get_rank() == 0:
-        result["device"] = device_name()
-        Path(args.out).write_text(json.dumps(result, indent=1))
-        print(json.dumps({k: v for k, v in result.items() if k != "losses"}), result["losses"][0], result["losses"][-1])
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+            Path(f"{args.out}.rank{os.environ.get('RANK', '0')}.err").write_text(traceback.format_exc())
+            raise
+        if torch.distributed.get_rank() == 0:
+            result["device"] = device_name()
+            Path(args.out).write_text(json.dumps(result, indent=1))
+            print(
+                json.dumps({k: v for k, v in result.items() if k != "losses"}),
+                result["losses"][0],
+                result["losses"][-1],
+            )
+        torch.distributed.barrier()
+    finally:
+        if torch.distributed.is_initialized():  # on every exit: no gloo/NCCL thread left at exit
+            torch.distributed.destroy_process_group()
     return 0
 
 
