@@ -524,7 +524,10 @@ class Soak:
         try:
             self.agent.kill(self.real.namespace, rank1[0].name, signal.SIGKILL)
         except (LookupError, IndexError) as error:
-            self.real_kill_waiting = f"the node agent could not kill rank 1: {error}"
+            reason = f"the node agent could not kill rank 1: {error}"
+            if reason != self.real_kill_waiting:
+                self.log(f"[soak {self.seed}] real trainer: waiting to kill rank 1: {reason}")
+            self.real_kill_waiting = reason
             return False
         time.sleep(1.0)  # what rank 0 wrote by now is the work at risk
         self.real_killed_at = max(metric_steps(self.real_metrics()), default=0)
