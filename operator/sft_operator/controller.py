@@ -129,7 +129,7 @@ class Controller:
         self._reported: dict[str, None] = {}  # foreign pod uids already reported in an Event (ordered, bounded)
         self._leading = False
         handover = handover_seconds(settings.resync_seconds, settings.peering_lifetime)
-        self.leadership = Leadership(settings.identity, settings.priority, handover)
+        self.leadership = Leadership(settings.identity, settings.priority, handover, settings.peering_lifetime)
         self._relisted = float("-inf")
         self.synced = threading.Event()  # the store holds a full list: workers may decide from it
         self.last_resync = time.monotonic()

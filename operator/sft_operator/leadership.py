@@ -52,17 +52,29 @@ def handover_seconds(resync_seconds: float, peering_lifetime: float) -> float:
 
 class Leadership:
     """One replica's view of who leads, kept between resyncs: since when it is active by the peering
-    rule (it acts once that has lasted `handover_seconds`; see `may_lead`)."""
+    rule (it acts once that has lasted `handover_seconds`; see `may_lead`), and when it last read the
+    peering record."""
 
-    def __init__(self, identity: str, priority: int, handover_seconds: float) -> None:
+    def __init__(self, identity: str, priority: int, handover_seconds: float, peering_lifetime: float) -> None:
         self.identity = identity
         self.priority = priority
         self.handover_seconds = handover_seconds
+        self.peering_lifetime = peering_lifetime
         self.active_since: float | None = None  # monotonic
+        self.last_read: float | None = None  # monotonic: the last peering record it was given
 
     def leads(self, peers: Object | None, wall: datetime, now: float) -> bool:
         """Whether this replica may act now, given kopf's peering record (`peers`: identity -> its
-        priority, lastseen, lifetime), the wall clock and the monotonic clock."""
+        priority, lastseen, lifetime), the wall clock and the monotonic clock.
+
+        Reads further apart than the peering lifetime (an API outage, a stalled process) restart the
+        hand-over: a whole life of another replica's record may lie in the gap, so being active on
+        both sides of it proves nothing (a standby that read itself active just before an outage
+        would otherwise act at once after it, beside the leader whose record the outage let expire).
+        """
+        if self.last_read is not None and now - self.last_read > self.peering_lifetime:
+            self.active_since = None
+        self.last_read = now
         if not is_active(peers, self.identity, self.priority, wall):
             self.active_since = None
         elif self.active_since is None:

@@ -51,7 +51,7 @@ def acting_times(joined: float) -> tuple[list[float], list[float]]:
     from then on. Each replica asks `leads()` at its own resyncs and acts until its next one. Returns the
     times at which each one's answer was yes."""
     handover = handover_seconds(RESYNC, 20)
-    old, new = Leadership("old", 5, handover), Leadership("new", 9, handover)
+    old, new = Leadership("old", 5, handover, 20), Leadership("new", 9, handover, 20)
 
     def record(at: float) -> dict:
         wall = NOW + timedelta(seconds=at)
@@ -79,14 +79,14 @@ def test_a_newcomer_between_two_resyncs_waits_until_the_leader_has_paused(joined
 
 
 def test_a_replica_alone_acts_after_the_hand_over_and_one_outranked_stops_at_once() -> None:
-    handover = handover_seconds(RESYNC, 20)
-    alone = Leadership("me", 5, handover)
-    assert not alone.leads({"me": peer(5, 0), "dead": peer(9, 30)}, NOW, 0.0)  # the dead leader's record: expired
-    assert alone.leads({"me": peer(5, 0), "dead": peer(9, 30)}, NOW, handover)
-    assert not alone.leads({"me": peer(5, 0), "other": peer(9, 0)}, NOW, handover + 1)
+    handover = handover_seconds(RESYNC, 20)  # 21 s; reads every RESYNC
+    alone = Leadership("me", 5, handover, 20)
+    dead_leader = {"me": peer(5, 0), "dead": peer(9, 30)}  # the dead leader's record: expired
+    assert [alone.leads(dead_leader, NOW, at) for at in (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)] == [False] * 5 + [True]
+    assert not alone.leads({"me": peer(5, 0), "other": peer(9, 0)}, NOW, 26.0)
     # Active again later, beside a live (outranked) replica: it waits again.
-    assert not alone.leads({"me": peer(5, 0), "other": peer(3, 0)}, NOW, handover + 2)
-    assert alone.leads({"me": peer(5, 0), "other": peer(3, 0)}, NOW, 2 * handover + 2)
+    standby = {"me": peer(5, 0), "other": peer(3, 0)}
+    assert [alone.leads(standby, NOW, at) for at in (27.0, 32.0, 37.0, 42.0, 47.0, 48.0)] == [False] * 5 + [True]
 
 
 LIFETIME = 8  # the test operators' --peering-lifetime
@@ -97,7 +97,7 @@ def test_after_an_outage_a_standby_that_sees_the_leader_expired_never_acts_besid
     standby reads the live leader's record as expired. It must not act before the leader's next renewal
     (kopf renews within the lifetime) shows it alive again. Before the fix, a replica that saw no live
     peer acted at once, and both replicas created the same gangs (the fault soak, seed 1)."""
-    standby = Leadership("standby", 5, handover_seconds(RESYNC, LIFETIME))
+    standby = Leadership("standby", 5, handover_seconds(RESYNC, LIFETIME), LIFETIME)
     assert not standby.leads({"leader": peer(9, 0, LIFETIME), "standby": peer(5, 0, LIFETIME)}, NOW, 0.0)
     back = 12.0  # the API server answers again; the last renewals are 12 s old
     renewed = back + LIFETIME - 1  # the leader's keep-alive comes within its lifetime
@@ -109,3 +109,30 @@ def test_after_an_outage_a_standby_that_sees_the_leader_expired_never_acts_besid
         wall = NOW + timedelta(seconds=at)
         fresh = {"leader": {**peer(9, 0, LIFETIME), "lastseen": wall.isoformat()}, "standby": peer(5, 0, LIFETIME)}
         assert not standby.leads(fresh, wall, at)
+
+
+def test_active_on_both_sides_of_an_outage_is_not_active_throughout() -> None:
+    """The soak's seed 1 (session 6): replica 0 started first and read itself alone (the leader's record
+    not written yet), then the API server went down for 17 s. Right after, the leader's record looked
+    expired and replica 0, "active" since before the outage, acted at once beside the leader. A gap
+    between reads longer than the lifetime restarts the hand-over."""
+    resync = 1.0
+    first = Leadership("first", 5, handover_seconds(resync, LIFETIME), LIFETIME)
+    alone = {"first": peer(5, 0, LIFETIME)}
+    assert not first.leads(alone, NOW, 0.0)
+    assert not first.leads(alone, NOW + timedelta(seconds=1), 1.0)
+    after = NOW + timedelta(seconds=19)  # reads failed from 2 s to 18 s; the leader renewed last at 2 s
+    stale = {
+        "first": peer(5, 0, LIFETIME),
+        "leader": {**peer(9, 0, LIFETIME), "lastseen": (NOW + timedelta(seconds=2)).isoformat()},
+    }
+    assert not first.leads({**stale, "first": {**peer(5, 0, LIFETIME), "lastseen": after.isoformat()}}, after, 19.0)
+
+
+def test_a_leader_keeps_leading_through_a_read_gap_shorter_than_the_lifetime() -> None:
+    leader = Leadership("leader", 9, handover_seconds(1.0, LIFETIME), LIFETIME)
+    for at in range(12):  # 1 s resyncs: leads from the hand-over (9 s) on
+        leader.leads({"leader": peer(9, 0, LIFETIME)}, NOW, float(at))
+    assert leader.leads({"leader": peer(9, 0, LIFETIME)}, NOW, 11.0)
+    assert leader.leads({"leader": peer(9, 0, LIFETIME)}, NOW, 18.0)  # 7 s without a read: < the lifetime
+    assert not leader.leads({"leader": peer(9, 0, LIFETIME)}, NOW, 27.0)  # 9 s: a life may lie in it
