@@ -47,7 +47,7 @@ from bench.train_throughput.trl_peer import TRL_MODES, worker_trl
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stages", default="s1,s1t,s1b,s1r,s2,s3,s4,s5")
+    parser.add_argument("--stages", default="s1,s1f,s1t,s1v,s1b,s1r,s2,s3,s4,s5")
     parser.add_argument("--mbs-1b", default="4,8")
     parser.add_argument("--mbs-8b", default="1,2")
     parser.add_argument("--steps", type=int, default=8)
@@ -106,6 +106,7 @@ def worker_main(argv: Sequence[str]) -> None:
         "--full-head", action="store_true", help="ours: full LM head + TE cross-entropy (no chunked loss)"
     )
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16"], help="torch backend")
+    parser.add_argument("--data-parallel", default="ddp", choices=["ddp", "fsdp2"], help="torch backend")
     parser.add_argument("--packing", action=argparse.BooleanOptionalAction, default=False, help="lora: pack rows")
     parser.add_argument("--trl-mode", default="padded", choices=sorted(TRL_MODES))
     parser.add_argument("--batch", default="8")

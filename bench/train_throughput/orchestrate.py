@@ -53,6 +53,9 @@ def wait_all(procs: list[tuple[str, subprocess.Popen[bytes]]], timeout: float) -
 Job = tuple[str, list[str], int]  # worker name, worker arguments, GPUs
 
 
+OP_FUSER = '{"use_transformer_engine_op_fuser": true}'
+
+
 def stage_plan(
     mbs_1b: str, steps: int, warmup: int, gpus: int, card_gib: float, mbs_8b: str = "1,2"
 ) -> dict[str, list[Job]]:
@@ -78,10 +81,15 @@ def stage_plan(
     trl_best = ["trl", "--model", "llama-1b", "--steps", str(min(steps, 6)), "--warmup", str(min(warmup, 2))]
     torch_1b = ["torch", "--model", "llama-1b", "--rows-per-gpu", "16", *common]
     return {
-        "s1": [  # llama-1b on one GPU: ours (bf16, FP8, and the full-head reference) and TRL at its best
-            ("ours-1b-1gpu", [*ours_1b, "--profile"], 1),
-            ("trl-best", [*trl_best, "--trl-mode", "best", "--batch", "4,8,16,32"], 1),
-            ("ours-1b-1gpu-fp8", [*ours_1b, "--fp8", "hybrid"], 1),
+        "s1": [  # llama-1b on one GPU, 32k tokens a micro-batch: ours (megatron bf16 / FP8, torch) and TRL at its best
+            ("ours-1b-1gpu", [*ours_1b, "--mbs", "8", "--profile"], 1),
+            ("ours-1b-1gpu-opfuser", [*ours_1b, "--mbs", "8", "--overrides", OP_FUSER], 1),
+            ("ours-1b-1gpu-fp8", [*ours_1b, "--mbs", "8", "--fp8", "hybrid"], 1),
+            ("ours-1b-1gpu-fp8-delayed", [*ours_1b, "--mbs", "8", "--fp8", "hybrid", "--fp8-recipe", "delayed"], 1),
+            ("torch-1b-1gpu-fsdp2", [*torch_1b, "--mbs", "8", "--data-parallel", "fsdp2"], 1),
+            ("trl-best", [*trl_best, "--trl-mode", "best", "--batch", "8,16,32"], 1),
+        ],
+        "s1f": [  # the head before issue 18 (full logits + TE cross-entropy), at 16k and 32k tokens a micro-batch
             ("ours-1b-1gpu-fullhead", [*ours_1b, "--full-head"], 1),
         ],
         "s1r": [  # the peer's other configurations, references (padded: slowest; wrapped: crosses examples)
@@ -89,9 +97,14 @@ def stage_plan(
             ("trl-wrapped", [*trl, "--trl-mode", "wrapped", "--batch", "8"], 1),
             ("trl-padded", [*trl, "--trl-mode", "padded", "--batch", "16"], 1),
         ],
-        "s1t": [  # the torch backend on the GPU: bf16 autocast at several micro-batches, fp16 + GradScaler once
-            ("torch-1b-1gpu-bf16", [*torch_1b, "--mbs", "1,2,4"], 1),
-            ("torch-1b-1gpu-fp16", [*torch_1b, "--mbs", "2", "--precision", "fp16"], 1),
+        "s1t": [  # the torch backend on the GPU (Liger's kernels when installed): FSDP2 bf16 compute, autocast
+            ("torch-1b-1gpu-fsdp2", [*torch_1b, "--mbs", "2,4,8", "--data-parallel", "fsdp2"], 1),
+            ("torch-1b-1gpu-bf16", [*torch_1b, "--mbs", "4"], 1),
+        ],
+        "s1t16": [("torch-1b-1gpu-fp16", [*torch_1b, "--mbs", "2", "--precision", "fp16"], 1)],
+        "s1v": [  # megatron variants at 8 rows a micro-batch: TE's op fuser (fused MLP) with FP8, other FP8 recipes
+            ("ours-1b-fp8-opfuser", [*ours_1b, "--mbs", "8", "--fp8", "hybrid", "--overrides", OP_FUSER], 1),
+            ("ours-1b-fp8-blockwise", [*ours_1b, "--mbs", "8", "--fp8", "hybrid", "--fp8-recipe", "blockwise"], 1),
         ],
         "s1b": [
             ("ours-1b-1gpu-gaf", [*ours_1b, "--gaf"], 1),

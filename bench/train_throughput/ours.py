@@ -228,6 +228,7 @@ def worker_torch(args: argparse.Namespace) -> dict[str, Any]:
             backend="torch", run=f"{args.name}",
         )  # fmt: skip
         config.trainer.precision = args.precision
+        config.parallelism.data_parallel = args.data_parallel
         return config
 
     base = config_for(mbs_list[0])
@@ -253,6 +254,7 @@ def worker_torch(args: argparse.Namespace) -> dict[str, Any]:
         result["hfu"] = hardware_mfu(result["mfu"], args.model, flops, lengths, chunked=backend.chunked_head)
         result.update(mbs=mbs, tokens_per_micro_batch=mbs * SEQ, peak_mem_gb=peak_memory_gb())
         result["grad_scaler"] = bool(backend.scaler.is_enabled())
+        result.update(liger=backend.liger, fsdp2_compute=str(backend.compute_dtype) if backend.compute_dtype else None)
         runs.append(result)
         print(f"[{args.name}] mbs {mbs}: {json.dumps(result)}", flush=True)
     return {
@@ -261,8 +263,10 @@ def worker_torch(args: argparse.Namespace) -> dict[str, Any]:
         "gpus": 1,
         "precision": args.precision,
         "configuration": (
-            f"torch backend, Hugging Face Llama, fp32 master weights + {args.precision} autocast"
-            f"{' + GradScaler' if backend.scaler.is_enabled() else ''}, packed rows, "
+            f"torch backend, Hugging Face Llama, fp32 master weights + "
+            f"{'FSDP2 bf16 compute weights' if backend.compute_dtype else args.precision + ' autocast'}"
+            f"{' + GradScaler' if backend.scaler.is_enabled() else ''}, "
+            f"{'Liger RMSNorm/RoPE/SwiGLU, ' if backend.liger else ''}packed rows, "
             f"{'flex attention (block-causal per example)' if backend.flex else 'dense 4-D mask'}, "
             f"{'loss-positions-only chunked LM head' if backend.chunked_head else 'full LM head'}, fused AdamW"
         ),

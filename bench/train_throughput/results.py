@@ -131,7 +131,7 @@ def evaluate_goals(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
     ours_1 = _best_of(rows, lambda r: named("ours-1b-1gpu")(r) and "fp8" not in str(r["config"]))
     ours_fp8 = _best_of(rows, named("ours-1b-1gpu-fp8"))
-    torch_1 = _best_of(rows, named("torch-1b-1gpu-bf16"))
+    torch_1 = _best_of(rows, lambda r: named("torch-1b-1gpu")(r) and "fp16" not in str(r["config"]))
     plain_1 = _best_of(rows, named("ours-1b-1gpu mbs"))  # no tuning variant: the same code as the DP runs
     ours_2 = _best_of(rows, named("ours-1b-dp2"))
     ours_4 = _best_of(rows, named("ours-1b-dp4"))

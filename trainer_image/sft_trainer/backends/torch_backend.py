@@ -2,8 +2,14 @@
 
 Precision: on CUDA, `bf16` and `fp16` run the forward pass under `torch.autocast` with float32
 master weights and optimizer state (fp16 adds a dynamic `GradScaler`); `fp32` runs in float32.
+With `parallelism.data_parallel: fsdp2` and `bf16` on CUDA the model computes in bf16 instead:
+FSDP2's mixed-precision policy gathers bf16 copies of the float32 master weights and reduces the
+gradients in float32 (no autocast, a bf16 residual stream; a single GPU joins a group of one).
 On the CPU every precision computes in float32 (CPU autocast is slow and gains nothing for the
 small models trained there), so CPU losses are exact and reproducible.
+
+On CUDA, when the optional `liger-kernel` package (extra `gpu`) is installed and supports the
+model type, its Triton RMSNorm, RoPE and SwiGLU replace the model's own (`use_liger_kernels`).
 
 Packed rows on a GPU go through flex attention with a block-causal `BlockMask` built from the
 segment ids (no example attends to another, and fully masked blocks are skipped); elsewhere they
@@ -36,7 +42,7 @@ from sft_trainer.backends.base import Backend, EvalResult, StepResult
 from sft_trainer.backends.loss import chunked_linear_cross_entropy, loss_positions
 from sft_trainer.config.schema import OptimConfig, SFTConfig
 from sft_trainer.data.types import IGNORE_INDEX, MicroBatch
-from sft_trainer.distributed import DistributedEnv, all_reduce_sum
+from sft_trainer.distributed import DistributedEnv, all_reduce_sum, init_process_group
 from sft_trainer.models import load_hf
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,33 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         return None
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def fsdp2_compute_dtype(precision: str, data_parallel: str, device: torch.device) -> torch.dtype | None:
+    """The dtype FSDP2 gathers the weights in for compute (float32 master weights stay sharded), or
+    None for autocast. bf16 only: fp16 keeps autocast and its `GradScaler`."""
+    if device.type == "cuda" and data_parallel == "fsdp2" and precision == "bf16":
+        return torch.bfloat16
+    return None
+
+
+def use_liger_kernels(model: PreTrainedModel, device: torch.device) -> bool:
+    """Swap in Liger's Triton RMSNorm, RoPE and SwiGLU (not its loss: the chunked head does that) on
+    CUDA when `liger-kernel` is installed and knows the model type; True when it did."""
+    if device.type != "cuda":
+        return False
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except ImportError:
+        return False
+    if getattr(model.config, "model_type", None) not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        return False
+    # the same entry point transformers' Trainer uses for `use_liger_kernel`
+    _apply_liger_kernel_to_instance(
+        model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False
+    )
+    return True
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -147,15 +180,18 @@ class TorchBackend(Backend):
         self.env = env
         self.device = device
         self.lora = config.training.method == "lora"
+        self.liger = use_liger_kernels(model, device)
         if self.lora:  # peft wraps the model: the base is frozen, only the adapters train
             model = lora.with_adapters(model, config.training.lora)
         self.hf_model: PreTrainedModel = model.to(device)  # type: ignore[arg-type]
         self.hf_model.config.use_cache = False
+        precision = config.trainer.precision
+        self.compute_dtype = fsdp2_compute_dtype(precision, config.parallelism.data_parallel, device)
         self.model: nn.Module = self._wrap(self.hf_model)
         self.optimizer = make_optimizer(self.model, config.optim, device)
-        self.autocast = autocast_dtype(config.trainer.precision, device)
-        if self.autocast is None and config.trainer.precision != "fp32":
-            log.info("trainer.precision=%s on %s: computing in float32", config.trainer.precision, device.type)
+        self.autocast = None if self.compute_dtype else autocast_dtype(precision, device)
+        if self.autocast is None and self.compute_dtype is None and precision != "fp32":
+            log.info("trainer.precision=%s on %s: computing in float32", precision, device.type)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast == torch.float16)
         self.flex = device.type == "cuda" and config.data.packing
         if self.flex:
@@ -168,16 +204,21 @@ class TorchBackend(Backend):
         )
 
     def _wrap(self, model: PreTrainedModel) -> nn.Module:
-        if not self.env.is_distributed:
+        if self.compute_dtype is not None:  # FSDP2 even on one GPU: its policy is the bf16 compute
+            init_process_group(
+                self.env, self.device, self.config.parallelism.distributed_timeout_seconds, world_of_one=True
+            )
+        elif not self.env.is_distributed:
             return model
         if self.config.parallelism.data_parallel == "fsdp2":
             from torch.distributed.device_mesh import init_device_mesh
-            from torch.distributed.fsdp import fully_shard
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
             mesh = init_device_mesh(self.device.type, (self.env.world_size,))
+            policy = MixedPrecisionPolicy(param_dtype=self.compute_dtype, reduce_dtype=torch.float32)
             for layer in decoder_layers(model):
-                fully_shard(layer, mesh=mesh)
-            fully_shard(model, mesh=mesh)
+                fully_shard(layer, mesh=mesh, mp_policy=policy)
+            fully_shard(model, mesh=mesh, mp_policy=policy)
             return model
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
@@ -255,13 +296,13 @@ class TorchBackend(Backend):
             group["lr"] = lr
         self.model.train()
         scale = self.data_parallel_size / max(global_loss_tokens, 1)
-        local_sum = 0.0
+        local_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for index, batch in enumerate(micro_batches):
             with self._gradient_sync(index == len(micro_batches) - 1):
                 loss_sum = self._loss_sum(batch)
                 self.scaler.scale(loss_sum * scale).backward()
-            local_sum += float(loss_sum.detach())
-        (total,) = all_reduce_sum([local_sum], self.device)
+            local_sum += loss_sum.detach()  # on the device: no host sync between micro-batches
+        (total,) = all_reduce_sum([float(local_sum)], self.device)
         loss = total / max(global_loss_tokens, 1)
         self.scaler.unscale_(self.optimizer)
         clip = self.config.trainer.gradient_clip_val or math.inf

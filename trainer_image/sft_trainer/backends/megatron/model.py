@@ -169,7 +169,9 @@ def build_gpt_chunk(
 
     model = GPTModel(
         config=config,
-        transformer_layer_spec=get_gpt_layer_with_transformer_engine_spec(),
+        transformer_layer_spec=get_gpt_layer_with_transformer_engine_spec(  # TE's fused MLP ops, where the config asks
+            use_te_op_fuser=config.use_transformer_engine_op_fuser, use_te_activation_func=config.use_te_activation_func
+        ),
         vocab_size=plan.shape.vocab_rows,
         max_sequence_length=plan.max_position_embeddings,
         pre_process=pre_process,
