@@ -18,9 +18,13 @@ cross-entropy run on the loss-carrying positions only, a chunk at a time (`backe
 """
 
 import contextlib
+import functools
+import importlib
+import inspect
 import logging
 import math
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +85,41 @@ def use_liger_kernels(model: PreTrainedModel, device: torch.device) -> bool:
         return False
     if getattr(model.config, "model_type", None) not in MODEL_TYPE_TO_APPLY_LIGER_FN:
         return False
+    family = importlib.import_module(type(model).__module__)  # e.g. transformers.models.llama.modeling_llama
+    before = dict(vars(family))
     # the same entry point transformers' Trainer uses for `use_liger_kernel`
     _apply_liger_kernel_to_instance(
         model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False
     )
+    keep_patches_on_cuda(family, before)
     return True
+
+
+def keep_patches_on_cuda(module: types.ModuleType, before: dict[str, Any]) -> None:
+    """Undo what a kernel library rebound in `module` beyond one model instance: replaced classes go
+    back, replaced functions run the new version on CUDA tensors only.
+
+    Liger rebinds the model family's norm and MLP classes and its RoPE function module-wide, so every
+    model of that family built later in the process would get Triton kernels, CPU models included
+    (the demo's CPU accuracy model failed: Triton cannot read CPU tensors). The patched instance keeps
+    its swapped modules; RoPE is looked up in the module at call time, hence the dispatch.
+    """
+    for name, original in before.items():
+        replaced = vars(module).get(name)
+        if replaced is original:
+            continue
+        if inspect.isfunction(original) and callable(replaced):
+            setattr(module, name, _on_cuda(replaced, original))
+        else:
+            setattr(module, name, original)
+
+
+def _on_cuda(fast: Callable[..., Any], fallback: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fallback)
+    def dispatch(first: Any, *args: Any, **kwargs: Any) -> Any:
+        return (fast if getattr(first, "is_cuda", False) else fallback)(first, *args, **kwargs)
+
+    return dispatch
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
