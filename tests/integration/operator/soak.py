@@ -26,6 +26,7 @@ the last checkpoint, losing at most `save_interval` steps.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -381,6 +382,7 @@ class Summary:
     stuck: list[str]
     violations: list[str]
     short_attempts: list[str] = field(default_factory=list)  # attempts with fewer pods than nodes
+    waiting: str = ""  # with stuck jobs: every job pod's phase, node and scheduling reason, and the nodes
 
     def row(self) -> str:
         """One line of the summary table."""
@@ -752,12 +754,43 @@ class Soak:
                 self.observe_finished()
                 time.sleep(1)
             stuck = [f"{job.namespace}/{job.name}: {self.read(job)}" for job in self.live_jobs()]
+            # where a stuck gang's pods wait: unscheduled (scheduler, node) or not started (node agent)
+            waiting = self.where_pods_wait() if stuck else ""
             time.sleep(3)  # the last pods' events
         finally:
             self.restart_operators(force=True)
             watcher.stopping.set()
         self.ledger.close(time.monotonic())
-        return self.summarize(time.monotonic() - started, stuck)
+        return dataclasses.replace(self.summarize(time.monotonic() - started, stuck), waiting=waiting)
+
+    def where_pods_wait(self) -> str:
+        """One line per live job pod (phase, node, why unscheduled) and per node (Ready, taints), for a
+        stuck run's failure message."""
+        lines = []
+        try:
+            for pod in self.core.list_pod_for_all_namespaces(label_selector=LABEL_JOB, _request_timeout=10).items:
+                scheduled = next((c for c in pod.status.conditions or [] if c.type == "PodScheduled"), None)
+                why = (
+                    ""
+                    if scheduled is None or scheduled.status == "True"
+                    else f" {scheduled.reason}: {scheduled.message}"
+                )
+                deleting = " deleting" if pod.metadata.deletion_timestamp else ""
+                lines.append(
+                    f"pod {pod.metadata.namespace}/{pod.metadata.name} {pod.status.phase}{deleting}"
+                    f" node={pod.spec.node_name}{why}"
+                )
+            for node in self.core.list_node(_request_timeout=10).items:
+                ready = next((c for c in node.status.conditions or [] if c.type == "Ready"), None)
+                taints = [f"{t.key}:{t.effect}" for t in node.spec.taints or []]
+                lines.append(
+                    f"node {node.metadata.name} Ready={ready.status if ready else None}"
+                    f" ({ready.last_heartbeat_time if ready else ''}) taints={taints}"
+                )
+        except Exception as error:  # diagnostics only: never hide the stuck jobs themselves
+            lines.append(f"(could not list pods and nodes: {error})")
+        lines.append(f"node agent runs: {len(self.agent.runs)}")
+        return "where the pods wait:\n" + "\n".join(lines)
 
     def summarize(self, seconds: float, stuck: list[str]) -> Summary:
         ledger = self.ledger

@@ -295,7 +295,7 @@ def test_randomized_fault_soak(
     if SOAK_RECORD:
         with Path(SOAK_RECORD).open("a") as record:
             record.write(summary_json(summary) + "\n")
-    assert not summary.stuck, summary.stuck
+    assert not summary.stuck, "\n".join([*summary.stuck, summary.waiting])
     assert not summary.violations, summary.violations
     assert summary.pods == summary.expected_pods, f"{table}\n{summary.short_attempts}"
     assert not orphans, orphans
