@@ -340,6 +340,9 @@ def restart_component(cluster: ControlPlane, name: str, down_seconds: float) -> 
     _restart_process(cluster, name, down_seconds)
     if name in ("kube-apiserver", "etcd"):
         _restart_process(cluster, "kube-controller-manager", 0)
+        # the scheduler stalls the same way: after many outages it stopped looking at new pods (no
+        # PodScheduled condition on a Ready, untainted node: session 7's stuck soaks, defect 22)
+        _restart_process(cluster, "kube-scheduler", 0)
 
 
 def _restart_process(cluster: ControlPlane, name: str, down_seconds: float) -> None:
