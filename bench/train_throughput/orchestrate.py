@@ -100,8 +100,8 @@ def stage_plan(
         "s1t": [  # the torch backend on the GPU (Liger's kernels when installed): FSDP2 bf16 compute, autocast
             ("torch-1b-1gpu-fsdp2", [*torch_1b, "--mbs", "2,4,8", "--data-parallel", "fsdp2"], 1),
             ("torch-1b-1gpu-bf16", [*torch_1b, "--mbs", "4"], 1),
+            ("torch-1b-1gpu-fp16", [*torch_1b, "--mbs", "2", "--precision", "fp16"], 1),  # + GradScaler
         ],
-        "s1t16": [("torch-1b-1gpu-fp16", [*torch_1b, "--mbs", "2", "--precision", "fp16"], 1)],
         "s1v": [  # megatron variants at 8 rows a micro-batch: TE's op fuser (fused MLP) with FP8, other FP8 recipes
             ("ours-1b-fp8-opfuser", [*ours_1b, "--mbs", "8", "--fp8", "hybrid", "--overrides", OP_FUSER], 1),
             ("ours-1b-fp8-blockwise", [*ours_1b, "--mbs", "8", "--fp8", "hybrid", "--fp8-recipe", "blockwise"], 1),

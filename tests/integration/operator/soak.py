@@ -327,10 +327,17 @@ class PodWatcher(threading.Thread):
 # --- faults on the control plane ------------------------------------------------------------------------
 
 
+# Components restarted with the API server and etcd, as a real control plane's would be once they lose
+# their lease. Both stall after a few outages a minute: the controller manager's garbage collector (defect 15)
+# and the scheduler, which stopped looking at new pods (no PodScheduled condition on a Ready, untainted node:
+# defect 22).
+RESTARTED_WITH_THE_API = ("kube-controller-manager", "kube-scheduler")
+
+
 def restart_component(cluster: ControlPlane, name: str, down_seconds: float) -> None:
     """Stop a control-plane process (SIGTERM), wait, and start it again with the same arguments.
 
-    The controller manager is restarted with the API server and etcd. Its garbage collector retries
+    `RESTARTED_WITH_THE_API` follow the API server and etcd. The controller manager's garbage collector retries
     a failed delete with a per-object exponential back-off that only a success resets: after a few
     outages in minutes (this soak makes one every ~40 s) the children of deleted jobs wait up to
     16 minutes, and a re-created job of the same name waits for them (`WaitingForOldChildren`). On a
@@ -339,10 +346,8 @@ def restart_component(cluster: ControlPlane, name: str, down_seconds: float) -> 
     RoleBindings in every watched namespace (docs/notes/gang-integrity.md, defect 14)."""
     _restart_process(cluster, name, down_seconds)
     if name in ("kube-apiserver", "etcd"):
-        _restart_process(cluster, "kube-controller-manager", 0)
-        # the scheduler stalls the same way: after many outages it stopped looking at new pods (no
-        # PodScheduled condition on a Ready, untainted node: session 7's stuck soaks, defect 22)
-        _restart_process(cluster, "kube-scheduler", 0)
+        for dependent in RESTARTED_WITH_THE_API:
+            _restart_process(cluster, dependent, 0)
 
 
 def _restart_process(cluster: ControlPlane, name: str, down_seconds: float) -> None:

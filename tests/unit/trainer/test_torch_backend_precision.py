@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from sft_trainer.backends.torch_backend import autocast_dtype, fsdp2_compute_dtype, use_liger_kernels
+from tests.builders import tiny_llama
 
 CUDA = torch.device("cuda", 0)
 CPU = torch.device("cpu")
@@ -34,21 +34,10 @@ def test_autocast_is_for_cuda_half_precisions_only() -> None:
 
 
 def test_liger_kernels_are_never_applied_on_the_cpu() -> None:
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
-    )
-    model = LlamaForCausalLM(config)
+    model = tiny_llama()
     mlp_type = type(model.model.layers[0].mlp)
     assert use_liger_kernels(model, CPU) is False
     assert type(model.model.layers[0].mlp) is mlp_type  # untouched
-
-
-def _tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
-    )
-    return LlamaForCausalLM(config)
 
 
 def test_liger_patches_stay_on_the_patched_model_and_on_cuda_tensors() -> None:
@@ -58,15 +47,15 @@ def test_liger_patches_stay_on_the_patched_model_and_on_cuda_tensors() -> None:
     from transformers.models.llama import modeling_llama
 
     tokens = torch.randint(0, 64, (1, 8))
-    reference = _tiny_llama()
+    reference = tiny_llama()
     expected = reference(input_ids=tokens).logits
     norm_class, mlp_class = modeling_llama.LlamaRMSNorm, modeling_llama.LlamaMLP
 
-    patched = _tiny_llama()
+    patched = tiny_llama()
     assert use_liger_kernels(patched, CUDA) is True  # patching touches no device: the model may stay on the CPU
     assert "Liger" in repr(patched.model.layers[0].mlp)  # the instance got Liger's modules (patched in place)
     assert (modeling_llama.LlamaRMSNorm, modeling_llama.LlamaMLP) == (norm_class, mlp_class)
 
-    later = _tiny_llama()  # same seed, built after the patch
+    later = tiny_llama()  # same seed, built after the patch
     assert "Liger" not in repr(later.model.layers[0].mlp) and type(later.model.layers[0].mlp) is mlp_class
     assert torch.allclose(later(input_ids=tokens).logits, expected)  # RoPE falls back to HF's on CPU tensors
