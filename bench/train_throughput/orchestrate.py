@@ -86,7 +86,7 @@ def stage_plan(
             ("ours-1b-1gpu-opfuser", [*ours_1b, "--mbs", "8", "--overrides", OP_FUSER], 1),
             ("ours-1b-1gpu-fp8", [*ours_1b, "--mbs", "8", "--fp8", "hybrid"], 1),
             ("ours-1b-1gpu-fp8-delayed", [*ours_1b, "--mbs", "8", "--fp8", "hybrid", "--fp8-recipe", "delayed"], 1),
-            ("torch-1b-1gpu-fsdp2", [*torch_1b, "--mbs", "8", "--data-parallel", "fsdp2"], 1),
+            ("torch-1b-1gpu-fsdp2", [*torch_1b, "--mbs", "8,16", "--data-parallel", "fsdp2"], 1),  # swept like the peer
             ("trl-best", [*trl_best, "--trl-mode", "best", "--batch", "8,16,32"], 1),
         ],
         "s1f": [  # the head before issue 18 (full logits + TE cross-entropy), at 16k and 32k tokens a micro-batch
