@@ -55,27 +55,19 @@ class Kube:
 
     def patch_job_status(self, namespace: str, name: str, status: Object) -> Object | None:
         """Merge-patch the status subresource (only the keys given); the job as written, None when gone."""
-        try:
-            response = self.custom.patch_namespaced_custom_object_status(
+        return _unless_gone(
+            lambda: self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, {"status": status}, **RAW
             )
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return _json(response)
+        )
 
     def patch_job_metadata(self, namespace: str, name: str, metadata: Object) -> Object | None:
         """Merge-patch the job's metadata (the operator's lifecycle annotation); None when the job is gone."""
-        try:
-            response = self.custom.patch_namespaced_custom_object(
+        return _unless_gone(
+            lambda: self.custom.patch_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, name, {"metadata": metadata}, **RAW
             )
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return _json(response)
+        )
 
     def delete_job(self, namespace: str, name: str, uid: str) -> None:
         """Delete the SFTJob (children follow by garbage collection); gone already is fine."""
@@ -94,12 +86,7 @@ class Kube:
 
     def get_runtime(self, name: str) -> Object | None:
         """The ClusterSFTRuntime of that name as stored now, or None when there is none."""
-        try:
-            return _json(self.custom.get_cluster_custom_object(GROUP, VERSION, RUNTIME_PLURAL, name, **RAW))
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        return _unless_gone(lambda: self.custom.get_cluster_custom_object(GROUP, VERSION, RUNTIME_PLURAL, name, **RAW))
 
     # --- children -----------------------------------------------------------------------------
 
@@ -204,20 +191,21 @@ class Kube:
 
     def peering_status(self, name: str, namespace: str | None) -> Object | None:
         """kopf's peering record (which operator replicas are alive, with their priorities)."""
-        try:
-            if namespace is None:
-                response = self.custom.get_cluster_custom_object(
+        if namespace is None:
+            peering = _unless_gone(
+                lambda: self.custom.get_cluster_custom_object(
                     PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings", name, **RAW
                 )
-            else:
-                response = self.custom.get_namespaced_custom_object(
+            )
+        else:
+            peering = _unless_gone(
+                lambda: self.custom.get_namespaced_custom_object(
                     PEERING_GROUP, PEERING_VERSION, namespace, "kopfpeerings", name, **RAW
                 )
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        status: Object = _json(response).get("status") or {}
+            )
+        if peering is None:
+            return None
+        status: Object = peering.get("status") or {}
         return status
 
 
@@ -233,6 +221,16 @@ def _json(response: Any) -> Object:
         response.release_conn()
     body: Object = json.loads(data) if data else {}
     return body
+
+
+def _unless_gone(call: Callable[[], Any]) -> Object | None:
+    """The JSON body of `call()`'s response, or None when the API answers 404 (the object is gone)."""
+    try:
+        return _json(call())
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
 
 
 def _pages(call: Callable[..., Any]) -> Iterator[Page]:

@@ -7,10 +7,10 @@ so the status is a mirror the operator rewrites, never a source of lifecycle fac
 Pure functions; the controller writes the record, `status.reconcile` decides from the trusted status.
 """
 
-import json
 from typing import Any
 
 from sft_operator.api import GROUP, SFTJob, SFTJobStatus
+from sft_operator.policy import json_object
 
 ACTIVE_PHASES: frozenset[str] = frozenset({"Pending", "Initializing", "Running"})
 
@@ -51,14 +51,7 @@ def lifecycle_record(status: SFTJobStatus) -> dict[str, Any]:
 
 def stored_record(job: SFTJob) -> dict[str, Any] | None:
     """The lifecycle record the annotation holds (None: not written yet, or unreadable)."""
-    text = job.metadata.annotations.get(LIFECYCLE_ANNOTATION)
-    if not text:
-        return None
-    try:
-        record = json.loads(text)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
+    return json_object(job.metadata.annotations.get(LIFECYCLE_ANNOTATION))
 
 
 def trusted_status(job: SFTJob) -> SFTJobStatus:

@@ -59,15 +59,20 @@ def backoff_seconds(restarts: int, policy: RunPolicy) -> float:
     return float(min(delay, policy.max_backoff_seconds))
 
 
-def trainer_summary(message: str | None) -> dict[str, Any] | None:
-    """The trainer's JSON run summary from a termination message, if that is what it holds."""
-    if not message:
+def json_object(text: str | None) -> dict[str, Any] | None:
+    """``text`` read as a JSON object; None when it is empty, not JSON, or JSON of another type."""
+    if not text:
         return None
     try:
-        summary = json.loads(message)
+        value = json.loads(text)
     except ValueError:
         return None
-    return summary if isinstance(summary, dict) else None
+    return value if isinstance(value, dict) else None
+
+
+def trainer_summary(message: str | None) -> dict[str, Any] | None:
+    """The trainer's JSON run summary from a termination message, if that is what it holds."""
+    return json_object(message)
 
 
 def pod_failure(pod: PodView, policy: RunPolicy, now: datetime) -> Failure | None:
