@@ -13,8 +13,10 @@ API server ever shows and checks, continuously and at the end:
   deleted every child is garbage-collected;
 - every job that was not deleted reaches a final phase its faults explain (Succeeded: every fault
   here is retryable and the backoff limit is high), none stuck;
-- every restart counted once: a job's attempt number <= its restarts + its resumes, its restarts
-  <= its attempt, and every attempt a fault hit was followed by a new attempt.
+- every restart counted once: a job's attempt number <= its restarts + its resumes + its restarts the
+  operator does not count (a disruption or a transient create refusal, each with a "not counted"
+  Restarting event), its restarts <= its attempt, and every attempt a fault hit was followed by a new
+  attempt.
 
 Trainer pods are script stand-ins (rank 0 reports progress through the real status reporter, so jobs
 reach Running; the other ranks sleep): the soak tests the operator, and needs hundreds of pods in
@@ -821,9 +823,13 @@ class Soak:
             if phase != "Succeeded":
                 violations.append(f"{job.namespace}/{job.name} ended {phase}: {job.final.get('message')}")
             if not restarts <= attempt <= restarts + job.resumes:
-                violations.append(
-                    f"{job.namespace}/{job.name}: attempt {attempt} vs restarts {restarts} + resumes {job.resumes}"
-                )
+                events = self.job_events(job)
+                uncounted = sum(1 for event in events if event.startswith("Restarting:") and "not counted" in event)
+                if not restarts <= attempt <= restarts + job.resumes + uncounted:
+                    violations.append(
+                        f"{job.namespace}/{job.name}: attempt {attempt} vs restarts {restarts} + resumes "
+                        f"{job.resumes} + uncounted restarts {uncounted}; events: {events}"
+                    )
             unanswered = [hit for hit in job.hit_attempts if hit >= attempt and phase != "Succeeded"]
             if unanswered:
                 violations.append(f"{job.namespace}/{job.name}: a fault hit attempt {unanswered} and nothing followed")
@@ -845,6 +851,19 @@ class Soak:
             violations=violations,
             short_attempts=short,
         )
+
+    def job_events(self, job: JobSeen) -> list[str]:
+        """`reason: message` of the job's Events, oldest first. The operator does not count a restart
+        caused by a disruption or a transient create refusal (an API server restarting) against
+        backoffLimit: its Restarting event says "not counted", and only it explains such an attempt."""
+        try:
+            events = self.core.list_namespaced_event(
+                job.namespace, field_selector=f"involvedObject.uid={job.uid}", _request_timeout=10
+            ).items
+        except Exception as error:  # diagnostics: the violation is reported either way
+            return [f"(could not list events: {error})"]
+        events.sort(key=lambda event: event.first_timestamp or event.metadata.creation_timestamp)
+        return [f"{event.reason}: {event.message}" for event in events]
 
     def clean_up_and_check_orphans(self, timeout: float = 180) -> list[str]:
         """Delete every job; return what is left of their children after `timeout` (none expected)."""
