@@ -11,7 +11,12 @@ checked (`creator_of` returns None), as the operator did before.
 The hook for the controller: before it creates a job's children (first attempt and every restart),
 
     refusal = access.access_refusal(authorization_api, raw_job)   # a policy.Refusal or None
-    if refusal: the decision fails the job with it (permanent: condition + Warning Event, no pods)
+    if refusal.permanent: the decision fails the job with it (condition + Warning Event, no pods)
+    else: the check could not be made (PENDING_REASON): no pods yet, the job says why, tried again later
+
+Fail closed: a check the API server cannot answer (the operator may not create reviews, or the
+authorizer names roles it cannot find, as a kube-apiserver does for a moment after it starts) never
+lets the gang start unchecked and never fails the job: it waits.
 
 `creator_access_problems` makes one API call per right (none when the creator is unknown).
 """
@@ -35,6 +40,13 @@ Object = dict[str, Any]
 
 REASON = "AccessDenied"
 """Condition and Event reason of a job failed by this check."""
+
+PENDING_REASON = "AccessCheckPending"
+"""Status and Event reason of a job whose creator's rights cannot be checked yet (no pods until they are)."""
+
+
+class AccessCheckIncompleteError(Exception):
+    """The authorizer could not finish a review (its answer names what it could not read)."""
 
 
 @dataclass(frozen=True)
@@ -85,14 +97,34 @@ def creator_access_problems(authorization: Any, job: Object) -> list[str]:
 
     def allowed(creator: Creator, namespace: str, check: AccessCheck) -> bool:
         review = authorization.create_subject_access_review(subject_access_review(creator, namespace, check))
-        return bool(review.status.allowed)
+        status = review.status
+        if not status.allowed and review_incomplete(status.reason, status.evaluation_error):
+            raise AccessCheckIncompleteError(status.evaluation_error or status.reason)
+        return bool(status.allowed)
 
     return access_problems(job, allowed)
 
 
+def review_incomplete(reason: str | None, evaluation_error: str | None) -> bool:
+    """Whether a denial is the authorizer failing to evaluate rather than a missing right: an evaluation
+    error, or RBAC naming roles it could not find (its caches still filling after an API server start,
+    or a binding to a deleted role). A plain missing right comes with neither."""
+    return bool(evaluation_error) or "not found" in (reason or "")
+
+
+def pending_refusal(job: Object, why: str) -> Refusal:
+    """A transient Refusal (reason PENDING_REASON): the creator's rights cannot be checked yet."""
+    message = f"the creator's rights cannot be checked yet ({why}); the pods are created once they can be"
+    return Refusal(403, PENDING_REASON, message[:4096], permanent=False, kind="SFTJob", name=job["metadata"]["name"])
+
+
 def access_refusal(authorization: Any, job: Object) -> Refusal | None:
-    """The job's missing rights as a permanent Refusal (reason REASON) for the controller's decision, or None."""
-    problems = creator_access_problems(authorization, job)
+    """The job's missing rights as a permanent Refusal (reason REASON) for the controller's decision, a
+    transient one when the API server cannot answer the check yet (`pending_refusal`), or None."""
+    try:
+        problems = creator_access_problems(authorization, job)
+    except AccessCheckIncompleteError as incomplete:
+        return pending_refusal(job, f"the authorizer could not evaluate the review: {incomplete}")
     if not problems:
         return None
     message = "; ".join(problems) + " (an SFTJob may only use what its creator may use directly)"

@@ -105,6 +105,7 @@ def needs_resync(raw: Object, now: datetime) -> bool:
 
 EVENT_THREADS = 4  # Events are recorded off the workers, a few at a time: they never delay a gang
 STALE_DELETE_SECONDS = 30.0
+RECORD_RETRY_SECONDS = 60.0  # after a refused lifecycle-record write, the next try
 """A pod this operator deleted that the store still shows after this long, beyond its grace period,
 makes the resync loop re-list: its DELETED event was missed (a delete made at startup, before kopf's
 watch began, is never reported by it). A gang's next attempt waits for the old pods to be gone."""
@@ -124,8 +125,7 @@ class Controller:
         self.gang = Gang(kube, self.store, self.queue, settings.trainer_image, settings.create_parallelism)
         self.recorder = ThreadPoolExecutor(EVENT_THREADS, thread_name_prefix="event")
         self._spec_checks: dict[Key, tuple[str, str, Refusal | None]] = {}  # (uid, template hash, refusal)
-        self._record_writable = True
-        self._access_checkable = True
+        self._record_refused_until = 0.0  # monotonic time before which the lifecycle record is not written
         self._reported: dict[str, None] = {}  # foreign pod uids already reported in an Event (ordered, bounded)
         self._leading = False
         handover = handover_seconds(settings.resync_seconds, settings.peering_lifetime)
@@ -261,18 +261,17 @@ class Controller:
 
     def _access_refusal(self, raw: Object) -> Refusal | None:
         """Before a gang is created (first attempt, every restart): whether the job's recorded creator
-        still holds every right the job uses (SubjectAccessReviews; see sft_operator.access). Without
-        the right to create reviews (a chart older than this operator) nothing is checked, as before."""
-        if not self._access_checkable or access.creator_of(raw) is None:
-            return None  # no creator recorded: created without the chart's admission policies
+        still holds every right the job uses (SubjectAccessReviews; see sft_operator.access). A job
+        with no recorded creator (created without the chart's admission policies) is not checked; a
+        check the operator may not make holds the gang back (fail closed), it never skips the check."""
+        if access.creator_of(raw) is None:
+            return None
         try:
             return access.access_refusal(self.kube.authorization, raw)
         except ApiException as error:
             if error.status != 403:
                 raise
-            self._access_checkable = False
-            log.error("no right to create subjectaccessreviews (%s): creators' rights are not re-checked", error.reason)
-            return None
+            return access.pending_refusal(raw, f"the operator may not create subjectaccessreviews: {error.reason}")
 
     def _report_foreign(self, raw: Object, key: Key) -> None:
         """A Warning Event, once per pod, for pods that carry the job's label but are not its own."""
@@ -337,10 +336,11 @@ class Controller:
     def _write_record(self, key: Key, job: SFTJob, plan: Plan) -> bool:
         """Write the lifecycle record when it changed; False when the job is gone.
 
-        Without `patch` on sftjobs (a chart older than this operator) the record cannot be kept: the
-        operator then says so once and works from the status alone, as operators before it did."""
+        Without `patch` on sftjobs (a chart older than this operator, or an API server whose RBAC
+        caches are still filling after a restart) the record cannot be kept: the operator says so,
+        works from the status alone, and tries again RECORD_RETRY_SECONDS later."""
         record = lifecycle_record(plan.status)
-        if not self._record_writable or record == stored_record(job):
+        if time.monotonic() < self._record_refused_until or record == stored_record(job):
             return True
         annotation = json.dumps(record, sort_keys=True, separators=(",", ":"))
         try:
@@ -348,7 +348,7 @@ class Controller:
         except ApiException as error:
             if error.status != 403:
                 raise
-            self._record_writable = False
+            self._record_refused_until = time.monotonic() + RECORD_RETRY_SECONDS
             log.error("no right to patch sftjobs (%s): lifecycle facts are read from the status", error.reason)
             return True
         if written is None:

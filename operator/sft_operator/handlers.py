@@ -28,6 +28,17 @@ from sft_operator.render import LABEL_JOB
 log = logging.getLogger(__name__)
 STALE_RESYNC_FACTOR = 12
 
+API_RETRY_BACKOFFS = (1, 1, 2, 3, 5, 8, 13, 21, *([30] * 18))
+"""kopf's waits between retries of a failed API request (about 10 minutes in all). kopf's default
+(54 s) ends in a fatal error once spent, and its peering keep-alive spent it across API server
+restarts in a row: the operator stopped. A 403 is retried too: a kube-apiserver that has just started
+serves before its RBAC caches are filled and refuses everyone but system:masters for a moment."""
+
+EXIT_TIMEOUT_SECONDS = 30
+"""How long kopf's shutdown may take before kopf kills the process (kopf's default: 10 minutes). A
+shutdown can hang (kopf cancelling its own watch streams); the operator must exit for its
+Deployment to restart it."""
+
 
 def kubernetes_client(connections: int) -> client.ApiClient:
     """In-cluster credentials when in a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config).
@@ -68,6 +79,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     operator_settings: Settings = memo.get("settings") or Settings()
     settings.peering.lifetime = operator_settings.peering_lifetime
     settings.peering.stealth = True
+    settings.networking.error_backoffs = API_RETRY_BACKOFFS
+    settings.process.ultimate_exiting_timeout = EXIT_TIMEOUT_SECONDS
     settings.posting.level = logging.WARNING
     settings.watching.label_selectors["", "v1", "pods"] = LABEL_JOB  # has the label, whatever its value
     connections = operator_settings.workers + operator_settings.create_parallelism + EVENT_THREADS + 4  # + resync

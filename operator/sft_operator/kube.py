@@ -191,18 +191,17 @@ class Kube:
 
     def peering_status(self, name: str, namespace: str | None) -> Object | None:
         """kopf's peering record (which operator replicas are alive, with their priorities)."""
-        if namespace is None:
-            peering = _unless_gone(
-                lambda: self.custom.get_cluster_custom_object(
+        peering = _unless_gone(
+            lambda: (
+                self.custom.get_cluster_custom_object(
                     PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings", name, **RAW
                 )
-            )
-        else:
-            peering = _unless_gone(
-                lambda: self.custom.get_namespaced_custom_object(
+                if namespace is None
+                else self.custom.get_namespaced_custom_object(
                     PEERING_GROUP, PEERING_VERSION, namespace, "kopfpeerings", name, **RAW
                 )
             )
+        )
         if peering is None:
             return None
         status: Object = peering.get("status") or {}

@@ -6,6 +6,7 @@ retried), 64-127 are transient, and 128+ are signals (eviction, OOM kill, preemp
 """
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -49,7 +50,7 @@ def is_retryable(exit_code: int | None, policy: RunPolicy) -> bool:
     return exit_code == ExitCode.UNEXPECTED or exit_code >= TRANSIENT_MIN
 
 
-NOT_COUNTED = frozenset({"Disrupted", "QuotaExceeded", "CreateRetrying", "ServiceAccountNotFound"})
+NOT_COUNTED = frozenset({"Disrupted", "QuotaExceeded", "CreateRetrying", "ServiceAccountNotFound", "OperatorForbidden"})
 """Failure reasons that restart the gang without using up runPolicy.backoffLimit."""
 
 
@@ -70,16 +71,11 @@ def json_object(text: str | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def trainer_summary(message: str | None) -> dict[str, Any] | None:
-    """The trainer's JSON run summary from a termination message, if that is what it holds."""
-    return json_object(message)
-
-
 def pod_failure(pod: PodView, policy: RunPolicy, now: datetime) -> Failure | None:
     """A Failure if this pod failed, else None."""
     if pod.phase != "Failed":
         return None
-    summary = trainer_summary(pod.message)
+    summary = json_object(pod.message)  # the trainer's run summary, when that is what it wrote
     detail = str(summary.get("message", "")) if summary else (pod.message or "")
     reason = "Disrupted" if pod.disrupted else "Evicted" if pod.reason == "Evicted" else "PodFailed"
     text = f"{pod.name} (rank {pod.rank}) failed: exit code {describe_exit_code(pod.exit_code)}"
@@ -268,18 +264,27 @@ class Refusal:
     name: str = ""
 
 
+OPERATOR_DENIED = re.compile(r'User ".+" cannot \S+ resource "')
+"""The authorizer's refusal of the operator's own request (`pods "x" is forbidden: User "system:serviceaccount:
+..." cannot create resource "pods" ...`), not an admission's: RBAC caches still filling after an API server
+start, or a chart being fixed. Retried, not counted: the job's author can do nothing about it."""
+
+
 def classify_refusal(
     code: int, message: str, kind: str = "Pod", name: str = "", own_service_account: str = ""
 ) -> Refusal:
-    """Whether a refused create is worth retrying: quota, throttling, server errors and a lagging
-    ServiceAccount cache are transient; invalid objects, Pod Security, missing PriorityClasses or
-    ServiceAccounts the user named, and other refusals are permanent (retrying cannot succeed)."""
+    """Whether a refused create is worth retrying: quota, throttling, server errors, a lagging
+    ServiceAccount cache and the authorizer refusing the operator itself are transient; invalid
+    objects, Pod Security, missing PriorityClasses or ServiceAccounts the user named, and other
+    refusals are permanent (retrying cannot succeed)."""
     text = message.lower()
     transient = code in (429, 500, 502, 503, 504) or code == 404
     if code == 403 and "exceeded quota" in text:
         reason, transient = "QuotaExceeded", True
     elif code == 403 and "podsecurity" in text:
         reason = "PodSecurity"
+    elif code == 403 and OPERATOR_DENIED.search(message):
+        reason, transient = "OperatorForbidden", True
     elif "priorityclass" in text and ("not found" in text or "no priorityclass" in text):
         reason, transient = "PriorityClassNotFound", False
     elif "serviceaccount" in text and "not found" in text:

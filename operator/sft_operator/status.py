@@ -139,7 +139,11 @@ def _restart(plan: Plan, pods: list[PodView], job: SFTJob, failure: Failure, now
             "Normal",
             "Restarting",
             f"restarting the whole gang in {delay:.0f}s ("
-            + (f"restart {status.restarts} of {run_policy.backoff_limit}" if counted else "not counted: a disruption")
+            + (
+                f"restart {status.restarts} of {run_policy.backoff_limit}"
+                if counted
+                else f"not counted: {failure.reason}"
+            )
             + "); it resumes from the newest checkpoint",
         )
     )
@@ -148,7 +152,7 @@ def _restart(plan: Plan, pods: list[PodView], job: SFTJob, failure: Failure, now
 def _adopt_summary(status: SFTJobStatus, pods: list[PodView]) -> None:
     """Fill the final model / step from rank 0's termination message when the status patch was lost."""
     rank0 = next((pod for pod in pods if pod.rank == 0), None)
-    summary = policy.trainer_summary(rank0.message if rank0 else None)
+    summary = policy.json_object(rank0.message if rank0 else None)
     if not summary:
         return
     if status.final_model is None and isinstance(summary.get("final_model"), str):
@@ -182,7 +186,7 @@ def reconcile(job: SFTJob, pods: list[PodView], now: datetime, observed: Observe
         _suspended(plan, pods)
     elif (deadline := policy.deadline_exceeded(status, spec.run_policy, now)) is not None:
         _finish(plan, pods, job, "Failed", deadline, now)
-    elif observed.access_refusal is not None:
+    elif observed.access_refusal is not None and observed.access_refusal.permanent:
         denied = observed.access_refusal
         _finish(plan, pods, job, "Failed", Failure(reason=denied.reason, message=denied.message[:4096], time=now), now)
     elif status.phase in ("Suspended", "Restarting"):
@@ -192,7 +196,9 @@ def reconcile(job: SFTJob, pods: list[PodView], now: datetime, observed: Observe
     if plan.create_pods and observed.held_by_others:
         _held(plan, job, observed.held_by_others)
     if plan.create_pods and observed.runtime is not None and observed.runtime.problem:
-        _runtime_missing(plan, job, observed.runtime)  # ranks of a started attempt: not without their defaults
+        _hold_creation(plan, job, observed.runtime.reason, observed.runtime.problem)  # not without the defaults
+    if plan.create_pods and observed.access_refusal is not None:  # not permanent: the check cannot be made yet
+        _hold_creation(plan, job, observed.access_refusal.reason, observed.access_refusal.message)
 
     status.replicas = replica_counts([pod for pod in pods if pod.attempt == status.attempt], spec.resources.num_nodes)
     if plan.create_pods:  # the pods about to be created are Pending: one status write, not a second one after
@@ -211,14 +217,15 @@ def reconcile(job: SFTJob, pods: list[PodView], now: datetime, observed: Observe
     return plan
 
 
-def _runtime_missing(plan: Plan, job: SFTJob, resolution: Resolution) -> None:
-    """The job's runtime cannot be read: no pods, the reason in the status and one Warning Event; the
-    job stays in its phase (no attempt starts, no clock runs) and starts once the runtime exists."""
+def _hold_creation(plan: Plan, job: SFTJob, reason: str, problem: str) -> None:
+    """The pods cannot be created yet (the job's runtime cannot be read, its creator's rights cannot be
+    checked): no pods, the reason in the status and one Warning Event; the job stays in its phase (no
+    attempt starts, no clock runs) and starts once the problem is gone."""
     status = plan.status
     plan.create_pods = False
-    status.reason, status.message = resolution.reason, resolution.problem
-    if job.status.reason != resolution.reason or job.status.message != resolution.problem:
-        plan.events.append(Event("Warning", resolution.reason, resolution.problem))
+    status.reason, status.message = reason, problem
+    if job.status.reason != reason or job.status.message != problem:
+        plan.events.append(Event("Warning", reason, problem))
 
 
 def _finished(plan: Plan, job: SFTJob, pods: list[PodView], now: datetime) -> None:
@@ -283,7 +290,7 @@ def _start_attempt(plan: Plan, job: SFTJob, attempt: int, now: datetime, observe
     status = plan.status
     resolved = observed.runtime
     if resolved is not None and resolved.problem:
-        _runtime_missing(plan, job, resolved)
+        _hold_creation(plan, job, resolved.reason, resolved.problem)
         return
     if resolved is not None:
         status.runtime = resolved.applied.model_copy(update={"attempt": attempt}) if resolved.applied else None

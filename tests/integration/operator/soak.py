@@ -13,10 +13,10 @@ API server ever shows and checks, continuously and at the end:
   deleted every child is garbage-collected;
 - every job that was not deleted reaches a final phase its faults explain (Succeeded: every fault
   here is retryable and the backoff limit is high), none stuck;
-- every restart counted once: a job's attempt number <= its restarts + its resumes + its restarts the
-  operator does not count (a disruption or a transient create refusal, each with a "not counted"
-  Restarting event), its restarts <= its attempt, and every attempt a fault hit was followed by a new
-  attempt.
+- every restart counted once: a job's restarts <= its attempt number <= its restarts + its resumes +
+  its restarts the operator does not count against backoffLimit (a disruption or a transient create
+  refusal: a Warning Event whose reason is in `policy.NOT_COUNTED`), see
+  `restart_accounting_violation`; and every attempt a fault hit was followed by a new attempt.
 
 Trainer pods are script stand-ins (rank 0 reports progress through the real status reporter, so jobs
 reach Running; the other ranks sleep): the soak tests the operator, and needs hundreds of pods in
@@ -50,9 +50,12 @@ from devcluster.controlplane import ControlPlane
 from devcluster.node_agent import NodeAgent
 from devcluster.procs import ManagedProcess, wait_until
 from sft_operator.api import GROUP, PLURAL, VERSION
+from sft_operator.policy import NOT_COUNTED
 from sft_operator.render import LABEL_ATTEMPT, LABEL_JOB, LABEL_RANK
 from tests.e2e.harness import gsm8k_data, gsm8k_dir, tiny_training
 from tests.integration.operator.conftest import Operator
+
+STARTUP_SECONDS = 30.0  # a replica that exits sooner after its start has not started yet (see notice_exits)
 
 FAULTS = (
     "kill_pod",  # SIGKILL of a trainer container (the pod fails, exit 137)
@@ -89,6 +92,37 @@ STAND_IN = textwrap.dedent(
     reporter.finish(RunSummary(outcome="succeeded", step=steps, total_steps=steps, exit_code=0, message="ok"))
     """
 )
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One core/v1 Event on a job, as the accounting reads it."""
+
+    type: str
+    reason: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.reason}: {self.message}"
+
+
+def restart_accounting_violation(attempt: int, restarts: int, resumes: int, events: list[JobEvent]) -> str | None:
+    """Why a finished job's attempt number is not explained by its restarts, or None when it is.
+
+    Each attempt after the first follows a counted restart (`status.restarts`), a resume after a
+    suspension (`resumes`, counted by the soak) or a restart the operator does not count against
+    backoffLimit: a disruption or a transient create refusal, announced by a Warning Event whose
+    reason is in `policy.NOT_COUNTED`. An attempt beyond all of these is a restart counted twice (or
+    not at all); fewer attempts than counted restarts is a restart counted without one.
+    """
+    uncounted = sum(1 for event in events if event.type == "Warning" and event.reason in NOT_COUNTED)
+    if restarts <= attempt <= restarts + resumes + uncounted:
+        return None
+    listing = "; ".join(str(event) for event in events) or "none"
+    return (
+        f"attempt {attempt} vs restarts {restarts} + resumes {resumes} + uncounted restarts {uncounted}; "
+        f"events: {listing}"
+    )
 
 
 def soak_job(name: str, nodes: int, steps: int) -> dict[str, Any]:
@@ -436,6 +470,8 @@ class Soak:
         self.log = log
         self.names = 0
         self.down: list[tuple[float, Operator]] = []  # operators to start again, and when
+        self.up_since = {id(operator): time.monotonic() for operator in operators}  # when each replica (re)started
+        self.exits: list[str] = []  # replicas that exited by themselves once running (violations)
         self.suspended: dict[str, float] = {}  # job uid -> when it was suspended
         self.real: JobSeen | None = None  # the real-trainer job, if any
         self.real_host: Path | None = None
@@ -699,6 +735,7 @@ class Soak:
         while the API server or etcd is down, and it exits) is tried again 3 s later, as a Deployment's
         pod would be restarted; `force` waits until every one runs."""
         deadline = time.monotonic() + 180
+        self.notice_exits()
         while True:
             for due, operator in list(self.down):
                 if not force and time.monotonic() < due:
@@ -706,6 +743,7 @@ class Soak:
                 self.down.remove((due, operator))
                 try:
                     operator.start()
+                    self.up_since[id(operator)] = time.monotonic()
                 except (AssertionError, TimeoutError, OSError) as error:
                     operator.kill()
                     self.log(f"[soak {self.seed}] operator restart failed ({type(error).__name__}), again in 3 s")
@@ -713,6 +751,24 @@ class Soak:
             if not force or not self.down or time.monotonic() > deadline:
                 return
             time.sleep(1)
+
+    def notice_exits(self) -> None:
+        """Replicas whose process ended without the soak killing it are started again 3 s later, as a
+        Deployment's pod would be. One that had run for STARTUP_SECONDS is a violation: an operator must
+        outlive API server and etcd outages (only a start during one may fail, and is tried again)."""
+        waiting = {id(operator) for _, operator in self.down}
+        for operator in self.operators:
+            process = operator.process
+            if id(operator) in waiting or process is None or process.poll() is None:
+                continue
+            ran = time.monotonic() - self.up_since.get(id(operator), 0.0)
+            if ran > STARTUP_SECONDS:
+                tail = " | ".join(operator.log().strip().splitlines()[-5:])
+                self.exits.append(
+                    f"operator replica exited by itself (rc {process.returncode}) after {ran:.0f} s: {tail}"
+                )
+            self.log(f"[soak {self.seed}] operator replica exited (rc {process.returncode}) after {ran:.0f} s")
+            self.down.append((time.monotonic() + 3, operator))
 
     # --- the run ----------------------------------------------------------------------------------------
 
@@ -804,7 +860,7 @@ class Soak:
 
     def summarize(self, seconds: float, stuck: list[str]) -> Summary:
         ledger = self.ledger
-        violations = list(ledger.violations) + self.check_real_trainer()
+        violations = list(ledger.violations) + self.check_real_trainer() + self.exits
         jobs = list(ledger.jobs.values())
         attempts_with_pods: dict[str, set[int]] = defaultdict(set)
         for pod in ledger.pods.values():
@@ -822,14 +878,11 @@ class Soak:
             phase, attempt, restarts = job.final.get("phase"), job.final.get("attempt", 0), job.final.get("restarts", 0)
             if phase != "Succeeded":
                 violations.append(f"{job.namespace}/{job.name} ended {phase}: {job.final.get('message')}")
-            if not restarts <= attempt <= restarts + job.resumes:
+            if not restarts <= attempt <= restarts + job.resumes:  # read the Events only when they matter
                 events = self.job_events(job)
-                uncounted = sum(1 for event in events if event.startswith("Restarting:") and "not counted" in event)
-                if not restarts <= attempt <= restarts + job.resumes + uncounted:
-                    violations.append(
-                        f"{job.namespace}/{job.name}: attempt {attempt} vs restarts {restarts} + resumes "
-                        f"{job.resumes} + uncounted restarts {uncounted}; events: {events}"
-                    )
+                violation = restart_accounting_violation(attempt, restarts, job.resumes, events)
+                if violation:
+                    violations.append(f"{job.namespace}/{job.name}: {violation}")
             unanswered = [hit for hit in job.hit_attempts if hit >= attempt and phase != "Succeeded"]
             if unanswered:
                 violations.append(f"{job.namespace}/{job.name}: a fault hit attempt {unanswered} and nothing followed")
@@ -852,18 +905,16 @@ class Soak:
             short_attempts=short,
         )
 
-    def job_events(self, job: JobSeen) -> list[str]:
-        """`reason: message` of the job's Events, oldest first. The operator does not count a restart
-        caused by a disruption or a transient create refusal (an API server restarting) against
-        backoffLimit: its Restarting event says "not counted", and only it explains such an attempt."""
+    def job_events(self, job: JobSeen) -> list[JobEvent]:
+        """The job's Events, oldest first (an unreadable list is reported as one Event, for the message)."""
         try:
             events = self.core.list_namespaced_event(
                 job.namespace, field_selector=f"involvedObject.uid={job.uid}", _request_timeout=10
             ).items
         except Exception as error:  # diagnostics: the violation is reported either way
-            return [f"(could not list events: {error})"]
+            return [JobEvent("Error", "EventsUnreadable", str(error))]
         events.sort(key=lambda event: event.first_timestamp or event.metadata.creation_timestamp)
-        return [f"{event.reason}: {event.message}" for event in events]
+        return [JobEvent(event.type or "", event.reason or "", event.message or "") for event in events]
 
     def clean_up_and_check_orphans(self, timeout: float = 180) -> list[str]:
         """Delete every job; return what is left of their children after `timeout` (none expected)."""

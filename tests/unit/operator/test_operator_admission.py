@@ -199,10 +199,12 @@ def test_user_labels_never_replace_the_operators() -> None:
 
 
 class FakeAuthorization:
-    """AuthorizationV1Api's create_subject_access_review, answering from a set of allowed (verb, resource, name)."""
+    """AuthorizationV1Api's create_subject_access_review, answering from a set of allowed (verb, resource, name);
+    `denial_reason` is the status reason of a denial (RBAC's list of what it could not read)."""
 
-    def __init__(self, allowed: set[tuple[str, str, str]]) -> None:
+    def __init__(self, allowed: set[tuple[str, str, str]], denial_reason: str | None = None) -> None:
         self.allowed = allowed
+        self.denial_reason = denial_reason
         self.reviews: list[dict[str, Any]] = []
 
     def create_subject_access_review(self, body: dict[str, Any]) -> Any:
@@ -212,6 +214,8 @@ class FakeAuthorization:
 
         class Status:
             allowed = answer
+            reason = None if answer else self.denial_reason
+            evaluation_error = None
 
         class Review:
             status = Status
@@ -228,6 +232,23 @@ def test_access_refusal_is_a_permanent_refusal_naming_the_fields() -> None:
     assert "configMapKeyRef" not in refusal.message
     assert [review["spec"]["user"] for review in api.reviews] == ["alice", "alice"]
     assert access.access_refusal(FakeAuthorization({("get", "secrets", "env-secret"), *api.allowed}), job) is None
+
+
+def test_an_authorizer_that_cannot_evaluate_holds_the_job_back_without_failing_it() -> None:
+    """Right after a kube-apiserver starts, RBAC denies while naming every role "not found" (its caches are
+    still filling): the check is not answered, so the job neither starts unchecked nor fails."""
+    job = job_with({"pod": {"env": EVERY_REFERENCE["pod"]["env"]}}, annotations={admission.CREATOR_ANNOTATION: "alice"})
+    warming_up = 'RBAC: [clusterrole.rbac.authorization.k8s.io "system:basic-user" not found]'
+    refusal = access.access_refusal(FakeAuthorization(set(), denial_reason=warming_up), job)
+    assert refusal is not None and not refusal.permanent and refusal.reason == access.PENDING_REASON
+    assert "system:basic-user" in refusal.message and "cannot be checked yet" in refusal.message
+
+
+def test_review_incomplete_tells_a_missing_right_from_an_unfinished_evaluation() -> None:
+    assert not access.review_incomplete(None, None)
+    assert not access.review_incomplete("", "")
+    assert access.review_incomplete('RBAC: [role.rbac.authorization.k8s.io "x" not found]', None)
+    assert access.review_incomplete(None, "webhook authorizer timed out")
 
 
 def test_the_typed_crd_stays_small_enough_for_client_side_apply() -> None:

@@ -9,7 +9,7 @@ from sft_operator import policy, render
 from sft_operator.api import Progress, RunPolicy, SFTJob
 from sft_operator.lifecycle import LIFECYCLE_ANNOTATION, lifecycle_record, trusted_status
 from sft_operator.pods import pod_view
-from sft_operator.policy import PodView, classify_refusal
+from sft_operator.policy import PodView, Refusal, classify_refusal
 from sft_operator.status import Observed, Plan, reconcile
 from tests.builders import NOW, manifest
 
@@ -473,6 +473,11 @@ def test_a_refused_create_fails_the_job_or_retries_without_counting() -> None:
         (403, 'pods "x" is forbidden: error looking up service account t/demo-trainer: serviceaccount "demo-trainer" '
          "not found", "ServiceAccountNotFound", False),
         (500, "etcdserver: request timed out", "CreateRetrying", False),
+        (403, 'pods "x" is forbidden: User "system:serviceaccount:kube-sft:kube-sft" cannot create resource "pods" '
+         'in API group "" in the namespace "t": RBAC: [clusterrole.rbac.authorization.k8s.io "kube-sft" not found]',
+         "OperatorForbidden", False),
+        (403, 'pods "x" is forbidden: ValidatingAdmissionPolicy "p" with binding "b" denied request: no', "Forbidden",
+         True),
     ],
 )  # fmt: skip
 def test_api_refusals_are_classified(code: int, message: str, reason: str, permanent: bool) -> None:
@@ -490,6 +495,18 @@ def test_an_edit_the_api_server_refuses_keeps_the_running_gang() -> None:
     assert plan.status.reason == "SpecChangeRefused" and "PodSecurity" in str(plan.status.message)
     assert [event.reason for event in plan.events] == ["SpecChangeRefused"]
     assert reconcile(edited, gang(job), NOW).status.phase == "Restarting"  # the API server would take it
+
+
+def test_an_access_check_not_answered_yet_holds_the_gang_back_without_failing() -> None:
+    job = make_job()
+    pending = Refusal(403, "AccessCheckPending", "the creator's rights cannot be checked yet (...)", permanent=False)
+    plan = reconcile(job, [], NOW, Observed(access_refusal=pending))
+    assert not plan.create_pods and plan.status.phase == "Pending" and plan.status.reason == "AccessCheckPending"
+    assert [(event.type, event.reason) for event in plan.events if event.type == "Warning"] == [
+        ("Warning", "AccessCheckPending")
+    ]
+    denied = Refusal(403, "AccessDenied", "spec.pod.serviceAccountName: alice may not ...", permanent=True)
+    assert reconcile(job, [], NOW, Observed(access_refusal=denied)).status.phase == "Failed"
 
 
 def test_names_held_by_another_owner_hold_the_gang_back_with_a_reason() -> None:
