@@ -105,10 +105,10 @@ def needs_resync(raw: Object, now: datetime) -> bool:
 
 EVENT_THREADS = 4  # Events are recorded off the workers, a few at a time: they never delay a gang
 STALE_DELETE_SECONDS = 30.0
-RECORD_RETRY_SECONDS = 60.0  # after a refused lifecycle-record write, the next try
 """A pod this operator deleted that the store still shows after this long, beyond its grace period,
 makes the resync loop re-list: its DELETED event was missed (a delete made at startup, before kopf's
 watch began, is never reported by it). A gang's next attempt waits for the old pods to be gone."""
+RECORD_RETRY_SECONDS = 60.0  # after a refused lifecycle-record write, the next try
 MAX_REPORTED_FOREIGN = 4096
 
 
